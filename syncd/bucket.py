@@ -1,0 +1,405 @@
+"""Ensure the bucket before the first upload: it exists, is ours, is provably private, and is versioned."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import aiohttp
+import botocore.exceptions
+
+from syncd.errors import BucketError
+from syncd.log import get_logger
+from syncd.s3 import ErrorKind, classify, credentials_error, describe, error_code, http_status
+
+log = get_logger()
+
+PUBLIC_GROUPS = {
+    "http://acs.amazonaws.com/groups/global/AllUsers": "AllUsers",
+    "http://acs.amazonaws.com/groups/global/AuthenticatedUsers": "AuthenticatedUsers",
+}
+ACCESS_DENIED = frozenset({"AccessDenied", "Forbidden", "403", "AllAccessDisabled"})
+NOT_FOUND = frozenset({"404", "NoSuchBucket", "NotFound"})
+ALREADY_EXISTS = frozenset({"BucketAlreadyExists", "BucketAlreadyOwnedByYou"})
+UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "501", "405"})
+ACL_REFUSED = frozenset({"AccessControlListNotSupported", "InvalidBucketAclWithObjectOwnership"})
+WRONG_REGION = frozenset(
+    {"301", "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+)
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=10)
+
+
+@dataclass(frozen=True)
+class BucketStatus:
+    """What ensure_private_bucket found (and did); the lead's `bucket_ready` record is built from it."""
+
+    bucket: str
+    created: bool  # we created it just now
+    private: bool  # proven: no public grants, no public policy, anonymous probe refused
+    versioning: str  # "Enabled" | "Suspended" | "Disabled" (never enabled)
+    made_private: bool  # we removed a public grant
+    exists: bool = True  # False only in check mode: `syncd run` would create it
+    owner_proven: bool = True  # False: accepted on weaker evidence (see ensure_private_bucket)
+
+
+async def ensure_private_bucket(
+    client: Any, bucket: str, *, region: str | None, endpoint_url: str | None, check_only: bool = False
+) -> BucketStatus:
+    """Create or adopt `bucket`, make it private and versioned, and prove the privacy from outside.
+
+    Raises BucketError for what the user must fix (someone else's bucket, a missing permission, a public
+    policy), CredentialsError for rejected keys, and re-raises transient errors unchanged for the caller's
+    retry; the whole function is idempotent, so retrying it from the top is safe.
+
+    Ownership: the ACL's Owner ID must equal the caller's ID from ListBuckets. When ListBuckets is denied
+    or names no owner (a key restricted to one bucket, common on B2), a bucket whose HeadBucket and
+    GetBucketAcl both succeed is accepted with owner_proven=False. That is sound against the likely accident,
+    a name someone else already owns: by default only the owner may read a bucket's ACL, and a B2 key only
+    reaches its own account's buckets. It cannot catch an owner who deliberately grants us access.
+
+    PutPublicAccessBlock is not attempted: what it would block (public grants and policies) is already
+    removed or refused here and proven by the anonymous probe, it needs one more permission, and B2 and
+    SeaweedFS answer NotImplemented.
+
+    check_only changes nothing: a missing bucket is reported with exists=False, a public ACL that `run`
+    would remove is reported with private=False (the anonymous probe is skipped then); only what `run`
+    could not fix itself raises.
+    """
+    if not await _exists(client, bucket):
+        if check_only:
+            return BucketStatus(
+                bucket,
+                created=False,
+                private=False,
+                versioning="Disabled",
+                made_private=False,
+                exists=False,
+                owner_proven=False,
+            )
+        created = await _create(client, bucket, region)
+    else:
+        created = False
+    acl = await _get_acl(client, bucket)
+    owner_proven = created or await _owner_proven(client, bucket, acl)
+    made_private = False
+    public = _public_grants(acl)
+    if public and check_only:
+        log.warning("bucket_public_acl", bucket=bucket, grants=public, hint="syncd run will make it private")
+    elif public:
+        await _make_private(client, bucket, public)
+        made_private = True
+        log.warning("bucket_made_private", bucket=bucket, removed=public)
+    await _check_policy(client, bucket)
+    private = not (public and check_only)
+    if private:
+        await _probe_anonymous(bucket, _bucket_url(client, bucket, region, endpoint_url))
+    versioning = await _versioning(client, bucket, enable=not check_only)
+    return BucketStatus(bucket, created, private, versioning, made_private, owner_proven=owner_proven)
+
+
+@contextlib.contextmanager
+def _step(bucket: str, action: str, permission: str) -> Iterator[None]:
+    """Sort any failure of one S3 step into what ensure_private_bucket raises."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        _raise_for(exc, bucket, action, permission)
+    except Exception as exc:
+        if classify(exc) is ErrorKind.CREDENTIALS:
+            raise credentials_error(exc) from exc
+        raise
+
+
+def _raise_for(exc: botocore.exceptions.ClientError, bucket: str, action: str, permission: str) -> NoReturn:
+    """Keys -> CredentialsError; transient or clock -> unchanged, for the caller's retry; else BucketError."""
+    kind = classify(exc)
+    code = error_code(exc)
+    if kind is ErrorKind.CREDENTIALS:
+        raise credentials_error(exc) from exc
+    if kind in (ErrorKind.TRANSIENT, ErrorKind.CLOCK):
+        raise exc
+    if code in ACCESS_DENIED or http_status(exc) == 403:
+        raise BucketError(
+            f"the credentials may not {action} (bucket {bucket!r}, {code or 'HTTP 403'}); "
+            f"grant {permission} on arn:aws:s3:::{bucket} to this key"
+        ) from exc
+    if code in WRONG_REGION:
+        where = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        fix = f"set s3.region to {where!r}" if where else "set s3.region to the bucket's region"
+        raise BucketError(
+            f"bucket {bucket!r} is not in the configured region ({describe(exc)}); {fix}"
+        ) from exc
+    raise BucketError(
+        f"could not {action} (bucket {bucket!r}): {describe(exc)}; check the bucket name, s3.region and "
+        "s3.endpoint_url"
+    ) from exc
+
+
+async def _exists(client: Any, bucket: str) -> bool:
+    with _step(bucket, "look up the bucket (HeadBucket)", "s3:ListBucket"):
+        try:
+            await client.head_bucket(Bucket=bucket)
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in NOT_FOUND:
+                return False
+            if http_status(exc) != 403:
+                raise
+    # A HEAD answer has no body, so its 403 cannot tell bad keys from a missing permission: ask with a GET.
+    with _step(bucket, "list the bucket", "s3:ListBucket"):
+        try:
+            await client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in ACCESS_DENIED:
+                raise
+            raise BucketError(
+                f"access to bucket {bucket!r} is denied ({error_code(exc)}): it may be someone else's bucket "
+                f"(choose another name), or grant s3:ListBucket on arn:aws:s3:::{bucket} to this key"
+            ) from exc
+    return True
+
+
+async def _create(client: Any, bucket: str, region: str | None) -> bool:
+    """Create the bucket private; False when it turned out to exist (ownership is checked next)."""
+    args: dict[str, Any] = {"Bucket": bucket, "ACL": "private"}
+    if region and region != "us-east-1":
+        args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    with _step(bucket, "create the bucket", "s3:CreateBucket"):
+        try:
+            try:
+                await client.create_bucket(**args)
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) not in ACL_REFUSED | UNSUPPORTED:
+                    raise
+                # Servers without bucket ACLs create buckets private anyway; the checks below prove it.
+                del args["ACL"]
+                await client.create_bucket(**args)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in ALREADY_EXISTS:
+                return False
+            if error_code(exc) == "InvalidBucketName":
+                raise BucketError(
+                    f"{bucket!r} is not a valid bucket name ({describe(exc)}); use 3-63 lowercase letters, "
+                    "digits, dots and hyphens"
+                ) from exc
+            raise
+    log.info("bucket_created", bucket=bucket, region=region)
+    return True
+
+
+async def _get_acl(client: Any, bucket: str) -> dict[str, Any]:
+    with _step(bucket, "read the bucket ACL", "s3:GetBucketAcl"):
+        try:
+            acl: dict[str, Any] = await client.get_bucket_acl(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in NOT_FOUND:
+                raise
+            # HeadBucket said 404 and CreateBucket said it exists: the name is taken where we cannot see it.
+            raise BucketError(
+                f"bucket name {bucket!r} is taken but the bucket is not visible to these credentials; "
+                "choose another bucket name"
+            ) from exc
+    return acl
+
+
+async def _owner_proven(client: Any, bucket: str, acl: dict[str, Any]) -> bool:
+    """True when the ACL owner is the caller; raises when it is someone else; False when we cannot tell."""
+    owner = str(acl.get("Owner", {}).get("ID", ""))
+    try:
+        me = str((await client.list_buckets()).get("Owner", {}).get("ID", ""))
+    except botocore.exceptions.ClientError as exc:
+        if classify(exc) is not ErrorKind.PERMANENT:
+            _raise_for(exc, bucket, "list buckets", "s3:ListAllMyBuckets")
+        me, reason = "", describe(exc)
+    else:
+        reason = "GetBucketAcl names no owner" if not owner else "ListBuckets names no owner"
+    if owner and me and owner != me:
+        name = acl.get("Owner", {}).get("DisplayName") or owner
+        raise BucketError(
+            f"bucket {bucket!r} belongs to another account (owner {name}); choose another bucket name"
+        )
+    if owner and me:
+        return True
+    log.warning(
+        "bucket_owner_unproven",
+        bucket=bucket,
+        reason=reason,
+        hint="accepted because HeadBucket and GetBucketAcl succeed; grant s3:ListAllMyBuckets to prove it",
+    )
+    return False
+
+
+def _public_grants(acl: dict[str, Any]) -> list[str]:
+    grants = acl.get("Grants", [])
+    return sorted(
+        f"{PUBLIC_GROUPS[uri]}:{grant.get('Permission', '?')}"
+        for grant in grants
+        if (uri := grant.get("Grantee", {}).get("URI")) in PUBLIC_GROUPS
+    )
+
+
+async def _make_private(client: Any, bucket: str, public: list[str]) -> None:
+    """Replace the ACL with `private` and read it back: the grant must be gone."""
+    with _step(bucket, f"remove the public grant ({', '.join(public)})", "s3:PutBucketAcl"):
+        try:
+            await client.put_bucket_acl(Bucket=bucket, ACL="private")
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in ACL_REFUSED:  # ACLs disabled: the read-back decides
+                raise
+    left = _public_grants(await _get_acl(client, bucket))
+    if left:
+        raise BucketError(
+            f"bucket {bucket!r} still grants {', '.join(left)} after setting ACL private; remove the grant "
+            "with your provider's console or `aws s3api put-bucket-acl --acl private` and retry"
+        )
+
+
+async def _check_policy(client: Any, bucket: str) -> None:
+    """Refuse a public bucket policy; syncd never deletes a policy, the user decides what it was for."""
+    with _step(bucket, "read the bucket policy status", "s3:GetBucketPolicyStatus"):
+        try:
+            status = await client.get_bucket_policy_status(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            code = error_code(exc)
+            if code == "NoSuchBucketPolicy":
+                return
+            if code not in UNSUPPORTED:
+                raise
+            status = None
+    if status is None:
+        public = await _policy_allows_anyone(client, bucket)
+    else:
+        public = bool(status.get("PolicyStatus", {}).get("IsPublic", False))
+    if public:
+        raise BucketError(
+            f"bucket {bucket!r} has a public bucket policy; syncd does not delete policies: remove it with "
+            f"`aws s3api delete-bucket-policy --bucket {bucket}` (or `mc anonymous set none`) and retry"
+        )
+
+
+async def _policy_allows_anyone(client: Any, bucket: str) -> bool:
+    """Without GetBucketPolicyStatus (MinIO, B2): any Allow to Principal "*" is public, conditions or not."""
+    with _step(bucket, "read the bucket policy", "s3:GetBucketPolicy"):
+        try:
+            text = (await client.get_bucket_policy(Bucket=bucket))["Policy"]
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in UNSUPPORTED | {"NoSuchBucketPolicy"}:
+                raise
+            return False
+    try:
+        statements = json.loads(text).get("Statement", [])
+    except (ValueError, AttributeError):
+        return True  # unreadable: do not claim privacy we cannot show
+    if isinstance(statements, dict):
+        statements = [statements]
+    return any(
+        isinstance(s, dict) and s.get("Effect") == "Allow" and _anyone(s.get("Principal")) for s in statements
+    )
+
+
+def _anyone(principal: Any) -> bool:
+    if isinstance(principal, dict):
+        return any(_anyone(value) for value in principal.values())
+    if isinstance(principal, list):
+        return "*" in principal
+    return bool(principal == "*")
+
+
+def _bucket_url(client: Any, bucket: str, region: str | None, endpoint_url: str | None) -> str:
+    """Path style for custom endpoints; AWS virtual-host style (path style when a dot would break TLS)."""
+    if endpoint_url:
+        return f"{endpoint_url.rstrip('/')}/{bucket}"
+    region = region or client.meta.region_name or "us-east-1"
+    if "." in bucket:
+        return f"https://s3.{region}.amazonaws.com/{bucket}"
+    return f"https://{bucket}.s3.{region}.amazonaws.com"
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy botocore would use for `url` (HTTPS_PROXY, NO_PROXY).
+
+    Not aiohttp's trust_env: that would also send ~/.netrc credentials and spoil the anonymous request.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
+
+
+async def _probe_anonymous(bucket: str, url: str) -> None:
+    """The proof of privacy: unsigned requests to list the bucket and to read a key must be refused.
+
+    A HEAD of a random missing key catches a policy or ACL that opens objects but not the listing (answered
+    404 instead of 403). 5xx and network failures are raised as aiohttp errors: the caller retries them.
+    """
+    key_url = f"{url.rstrip('/')}/syncd-probe-{secrets.token_hex(8)}"
+    async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT) as session:
+        for method, target in (("GET", f"{url.rstrip('/')}/?max-keys=1"), ("HEAD", key_url)):
+            try:
+                request = session.request(method, target, allow_redirects=False, proxy=_env_proxy(target))
+                async with request as response:
+                    status = response.status
+                    if status >= 500:
+                        response.raise_for_status()
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise BucketError(
+                    f"the anonymous privacy check of bucket {bucket!r} could not verify the TLS certificate "
+                    f"of {url}: {exc.certificate_error}; fix the server certificate or the system CA store"
+                ) from exc
+            if status in (401, 403):
+                continue
+            # 404 for the missing key means the request was authorized: objects are readable by anyone.
+            if status == 200 or (method == "HEAD" and status == 404):
+                what = "lists its objects" if method == "GET" else "serves its objects"
+                raise BucketError(
+                    f"bucket {bucket!r} {what} to anonymous requests (HTTP {status} for unsigned {method} "
+                    f"{target}); remove the public access (ACL, bucket policy, or server-side anonymous "
+                    "identity) and retry"
+                )
+            raise BucketError(
+                f"cannot prove bucket {bucket!r} is private: unsigned {method} {target} answered HTTP "
+                f"{status} instead of 403; check s3.endpoint_url and s3.region"
+            )
+
+
+async def _versioning(client: Any, bucket: str, *, enable: bool) -> str:
+    """Turn versioning on where the server lets us, then report what it says; never fatal when refused.
+
+    PutBucketVersioning is only sent when the bucket is not versioned yet, so a least-privilege key
+    (no s3:PutBucketVersioning, e.g. on B2 where buckets are always versioned) starts without warnings.
+    """
+    status = await _read_versioning(client, bucket)
+    if enable and status != "Enabled":
+        try:
+            await client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        except botocore.exceptions.ClientError as exc:
+            kind = classify(exc)
+            if kind is not ErrorKind.PERMANENT:
+                _raise_for(exc, bucket, "enable versioning", "s3:PutBucketVersioning")
+            if error_code(exc) not in UNSUPPORTED:  # B2 is always versioned and may answer NotImplemented
+                log.warning(
+                    "bucket_versioning_refused",
+                    bucket=bucket,
+                    reason=describe(exc),
+                    hint=f"grant s3:PutBucketVersioning on arn:aws:s3:::{bucket} or enable it yourself",
+                )
+        status = await _read_versioning(client, bucket)
+    if status != "Enabled":
+        log.warning(
+            "bucket_unversioned",
+            bucket=bucket,
+            versioning=status,
+            hint=f"bucket {bucket} is not versioned: overwrites destroy history; enable versioning",
+        )
+    return status
+
+
+async def _read_versioning(client: Any, bucket: str) -> str:
+    with _step(bucket, "read the versioning status", "s3:GetBucketVersioning"):
+        return str((await client.get_bucket_versioning(Bucket=bucket)).get("Status") or "Disabled")

@@ -1,0 +1,336 @@
+"""The command line: subcommands, exit codes, and the only place that prints for humans."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from syncd import __version__
+from syncd.config import DEFAULT_CONFIG, Config, load_config, parse_duration
+from syncd.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_UNAVAILABLE,
+    ConfigError,
+    SyncdError,
+    UnavailableError,
+)
+from syncd.log import configure_logging
+
+
+def default_config_path() -> str:
+    return os.environ.get("SYNCD_CONFIG") or DEFAULT_CONFIG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncd",
+        description="Keep a folder backed up to a private, versioned S3-compatible bucket.",
+    )
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "-c",
+            "--config",
+            default=None,
+            metavar="FILE",
+            help=f"config file (default: $SYNCD_CONFIG, then {DEFAULT_CONFIG})",
+        )
+        return p
+
+    with_config(sub.add_parser("run", help="the daemon, in the foreground (what systemd runs)"))
+    once = with_config(sub.add_parser("once", help="bring the bucket up to date with the folder, then exit"))
+    once.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    once.add_argument(
+        "--retry-for",
+        default="10m",
+        metavar="DURATION",
+        help="how long to keep retrying while the server is unreachable (default 10m); then exit 75",
+    )
+    once.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    with_config(sub.add_parser("check", help="run every startup check; create, change or upload nothing"))
+    with_config(sub.add_parser("status", help="what the daemon for this config is doing"))
+    versions = with_config(sub.add_parser("versions", help="every version of one file in the bucket"))
+    versions.add_argument("path", help="the file's path (absolute, or relative to the current directory)")
+    restore = with_config(sub.add_parser("restore", help="get files back from the bucket"))
+    restore.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to restore")
+    when = restore.add_mutually_exclusive_group()
+    when.add_argument("--version", dest="version_id", metavar="ID", help="this version of a single file")
+    when.add_argument("--at", metavar="TIME", help="as it was at this time (ISO 8601, e.g. 2026-11-20T14:00)")
+    restore.add_argument("--to", metavar="DEST", help="write here instead of the original place")
+    restore.add_argument("--force", action="store_true", help="overwrite existing files")
+    verify = with_config(sub.add_parser("verify", help="compare the bucket with the state and the folder"))
+    verify.add_argument("--repair", action="store_true", help="upload what is missing or different")
+    demo = sub.add_parser("demo", help="try syncd on a throwaway local SeaweedFS: no account, no config")
+    demo.add_argument("--dir", metavar="DIR", help="where to keep the demo folder and server data")
+    demo.add_argument(
+        "--port", type=int, default=None, help="S3 port for the demo server (default: a free one)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except KeyboardInterrupt:
+        print("syncd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as exc:
+        return report(exc)
+
+
+def report(exc: BaseException) -> int:
+    """One stderr line for anything the user can fix; a traceback only for our own bugs."""
+    user_error = first_syncd_error(exc)
+    if user_error is not None:
+        print(f"syncd: error: {user_error}", file=sys.stderr)
+        return user_error.exit_code
+    if isinstance(exc, SystemExit):
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if _contains(exc, KeyboardInterrupt) or _contains(exc, asyncio.CancelledError):
+        print("syncd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"syncd: internal error: {type(exc).__name__}: {exc} (please report this)", file=sys.stderr)
+    if os.environ.get("SYNCD_DEBUG"):
+        traceback.print_exception(exc)
+    return EXIT_INTERNAL
+
+
+def first_syncd_error(exc: BaseException) -> SyncdError | None:
+    if isinstance(exc, SyncdError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_syncd_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(exc, kind):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_contains(inner, kind) for inner in exc.exceptions)
+    return False
+
+
+def load(args: argparse.Namespace) -> Config:
+    path = args.config or default_config_path()
+    config = load_config(path)
+    configure_logging(config.log.format, config.log.level)
+    return config
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "demo":
+        from syncd.demo import run_demo
+
+        return run_demo(args.dir, args.port)
+    config = load(args)
+    if command == "run":
+        from syncd.daemon import Daemon
+
+        asyncio.run(Daemon(config).main())
+        return EXIT_OK
+    if command == "once":
+        retry_for = parse_duration(args.retry_for, "--retry-for")
+        progress = sys.stdout.isatty() and not args.no_progress and not args.dry_run
+        return asyncio.run(run_once(config, dry_run=args.dry_run, retry_for=retry_for, progress=progress))
+    if command == "check":
+        return asyncio.run(run_check(config))
+    from syncd import admin
+
+    if command == "status":
+        return admin.status(config)
+    if command == "versions":
+        return asyncio.run(admin.versions(config, args.path))
+    if command == "restore":
+        return asyncio.run(
+            admin.restore(
+                config, args.paths, version_id=args.version_id, at=args.at, to=args.to, force=args.force
+            )
+        )
+    if command == "verify":
+        return asyncio.run(admin.verify(config, repair=args.repair))
+    raise ConfigError(f"unknown command {command!r}")
+
+
+class Progress:
+    """A one-line progress bar on a terminal: files, bytes, rate, ETA."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last_draw = 0.0
+
+    def __call__(self, pipeline: Any) -> None:
+        now = time.monotonic()
+        if now - self.last_draw < 0.2:
+            return
+        self.last_draw = now
+        self.draw(pipeline)
+
+    def draw(self, pipeline: Any, final: bool = False) -> None:
+        s = pipeline.stats
+        done = s.uploaded + s.copied + s.unchanged + s.failed + s.skipped
+        pending = len(pipeline.scheduler) + len(pipeline.settler)
+        total = done + pending
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = s.bytes / elapsed
+        files_rate = done / elapsed
+        eta = pending / files_rate if files_rate > 0 and pending else 0
+        width = 24
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        line = (
+            f"\r[{bar}] {done}/{total} files  {_human(s.bytes)}  {_human(rate)}/s  "
+            f"ETA {int(eta)}s  failed {s.failed + s.skipped}   "
+        )
+        sys.stdout.write(line + ("\n" if final else ""))
+        sys.stdout.flush()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress: bool) -> int:
+    from syncd.daemon import Pipeline, run_stopping_cleanly
+    from syncd.notify import Notifier
+    from syncd.s3 import open_client
+    from syncd.state import StateLock, StateStore
+
+    started = time.monotonic()
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = StateLock(config.state_file)
+    lock.acquire()
+    state = StateStore(config.state_file, config.identity)
+    bar = Progress() if progress else None
+    pipeline: Pipeline | None = None
+    try:
+        async with open_client(config.s3, pool=config.workers + 8) as client:
+            pipeline = Pipeline(
+                config,
+                client,
+                state,
+                Notifier(socket_path=""),
+                mode="once",
+                dry_run=dry_run,
+                retry_for=retry_for,
+                on_progress=bar,
+            )
+            await pipeline.prepare(check_only=dry_run)
+            await run_stopping_cleanly(pipeline.run_once())
+    except BaseException as exc:
+        if first_syncd_error(exc).__class__ is UnavailableError or isinstance(exc, UnavailableError):
+            owed = state.counts().owed
+            print(
+                f"syncd: error: the S3 server stayed unreachable for {args_duration(retry_for)}; "
+                f"{owed} files still owed (run again, or use syncd run)",
+                file=sys.stderr,
+            )
+            return EXIT_UNAVAILABLE
+        raise
+    finally:
+        counts = state.counts()
+        state.close()
+        lock.release()
+    assert pipeline is not None
+    s = pipeline.stats
+    if bar is not None:
+        bar.draw(pipeline, final=True)
+    elapsed = time.monotonic() - started
+    if dry_run:
+        for rel in sorted(s.to_upload):
+            sys.stdout.write(os.fsencode(rel).decode("utf-8", "backslashreplace") + "\n")
+        print(f"syncd: dry run: {len(s.to_upload)} files would be uploaded", file=sys.stderr)
+        return EXIT_OK
+    print(
+        f"syncd once: {s.uploaded} uploaded ({_human(s.bytes)}), {s.copied} copied, {s.unchanged} unchanged, "
+        f"{s.failed + s.skipped} failed, {counts.owed} owed, in {elapsed:.1f}s"
+    )
+    return EXIT_SOME_FAILED if s.failed + s.skipped else EXIT_OK
+
+
+def args_duration(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s" if seconds >= 60 else f"{seconds:.0f}s"
+
+
+async def run_check(config: Config) -> int:
+    from syncd.bucket import ensure_private_bucket
+    from syncd.retry import Outage, Retrier
+    from syncd.s3 import open_client
+
+    async with open_client(config.s3, pool=4) as client:
+        retrier = Retrier(Outage(), give_up_after=30)
+        status = await retrier.call(
+            lambda: ensure_private_bucket(
+                client,
+                config.bucket,
+                region=config.s3.region,
+                endpoint_url=config.s3.endpoint_url,
+                check_only=True,
+            )
+        )
+        lifecycle = await _lifecycle_warnings(client, config)
+    print(f"config {config.path}: ok (folder {config.folder})")
+    print("credentials: accepted")
+    if not status.exists:
+        print(f"bucket {config.bucket}: does not exist yet; syncd run creates it private")
+    else:
+        privacy = "private" if status.private else "NOT private now (syncd run makes it private)"
+        print(f"bucket {config.bucket}: ours, {privacy}, versioning {status.versioning}")
+        if status.versioning != "Enabled":
+            print("  warning: an unversioned bucket keeps no history; overwrites destroy old bytes")
+    for line in lifecycle:
+        print(f"  warning: {line}")
+    return EXIT_OK
+
+
+async def _lifecycle_warnings(client: Any, config: Config) -> list[str]:
+    """Lifecycle rules that expire or delete history (reported by `check`)."""
+    from syncd.s3 import error_code
+
+    try:
+        response = await client.get_bucket_lifecycle_configuration(Bucket=config.bucket)
+    except Exception as exc:
+        if error_code(exc) in (
+            "NoSuchLifecycleConfiguration",
+            "NoSuchBucket",
+            "NotImplemented",
+            "AccessDenied",
+        ):
+            return []
+        return []
+    warnings = []
+    for rule in response.get("Rules", []):
+        if rule.get("Status") != "Enabled":
+            continue
+        name = rule.get("ID") or "(unnamed)"
+        if "NoncurrentVersionExpiration" in rule:
+            days = rule["NoncurrentVersionExpiration"].get("NoncurrentDays")
+            warnings.append(f"lifecycle rule {name} deletes old versions after {days} days")
+        if "Expiration" in rule:
+            warnings.append(f"lifecycle rule {name} expires current objects: {rule['Expiration']}")
+    return warnings
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,389 @@
+"""YAML -> one frozen, validated Config. Every error names the file and the key, and says how to fix it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from syncd.errors import ConfigError
+from syncd.excludes import Excludes
+from syncd.keys import normalize_prefix
+from syncd.s3 import S3Settings
+
+DEFAULT_CONFIG = "/etc/syncd/config.yaml"
+MiB = 1024 * 1024
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str  # "json" | "console"
+    level: str  # "debug" | "info" | "warning" | "error"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str | None = None  # "127.0.0.1:9464"; None = no endpoint
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything syncd needs, validated once; the rest of the code gets the parts it uses."""
+
+    path: Path
+    folder: Path
+    bucket: str
+    prefix: str
+    s3: S3Settings
+    workers: int = 16
+    settle: float = 0.5
+    stop_timeout: float = 20.0
+    state_dir: Path = Path("/var/lib/syncd")
+    log: LogSettings = field(default_factory=lambda: LogSettings("json", "info"))
+    rescan_interval: float = 900.0
+    max_delay: float = 600.0
+    ignore_inode: bool = False
+    multipart_threshold: int = 64 * MiB
+    multipart_chunksize: int = 16 * MiB
+    max_inflight: int = 64 * MiB
+    bandwidth_limit: int | None = None
+    follow_symlinks: bool = False
+    exclude: tuple[str, ...] = ()
+    default_excludes: bool = True
+    on_delete: str = "keep"
+    delete_guard_percent: float = 50.0
+    delete_guard_files: int = 1000
+    keep_versions_days: int | None = None
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    @property
+    def identity(self) -> str:
+        """What one state belongs to: another server, bucket, prefix or folder must not reuse it."""
+        return "\n".join([self.s3.endpoint_url or "aws", self.bucket, self.prefix, str(self.folder)])
+
+    @property
+    def state_file(self) -> Path:
+        digest = hashlib.sha256(self.identity.encode()).hexdigest()[:16]
+        return self.state_dir / f"state-{digest}.db"
+
+    def excludes(self) -> Excludes:
+        return Excludes(self.exclude, use_defaults=self.default_excludes)
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from a number or a string with a unit ("500ms", "15m", "2h")."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration like 30, '500ms' or '15m', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _NUMBER_UNIT.match(value)):
+        unit = match.group(2).lower() or "s"
+        if unit not in _DURATION_UNITS:
+            raise ConfigError(
+                f"{where}: unknown time unit {match.group(2)!r} in {value!r}; use ms, s, m, h or d"
+            )
+        seconds = float(match.group(1)) * _DURATION_UNITS[unit]
+    else:
+        raise ConfigError(f"{where}: expected a duration like 30, '500ms' or '15m', got {value!r}")
+    if seconds < 0:
+        raise ConfigError(f"{where}: must not be negative, got {value!r}")
+    return seconds
+
+
+def parse_size(value: Any, where: str) -> int:
+    """Bytes from a number or a string with a unit ("64MiB", "100MB", "1.5GiB")."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a size like 1048576, '64MiB' or '100MB', got {value!r}")
+    if isinstance(value, int | float):
+        size = int(value)
+    elif isinstance(value, str) and (match := _NUMBER_UNIT.match(value)):
+        unit = match.group(2).lower()
+        if unit not in _SIZE_UNITS:
+            raise ConfigError(
+                f"{where}: unknown size unit {match.group(2)!r} in {value!r}; use KiB, MiB, GiB, KB, MB or GB"
+            )
+        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    else:
+        raise ConfigError(f"{where}: expected a size like 1048576, '64MiB' or '100MB', got {value!r}")
+    if size < 0:
+        raise ConfigError(f"{where}: must not be negative, got {value!r}")
+    return size
+
+
+def default_state_dir() -> Path:
+    """$STATE_DIRECTORY (systemd), /var/lib/syncd for root, else the XDG state home."""
+    from_systemd = os.environ.get("STATE_DIRECTORY")
+    if from_systemd:
+        return Path(from_systemd.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/syncd")
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "syncd"
+
+
+class _Reader:
+    """Reads one mapping, remembering which keys were used so unknown ones can be reported."""
+
+    def __init__(self, data: Mapping[str, Any], file: Path, section: str = "") -> None:
+        self.data = data
+        self.file = file
+        self.section = section
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.file}: {self.section}{key}"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        return default if value is None else value
+
+    def required(self, key: str, hint: str) -> Any:
+        self.used.add(key)
+        if self.data.get(key) in (None, ""):
+            raise ConfigError(f"{self.where(key)}: missing required key; {hint}")
+        return self.data[key]
+
+    def str_(self, key: str, default: str | None = None) -> str | None:
+        value = self.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{self.where(key)}: expected a string, got {value!r}")
+        return value
+
+    def bool_(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where(key)}: expected true or false, got {value!r}")
+        return value
+
+    def int_(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.where(key)}: expected a whole number, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{self.where(key)}: must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, default)
+        if value not in choices:
+            raise ConfigError(f"{self.where(key)}: must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    def section_reader(self, key: str) -> _Reader:
+        value = self.get(key, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{self.where(key)}: expected a mapping of keys, got {value!r}")
+        return _Reader(value, self.file, f"{self.section}{key}.")
+
+    def check_unknown(self) -> None:
+        unknown = sorted(str(k) for k in self.data if k not in self.used)
+        if unknown:
+            raise ConfigError(
+                f"{self.where(unknown[0])}: unknown key (typo?); see config.example.yaml for the valid keys"
+            )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file; raise ConfigError naming the file and key on any problem."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: config file not found; create it (see config.example.yaml) or pass -c FILE"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read the config file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{file}:{line}: {problem}; fix the YAML syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{file}: the config must be a mapping of keys (folder:, bucket:, ...)")
+    return parse_config(data, file)
+
+
+def parse_config(data: Mapping[str, Any], file: Path) -> Config:
+    top = _Reader(data, file)
+    folder = _parse_folder(top, file)
+    bucket = _parse_bucket(top)
+    raw_prefix = top.str_("prefix", "") or ""
+    try:
+        prefix = normalize_prefix(raw_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"{top.where('prefix')}: {exc}") from None
+
+    s3r = top.section_reader("s3")
+    s3 = S3Settings(
+        endpoint_url=s3r.str_("endpoint_url"),
+        region=s3r.str_("region"),
+        profile=s3r.str_("profile"),
+        checksum=s3r.choice("checksum", "when_required", ("when_required", "when_supported")),
+    )
+    if s3.endpoint_url and not re.match(r"^https?://[^/\s]+", s3.endpoint_url):
+        raise ConfigError(
+            f"{s3r.where('endpoint_url')}: expected a URL like https://s3.us-west-004.backblazeb2.com, "
+            f"got {s3.endpoint_url!r}"
+        )
+    s3r.check_unknown()
+
+    logr = top.section_reader("log")
+    log = LogSettings(
+        format=logr.choice("format", "auto", ("json", "console", "auto")),
+        level=logr.choice("level", "info", ("debug", "info", "warning", "error")),
+    )
+    logr.check_unknown()
+
+    metricsr = top.section_reader("metrics")
+    metrics = MetricsSettings(listen=metricsr.str_("listen"))
+    if metrics.listen and not re.match(r"^[\w.\-\[\]:]+:\d+$", metrics.listen):
+        raise ConfigError(
+            f"{metricsr.where('listen')}: expected HOST:PORT like 127.0.0.1:9464, got {metrics.listen!r}"
+        )
+    metricsr.check_unknown()
+
+    state_dir_raw = top.str_("state_dir")
+    state_dir = Path(state_dir_raw).expanduser() if state_dir_raw else default_state_dir()
+
+    exclude_raw = top.get("exclude", [])
+    if not isinstance(exclude_raw, list) or not all(isinstance(p, str) for p in exclude_raw):
+        raise ConfigError(f"{top.where('exclude')}: expected a list of glob patterns, got {exclude_raw!r}")
+    default_excludes = top.bool_("default_excludes", True)
+    try:
+        Excludes(exclude_raw, use_defaults=default_excludes)
+    except ValueError as exc:
+        raise ConfigError(f"{top.where('exclude')}: {exc}") from None
+
+    guard = top.get("delete_guard", "50%")
+    guard_percent, guard_files = _parse_delete_guard(guard, top.where("delete_guard"))
+
+    keep_days = top.get("keep_versions_days")
+    if keep_days is not None and (
+        isinstance(keep_days, bool) or not isinstance(keep_days, int) or keep_days < 1
+    ):
+        raise ConfigError(
+            f"{top.where('keep_versions_days')}: expected a whole number of days >= 1, got {keep_days!r}"
+        )
+
+    bandwidth = top.get("bandwidth_limit")
+    config = Config(
+        path=file,
+        folder=folder,
+        bucket=bucket,
+        prefix=prefix,
+        s3=s3,
+        workers=top.int_("workers", 16, minimum=1),
+        settle=parse_duration(top.get("settle", 0.5), top.where("settle")),
+        stop_timeout=parse_duration(top.get("stop_timeout", 20), top.where("stop_timeout")),
+        state_dir=state_dir,
+        log=log,
+        rescan_interval=parse_duration(top.get("rescan_interval", "15m"), top.where("rescan_interval")),
+        max_delay=parse_duration(top.get("max_delay", "10m"), top.where("max_delay")),
+        ignore_inode=top.bool_("ignore_inode", False),
+        multipart_threshold=parse_size(
+            top.get("multipart_threshold", "64MiB"), top.where("multipart_threshold")
+        ),
+        multipart_chunksize=parse_size(
+            top.get("multipart_chunksize", "16MiB"), top.where("multipart_chunksize")
+        ),
+        max_inflight=parse_size(top.get("max_inflight", "64MiB"), top.where("max_inflight")),
+        bandwidth_limit=None if bandwidth is None else parse_size(bandwidth, top.where("bandwidth_limit")),
+        follow_symlinks=top.bool_("follow_symlinks", False),
+        exclude=tuple(exclude_raw),
+        default_excludes=default_excludes,
+        on_delete=top.choice("on_delete", "keep", ("keep", "delete")),
+        delete_guard_percent=guard_percent,
+        delete_guard_files=guard_files,
+        keep_versions_days=keep_days,
+        metrics=metrics,
+    )
+    top.check_unknown()
+    _check_ranges(config, top)
+    return config
+
+
+def _parse_folder(top: _Reader, file: Path) -> Path:
+    raw = top.required("folder", "set it to the directory to back up, e.g. folder: /srv/data")
+    if not isinstance(raw, str):
+        raise ConfigError(f"{top.where('folder')}: expected a path, got {raw!r}")
+    folder = Path(raw).expanduser()
+    if not folder.is_absolute():
+        folder = (file.parent / folder).resolve()
+    if not folder.exists():
+        raise ConfigError(f"{top.where('folder')}: {folder} does not exist; create it or fix the path")
+    if not folder.is_dir():
+        raise ConfigError(f"{top.where('folder')}: {folder} is not a directory; point it at a directory")
+    return folder.resolve()
+
+
+def _parse_bucket(top: _Reader) -> str:
+    bucket = top.required("bucket", "set it to the bucket name, e.g. bucket: acme-backups")
+    if not isinstance(bucket, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+        raise ConfigError(
+            f"{top.where('bucket')}: {bucket!r} is not a valid bucket name "
+            "(3-63 characters: lowercase letters, digits, '-' and '.')"
+        )
+    return bucket
+
+
+def _parse_delete_guard(value: Any, where: str) -> tuple[float, int]:
+    """'50%' -> (50, 1000); 200 -> (100, 200): deletions beyond either bound are refused."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            raise ConfigError(
+                f"{where}: expected a percentage like '50%' or a number of files, got {value!r}"
+            ) from None
+        if not 0 < percent <= 100:
+            raise ConfigError(f"{where}: percentage must be between 0 and 100, got {value!r}")
+        return percent, 1000
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return 100.0, value
+    raise ConfigError(f"{where}: expected a percentage like '50%' or a number of files, got {value!r}")
+
+
+def _check_ranges(config: Config, top: _Reader) -> None:
+    if config.multipart_chunksize < 5 * MiB:
+        raise ConfigError(f"{top.where('multipart_chunksize')}: S3 parts must be at least 5MiB")
+    if config.multipart_threshold < 5 * MiB:
+        raise ConfigError(f"{top.where('multipart_threshold')}: must be at least 5MiB (S3's smallest part)")
+    if config.max_inflight < MiB:
+        raise ConfigError(f"{top.where('max_inflight')}: must be at least 1MiB")
+    if config.rescan_interval and config.rescan_interval < 1:
+        raise ConfigError(
+            f"{top.where('rescan_interval')}: must be at least 1s (or 0 to turn periodic rescans off)"
+        )
+    if config.workers > 512:
+        raise ConfigError(f"{top.where('workers')}: at most 512, got {config.workers}")

@@ -1,0 +1,796 @@
+"""Wires the stages: bucket -> watcher/reconcile -> settle -> queue -> uploaders -> state and log.
+
+`Pipeline` is one config's run; `Daemon` owns signals, systemd notification and reload, and rebuilds the
+pipeline when the folder, bucket or prefix changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from syncd import scan
+from syncd.bucket import BucketStatus, ensure_private_bucket
+from syncd.config import Config, load_config
+from syncd.errors import ConfigError, SyncdError
+from syncd.log import configure_logging, get_logger
+from syncd.notify import Notifier, watchdog_interval
+from syncd.remote import RemoteObject, list_current
+from syncd.retry import Outage, Retrier
+from syncd.s3 import ErrorKind, S3Settings, classify, describe, error_code, open_client
+from syncd.scheduler import Scheduler
+from syncd.settle import Settler
+from syncd.state import FileRecord, StateLock, StateStore
+from syncd.uploader import ByteBudget, FileSkipped, Outcome, RateLimit, Uploader, UploadSettings
+from syncd.watcher import Watcher
+
+log = get_logger()
+DELETE_BATCH_QUIET = 2.0  # seconds without a new deletion before a batch is judged by the delete guard
+
+
+@dataclass
+class Stats:
+    uploaded: int = 0
+    copied: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    bytes: int = 0
+    retried_changed: int = 0
+    last_upload: float | None = None
+    to_upload: list[str] = field(default_factory=list)  # dry-run: what would be uploaded
+
+
+class Pipeline:
+    """One config's pipeline. `mode` is "run" (watch forever) or "once" (catch up, then return)."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: Any,
+        state: StateStore,
+        notifier: Notifier,
+        *,
+        mode: str = "run",
+        dry_run: bool = False,
+        retry_for: float | None = None,
+        on_progress: Callable[[Pipeline], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.state = state
+        self.notifier = notifier
+        self.mode = mode
+        self.dry_run = dry_run
+        self.on_progress = on_progress
+        self.stats = Stats()
+        self.outage = Outage()
+        self.outage.listeners.append(self._outage_changed)
+        self.retrier = Retrier(self.outage, give_up_after=retry_for)
+        self.excludes = config.excludes()
+        self.walk_opts = scan.WalkOptions(config.folder, self.excludes, config.follow_symlinks)
+        self.scheduler = Scheduler()
+        self.settler = Settler(
+            config.folder,
+            config.settle,
+            config.max_delay,
+            release=self.scheduler.put,
+            on_dir=self._on_dir,
+            on_gone=self._on_gone,
+            follow_symlinks=config.follow_symlinks,
+        )
+        self.watcher = Watcher(config.folder, self._on_watch_event, self._on_watch_restart)
+        self.remote: dict[str, RemoteObject] | None = None
+        self.gone_batch: set[str] = set()
+        self.gone_event = asyncio.Event()
+        self.rescan_now = asyncio.Event()
+        self.stopping = False
+        self.bucket: BucketStatus | None = None
+        self.workers_wanted = config.workers
+        self.worker_tasks: set[asyncio.Task[None]] = set()
+        self.scanned_files = 0
+        self.total_bytes = 0
+        self.folder_dev = os.stat(config.folder).st_dev
+        self.folder_ok = True
+        self.fast: Any = None
+        self.uploader = self._make_uploader(None)
+
+    def _make_uploader(self, put_object: Any) -> Uploader:
+        c = self.config
+        settings = UploadSettings(
+            root=c.folder,
+            bucket=c.bucket,
+            prefix=c.prefix,
+            multipart_threshold=c.multipart_threshold,
+            multipart_chunksize=c.multipart_chunksize,
+            follow_symlinks=c.follow_symlinks,
+            ignore_inode=c.ignore_inode,
+        )
+        return Uploader(
+            self.client,
+            settings,
+            self.retrier,
+            ByteBudget(c.max_inflight),
+            RateLimit(c.bandwidth_limit),
+            lookup=self.state.get,
+            by_content=self.state.by_content,
+            multipart_started=lambda upload_id, key, rel: self.state.add_multipart(upload_id, key, rel),
+            multipart_ended=self.state.remove_multipart,
+            put_object=put_object,
+            remote=self._remote_same,
+            dry_run=self.dry_run,
+        )
+
+    # -- startup ---------------------------------------------------------------------------------------
+    async def prepare(self, *, check_only: bool = False) -> BucketStatus:
+        """Bucket exists, is ours, private and (where possible) versioned; waits while S3 is away."""
+        c = self.config
+        status = await self.retrier.call(
+            lambda: ensure_private_bucket(
+                self.client,
+                c.bucket,
+                region=c.s3.region,
+                endpoint_url=c.s3.endpoint_url,
+                check_only=check_only,
+            )
+        )
+        self.bucket = status
+        if not check_only:
+            if c.on_delete == "delete" and status.versioning != "Enabled":
+                raise ConfigError(
+                    f"{c.path}: on_delete: delete needs a versioned bucket ({c.bucket} is not): "
+                    "enable versioning on it or set on_delete: keep"
+                )
+            log.info(
+                "bucket_ready",
+                bucket=c.bucket,
+                created=status.created,
+                private=status.private,
+                made_private=status.made_private,
+                versioning=status.versioning,
+            )
+            self.state.set_meta(
+                "bucket", f"{c.bucket}: private={status.private} versioning={status.versioning}"
+            )
+            await self._abort_leftover_multiparts()
+            if not self.dry_run:
+                self._enable_fast_path()
+        return status
+
+    def _enable_fast_path(self) -> None:
+        try:
+            from syncd.fastpath import FastPut
+        except ImportError:
+            return
+        self.fast = FastPut.create(self.client, self.config.bucket)
+        if self.fast is not None:
+            self.uploader = self._make_uploader(self.fast.put_object)
+
+    async def _abort_leftover_multiparts(self) -> None:
+        """Abort the multipart uploads this state started and never finished (never other clients')."""
+        for upload_id, key in self.state.multiparts():
+            try:
+                await self.retrier.call(
+                    functools.partial(
+                        self.client.abort_multipart_upload,
+                        Bucket=self.config.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                    )
+                )
+            except Exception as exc:
+                if error_code(exc) != "NoSuchUpload":
+                    log.warning("multipart_abort_failed", key=key, reason=describe(exc))
+                    continue
+            self.state.remove_multipart(upload_id)
+            log.info("multipart_aborted", key=key, upload_id=upload_id)
+
+    def _outage_changed(self, down: bool, reason: str) -> None:
+        if down:
+            self.notifier.status(f"waiting for S3 ({reason})")
+            self.notifier.extend_timeout(120)
+
+    # -- inputs: watcher events, walks, deletions -----------------------------------------------------
+    def _on_watch_event(self, path: str) -> None:
+        rel = scan.relative(self.config.folder, path)
+        if rel is None:
+            if path == str(self.config.folder):
+                self.rescan_now.set()  # the folder itself changed (moved, unmounted): check it
+            return
+        if self.excludes.excluded(rel):
+            return
+        self.note_changes([rel])
+
+    def note_changes(self, rels: list[str]) -> None:
+        """Owed first, then settled: a crash between the two leaves a debt, never a silent gap."""
+        if not rels:
+            return
+        if not self.dry_run:
+            self.state.mark_owed(rels)
+        for rel in rels:
+            self.settler.add(rel)
+
+    def _on_watch_restart(self, reason: str) -> None:
+        log.info("rescan_requested", reason="watcher restarted")
+        self.rescan_now.set()
+
+    def _on_dir(self, rel: str) -> None:
+        """A directory appeared: its files may predate the watch on it, so walk it now."""
+        if not self.dry_run:
+            self.state.forget([rel])
+        task = asyncio.get_running_loop().create_task(self._walk_new_dir(rel))
+        self.worker_tasks.add(task)  # owned with the workers: cancelled at shutdown
+        task.add_done_callback(self.worker_tasks.discard)
+
+    async def _walk_new_dir(self, rel: str) -> None:
+        if self.excludes.excluded_dir(rel):
+            return
+        async for batch in scan.batches(self.walk_opts, start=rel):
+            self._feed(batch, known=None)
+
+    def _on_gone(self, rel: str) -> None:
+        if self.dry_run:
+            return
+        if self.config.on_delete == "keep" or self.state.get(rel) is None:
+            self.state.forget_owed(rel)
+            return
+        self.gone_batch.add(rel)
+        self.gone_event.set()
+
+    async def deletions(self) -> None:
+        """Propagate deletions in batches, refusing a batch the delete guard calls a disaster."""
+        while True:
+            await self.gone_event.wait()
+            while True:
+                self.gone_event.clear()
+                try:
+                    await asyncio.wait_for(self.gone_event.wait(), DELETE_BATCH_QUIET)
+                except TimeoutError:
+                    break
+            batch, self.gone_batch = self.gone_batch, set()
+            batch = {rel for rel in batch if not os.path.lexists(os.path.join(self.config.folder, rel))}
+            if not batch or not self.folder_available():
+                continue
+            tracked = max(self.state.counts().files, 1)
+            limit = min(self.config.delete_guard_percent / 100 * tracked, self.config.delete_guard_files)
+            if len(batch) > limit:
+                log.critical(
+                    "delete_guard_tripped",
+                    count=len(batch),
+                    tracked=tracked,
+                    limit=int(limit),
+                    hint="nothing was deleted in the bucket; if this is intended, raise delete_guard",
+                )
+                for rel in batch:
+                    self.state.forget_owed(rel)
+                continue
+            for rel in sorted(batch):
+                await self._delete(rel)
+
+    async def _delete(self, rel: str) -> None:
+        rec = self.state.get(rel)
+        if rec is None:
+            return
+        try:
+            response = await self.retrier.call(
+                lambda: self.client.delete_object(Bucket=self.config.bucket, Key=rec.key)
+            )
+        except Exception as exc:
+            log.error("delete_failed", path=rel, key=rec.key, reason=describe(exc))
+            return
+        self.state.forget([rel])
+        self.stats.deleted += 1
+        log.info("deleted", path=rel, key=rec.key, version_id=response.get("VersionId"))
+
+    def folder_available(self) -> bool:
+        """The folder exists and is still on the device it was on (an unmounted mountpoint is not)."""
+        try:
+            st = os.stat(self.config.folder)
+        except OSError:
+            available = False
+        else:
+            available = st.st_dev == self.folder_dev
+        if available != self.folder_ok:
+            self.folder_ok = available
+            if available:
+                log.info("folder_available", folder=str(self.config.folder))
+                self.rescan_now.set()
+            else:
+                log.error(
+                    "folder_unavailable",
+                    folder=str(self.config.folder),
+                    hint="uploads and deletions are paused until the folder (or its mount) is back",
+                )
+        return available
+
+    # -- reconcile ------------------------------------------------------------------------------------
+    async def reconcile(self, reason: str) -> int:
+        """Walk the folder, owe each file whose stat differs from the state; never read unchanged files."""
+        if not self.folder_available():
+            return 0
+        started = time.monotonic()
+        known = self.state.signatures()
+        before = len(self.scheduler) + len(self.settler)
+        owed = 0
+        self.scanned_files = 0
+        async for batch in scan.batches(self.walk_opts):
+            self.scanned_files += len(batch)
+            self.total_bytes += sum(st.st_size for _rel, st in batch)
+            if self.remote is None and any(rel not in known for rel, _st in batch):
+                await self._load_remote_index()
+            owed += self._feed(batch, known)
+        if not self.folder_available():
+            return owed  # went away during the walk: the "missing" files are not deletions
+        for rel in known:
+            if not os.path.lexists(os.path.join(self.config.folder, rel)) and not self.excludes.excluded(rel):
+                self._on_gone(rel)
+        log.info(
+            "scan_done",
+            reason=reason,
+            files=self.scanned_files,
+            changed=owed,
+            queued_before=before,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+        return owed
+
+    def _feed(self, batch: list[tuple[str, os.stat_result]], known: dict[str, Any] | None) -> int:
+        from syncd.state import Signature
+
+        changed: list[tuple[str, os.stat_result]] = []
+        for rel, st in batch:
+            sig = known.pop(rel, None) if known is not None else self.state_sig(rel)
+            if sig is None or not Signature.of(st).same_as(sig, self.config.ignore_inode):
+                changed.append((rel, st))
+        if changed:
+            if not self.dry_run:
+                self.state.mark_owed([rel for rel, _ in changed])
+            for rel, st in changed:
+                self.settler.add(rel, st)
+        return len(changed)
+
+    def state_sig(self, rel: str) -> Any:
+        rec = self.state.get(rel)
+        return rec.sig if rec else None
+
+    async def _load_remote_index(self) -> None:
+        """What the bucket already holds under the prefix, so a fresh state re-uploads nothing it has."""
+        started = time.monotonic()
+        self.remote = await list_current(self.client, self.config.bucket, self.config.prefix, self.retrier)
+        log.info(
+            "bucket_listed", objects=len(self.remote), duration_ms=int((time.monotonic() - started) * 1000)
+        )
+
+    async def _remote_same(self, key: str, size: int, md5: str) -> dict[str, Any] | None:
+        """The bucket's current object for key already has these bytes: its ETag and VersionId, else None."""
+        if not self.remote:
+            return None
+        obj = self.remote.pop(key, None)
+        if obj is None or obj.size != size:
+            return None
+        try:
+            head = await self.retrier.call(
+                lambda: self.client.head_object(Bucket=self.config.bucket, Key=key)
+            )
+        except Exception:
+            return None
+        remote_md5 = obj.plain_md5 or _b64_to_hex(head.get("Metadata", {}).get("md5chksum", ""))
+        if remote_md5 != md5:
+            return None
+        return {"ETag": head.get("ETag", obj.etag), "VersionId": head.get("VersionId")}
+
+    # -- workers ---------------------------------------------------------------------------------------
+    def set_workers(self, n: int) -> None:
+        self.workers_wanted = n
+        running = sum(1 for t in self.worker_tasks if t.get_name().startswith("worker"))
+        for i in range(running, n):
+            task = asyncio.get_running_loop().create_task(self.worker(), name=f"worker-{i}")
+            self.worker_tasks.add(task)
+            task.add_done_callback(self.worker_tasks.discard)
+
+    def _surplus_worker(self) -> bool:
+        running = sum(1 for t in self.worker_tasks if t.get_name().startswith("worker") and not t.done())
+        return running > self.workers_wanted
+
+    async def worker(self) -> None:
+        while not self.stopping:
+            if self._surplus_worker():
+                return
+            rel = await self.scheduler.get()
+            try:
+                if self.folder_available():
+                    await self.process(rel)
+                else:
+                    self.settler.add(rel)  # try again when the folder is back
+                    await asyncio.sleep(1)
+            finally:
+                if self.scheduler.done(rel) and not self.stopping:
+                    self.settler.add(rel)
+                if self.on_progress:
+                    self.on_progress(self)
+
+    async def process(self, rel: str) -> None:
+        owed_since = None if self.dry_run else self.state.owed_since(rel)
+        try:
+            outcome = await self.uploader.upload(rel)
+        except FileSkipped as exc:
+            if exc.gone:
+                self._on_gone(rel)
+                return
+            self.stats.skipped += 1
+            log.warning("upload_skipped", path=rel, reason=exc.reason)
+            if not self.dry_run:
+                self.state.record_failure(rel, exc.reason)
+            return
+        except SyncdError:
+            raise
+        except Exception as exc:
+            await self._failed(rel, exc)
+            return
+        self._record(outcome, owed_since)
+
+    async def _failed(self, rel: str, exc: Exception) -> None:
+        kind = classify(exc)
+        if kind is ErrorKind.CREDENTIALS:
+            self.outage.failed(exc)
+            log.error("credentials_rejected", path=rel, reason=describe(exc))
+            await asyncio.sleep(30)
+            self.settler.add(rel)
+            return
+        self.stats.failed += 1
+        reason = describe(exc)
+        log.error("upload_failed", path=rel, reason=reason)
+        if not self.dry_run:
+            self.state.record_failure(rel, reason)
+
+    def _record(self, outcome: Outcome, owed_since: float | None) -> None:
+        rel = outcome.path
+        if outcome.action == "would_upload":
+            self.stats.to_upload.append(rel)
+            return
+        if outcome.action == "unchanged":
+            self.stats.unchanged += 1
+            self.state.record_unchanged(outcome.record(), owed_since=owed_since)
+            log.debug("unchanged", path=rel, key=outcome.key)
+            return
+        if outcome.version_id is not None or outcome.etag is not None:
+            # A new version exists in the bucket: log it (every version has its record) and store it.
+            self.stats.last_upload = time.time()
+            self.state.record_upload(outcome.record(), owed_since=owed_since)
+            if outcome.action == "copied":
+                self.stats.copied += 1
+            else:
+                self.stats.uploaded += 1
+                self.stats.bytes += outcome.sig.size
+            fields: dict[str, Any] = {
+                "path": rel,
+                "key": outcome.key,
+                "size": outcome.sig.size,
+                "etag": outcome.etag,
+                "version_id": outcome.version_id,
+                "duration_ms": outcome.duration_ms,
+                "md5": outcome.md5,
+            }
+            if outcome.source_key:
+                fields["source_key"] = outcome.source_key
+            if outcome.multipart_parts:
+                fields["parts"] = outcome.multipart_parts
+            if outcome.action == "changed":
+                fields["changed_during_upload"] = True
+            log.info("copied" if outcome.action == "copied" else "uploaded", **fields)
+        if outcome.action == "changed":
+            self.stats.retried_changed += 1
+            log.info("changed_during_upload", path=rel)
+            self.note_changes([rel])
+
+    # -- the loops -------------------------------------------------------------------------------------
+    async def queue_owed(self) -> None:
+        owed = self.state.owed()
+        if owed:
+            log.info("owed_resumed", files=len(owed))
+            for rel in owed:
+                self.settler.add(rel)
+
+    async def periodic_rescan(self) -> None:
+        interval = self.config.rescan_interval
+        while True:
+            timeout = interval if interval and not self.watcher.degraded else 60.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.rescan_now.wait(), timeout)
+            self.rescan_now.clear()
+            await self.reconcile("periodic" if interval else "watcher")
+
+    async def drop_remote_index_when_idle(self) -> None:
+        await asyncio.sleep(0.5)
+        while len(self.settler) or len(self.scheduler):
+            await asyncio.sleep(0.5)
+        self.remote = {}
+
+    def status_line(self) -> str:
+        c = self.state.counts()
+        if self.outage.down:
+            return f"waiting for S3 ({self.outage.reason}): {c.owed} owed"
+        if not self.folder_ok:
+            return f"folder {self.config.folder} unavailable: paused, {c.owed} owed"
+        last = f", last {int(time.time() - c.last_upload)} s ago" if c.last_upload else ""
+        return f"watching {self.config.folder}: {c.owed} owed, {c.files:,} uploaded, {c.failed} failed{last}"
+
+    async def heartbeat(self) -> None:
+        """STATUS= kept current; WATCHDOG=1 only while the pipeline is healthy."""
+        interval = watchdog_interval()
+        period = min(interval, 5.0) if interval else 5.0
+        while True:
+            text = self.status_line()
+            self.notifier.status(text)
+            self.state.set_meta("status", text)
+            self.state.set_meta("pid", str(os.getpid()))
+            if interval and self.healthy():
+                self.notifier.watchdog()
+            self.folder_available()
+            await asyncio.sleep(period)
+
+    def healthy(self) -> bool:
+        fast_ok = self.fast is None or getattr(self.fast, "healthy", lambda: True)()
+        return self.watcher.healthy() and fast_ok
+
+    async def start_workers(self, group: asyncio.TaskGroup) -> None:
+        group.create_task(self.settler.run(), name="settler")
+        group.create_task(self.deletions(), name="deletions")
+        self.set_workers(self.workers_wanted)
+
+    async def run(self, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+        """Watch and upload until `stop` is set; then drain in-flight uploads within stop_timeout."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                await self.start_workers(group)
+                group.create_task(self.watcher.run(), name="watcher")
+                # The watcher task sets up its inotify watches before its first await: once it has run,
+                # nothing written from here on can fall between the watch and the walk.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                group.create_task(self.heartbeat(), name="heartbeat")
+                ready()
+                await self.queue_owed()
+                await self.reconcile("startup")
+                group.create_task(self.drop_remote_index_when_idle())
+                group.create_task(self.periodic_rescan(), name="rescan")
+                await stop.wait()
+                await self.shutdown(group)
+        finally:
+            await self.close()
+
+    async def shutdown(self, group: asyncio.TaskGroup) -> None:
+        self.stopping = True
+        self.watcher.stop()
+        deadline = self.config.stop_timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._inflight_done(), deadline)
+        for task in list(self.worker_tasks):
+            task.cancel()
+        # Cancel everything else the group owns by raising out of it.
+        raise _Stop()
+
+    async def _inflight_done(self) -> None:
+        while self.scheduler.inflight:
+            await asyncio.sleep(0.05)
+
+    async def run_once(self) -> None:
+        """Bring the bucket up to date with the folder, then return."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                await self.start_workers(group)
+                await self.queue_owed()
+                await self.reconcile("once")
+                while len(self.settler) or len(self.scheduler) or self.gone_batch:
+                    await asyncio.sleep(0.05)
+                self.stopping = True
+                raise _Stop()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        self.watcher.stop()
+        if self.fast is not None:
+            await self.fast.close()
+            self.fast = None
+
+
+class _Stop(Exception):
+    """Raised inside a TaskGroup to cancel its remaining tasks on a clean stop."""
+
+
+def _b64_to_hex(value: str) -> str:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return ""
+
+
+async def run_stopping_cleanly(coro: Any) -> None:
+    """Await a pipeline run, treating our own _Stop as the normal end."""
+    try:
+        await coro
+    except* _Stop:
+        pass
+
+
+class Daemon:
+    """`syncd run`: signals, systemd notification, reload; the pipeline does the work."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.notifier = Notifier()
+        self.stop = asyncio.Event()
+        self.reload = asyncio.Event()
+        self.pipeline: Pipeline | None = None
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload.set)
+
+    async def main(self) -> None:
+        self._install_signals()
+        lock = StateLock(self.config.state_file)
+        self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock.acquire()
+        try:
+            await self._serve(lock)
+        finally:
+            lock.release()
+
+    async def _serve(self, lock: StateLock) -> None:
+        config = self.config
+        while True:
+            state = StateStore(config.state_file, config.identity)
+            outcome = await self._run_config(config, state)
+            state.close()
+            if outcome is None:
+                return
+            # A reload that changes what is synced: move the lock to the new state and start again.
+            lock.release()
+            config = outcome
+            self.config = config
+            lock.__init__(config.state_file)  # type: ignore[misc]
+            config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock.acquire()
+
+    async def _run_config(self, config: Config, state: StateStore) -> Config | None:
+        """Run one config until stop (None) or a reload that needs a new pipeline (the new Config)."""
+        async with open_client(config.s3, pool=config.workers + 8) as client:
+            pipeline = Pipeline(config, client, state, self.notifier)
+            self.pipeline = pipeline
+            self.notifier.status(f"checking bucket {config.bucket}")
+            keepalive = asyncio.ensure_future(self._keep_systemd_waiting(config))
+            try:
+                prepared = await self._prepare_unless_stopped(pipeline)
+            finally:
+                if not keepalive.done() and (self.stop.is_set() or not pipeline.bucket):
+                    keepalive.cancel()
+            if not prepared:
+                log.info("stopped", uploaded=0, owed=state.counts().owed, reason="stopped before ready")
+                return None
+            pipe_stop = asyncio.Event()
+            result: list[Config | None] = [None]
+
+            def ready() -> None:
+                keepalive.cancel()
+                self.notifier.ready(pipeline.status_line())
+                log.info("ready", folder=str(config.folder), bucket=config.bucket, prefix=config.prefix)
+
+            async def supervise() -> None:
+                while True:
+                    stop_task = asyncio.ensure_future(self.stop.wait())
+                    reload_task = asyncio.ensure_future(self.reload.wait())
+                    await asyncio.wait({stop_task, reload_task}, return_when=asyncio.FIRST_COMPLETED)
+                    stop_task.cancel()
+                    reload_task.cancel()
+                    if self.stop.is_set():
+                        self.notifier.stopping()
+                        self.notifier.extend_timeout(config.stop_timeout + 10)
+                        log.info("stopping", reason="signal")
+                        pipe_stop.set()
+                        return
+                    self.reload.clear()
+                    new = await self._reload(pipeline)
+                    if new is not None:
+                        result[0] = new
+                        pipe_stop.set()
+                        return
+
+            supervisor = asyncio.ensure_future(supervise())
+            try:
+                await run_stopping_cleanly(pipeline.run(pipe_stop, ready))
+            finally:
+                supervisor.cancel()
+            counts = state.counts()
+            log.info(
+                "stopped" if result[0] is None else "pipeline_restarted",
+                uploaded=pipeline.stats.uploaded,
+                copied=pipeline.stats.copied,
+                unchanged=pipeline.stats.unchanged,
+                failed=pipeline.stats.failed,
+                owed=counts.owed,
+            )
+            return result[0]
+
+    async def _prepare_unless_stopped(self, pipeline: Pipeline) -> bool:
+        """Bucket checks (which wait out an unreachable server), abandoned cleanly on SIGTERM."""
+        prepare = asyncio.ensure_future(pipeline.prepare())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({prepare, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if prepare.done():
+            prepare.result()
+            return True
+        prepare.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await prepare
+        return False
+
+    async def _keep_systemd_waiting(self, config: Config) -> None:
+        """Until READY: keep extending the start timeout (and feeding the watchdog after a reload).
+
+        Starting can take long for good reasons (S3 unreachable at boot, a new pipeline after a reload);
+        a definite answer ends it with an exit code, not a timeout.
+        """
+        while True:
+            self.notifier.extend_timeout(30)
+            if watchdog_interval():
+                self.notifier.watchdog()
+            await asyncio.sleep(10)
+
+    async def _reload(self, pipeline: Pipeline) -> Config | None:
+        """SIGHUP: apply what can change live; return a new Config when the pipeline must restart."""
+        self.notifier.reloading()
+        old = pipeline.config
+        try:
+            new = load_config(old.path)
+        except SyncdError as exc:
+            log.error("reload_rejected", reason=str(exc))
+            self.notifier.ready(pipeline.status_line())
+            return None
+        configure_logging(new.log.format, new.log.level)
+        if _same_target(old, new):
+            pipeline.set_workers(new.workers)
+            pipeline.config = new
+            log.info("reloaded", workers=new.workers, log_level=new.log.level, restarted=False)
+            self.notifier.ready(pipeline.status_line())
+            return None
+        try:
+            async with open_client(new.s3, pool=4) as client:
+                await ensure_private_bucket(
+                    client,
+                    new.bucket,
+                    region=new.s3.region,
+                    endpoint_url=new.s3.endpoint_url,
+                    check_only=True,
+                )
+        except Exception as exc:
+            log.error("reload_rejected", reason=str(exc) if isinstance(exc, SyncdError) else describe(exc))
+            self.notifier.ready(pipeline.status_line())
+            return None
+        log.info("reloaded", restarted=True, folder=str(new.folder), bucket=new.bucket, prefix=new.prefix)
+        return new
+
+
+def _same_target(old: Config, new: Config) -> bool:
+    """Only workers or log settings changed: those apply live, anything else needs a new pipeline."""
+    return replace(new, workers=old.workers, log=old.log) == old
+
+
+__all__ = ["Daemon", "FileRecord", "Pipeline", "S3Settings", "run_stopping_cleanly"]

@@ -1,0 +1,110 @@
+"""Walk the folder: regular files with their stat, excludes applied, never leaving the folder.
+
+The walk is a plain generator (run it in a thread); `batches()` streams it to async code in slices so a
+100k-file tree never sits in memory at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from syncd.excludes import Excludes
+from syncd.log import get_logger
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class WalkOptions:
+    root: Path
+    excludes: Excludes
+    follow_symlinks: bool = False
+
+
+def relative(root: Path, path: str) -> str | None:
+    """The POSIX path of `path` relative to root, or None when it is not strictly inside root."""
+    root_s = str(root)
+    if not path.startswith(root_s + os.sep):
+        return None
+    rel = path[len(root_s) + 1 :]
+    if not rel or any(part in ("", ".", "..") for part in rel.split(os.sep)):
+        return None
+    return rel
+
+
+def inside(root: Path, real: str) -> bool:
+    root_s = str(root)
+    return real == root_s or real.startswith(root_s + os.sep)
+
+
+def walk(opts: WalkOptions, start: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative path, stat) for every regular file below root/start that is not excluded."""
+    root = opts.root
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [start]
+    while stack:
+        rel_dir = stack.pop()
+        abs_dir = os.path.join(root, rel_dir) if rel_dir else str(root)
+        try:
+            dir_st = os.stat(abs_dir, follow_symlinks=opts.follow_symlinks)
+        except OSError as exc:
+            log.warning("scan_skipped", path=rel_dir or ".", reason=exc.strerror or str(exc))
+            continue
+        if (dir_st.st_dev, dir_st.st_ino) in seen_dirs:
+            log.warning("symlink_loop", path=rel_dir, reason="directory already visited")
+            continue
+        seen_dirs.add((dir_st.st_dev, dir_st.st_ino))
+        try:
+            with os.scandir(abs_dir) as entries:
+                children = list(entries)
+        except OSError as exc:
+            log.warning("scan_skipped", path=rel_dir or ".", reason=exc.strerror or str(exc))
+            continue
+        for entry in children:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            item = _classify(opts, entry, rel)
+            if item == "dir":
+                stack.append(rel)
+            elif isinstance(item, os.stat_result):
+                yield rel, item
+
+
+def _classify(opts: WalkOptions, entry: os.DirEntry[str], rel: str) -> os.stat_result | str | None:
+    """'dir' to descend, a stat_result for a regular file to sync, None to skip."""
+    try:
+        is_link = entry.is_symlink()
+        if is_link and not opts.follow_symlinks:
+            return None
+        if is_link:
+            real = os.path.realpath(entry.path)
+            if not inside(opts.root, real):
+                log.info("symlink_skipped", path=rel, reason="points outside the folder")
+                return None
+        st = entry.stat(follow_symlinks=opts.follow_symlinks)
+    except OSError:
+        return None  # vanished or unreadable between listing and stat; the watcher or next rescan sees it
+    if stat.S_ISDIR(st.st_mode):
+        return None if opts.excludes.excluded_dir(rel) else "dir"
+    if not stat.S_ISREG(st.st_mode):
+        return None  # FIFOs, sockets, devices: never read
+    if opts.excludes.excluded(rel):
+        return None
+    return st
+
+
+async def batches(
+    opts: WalkOptions, start: str = "", size: int = 2000
+) -> AsyncIterator[list[tuple[str, os.stat_result]]]:
+    """Stream the walk from a worker thread in slices, so the event loop stays responsive."""
+    iterator = walk(opts, start)
+    while True:
+        chunk = await asyncio.to_thread(lambda: list(islice(iterator, size)))
+        if not chunk:
+            return
+        yield chunk

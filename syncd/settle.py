@@ -1,0 +1,144 @@
+"""Holds each changed path until the file has been unchanged for `settle` seconds, then releases it.
+
+A file counts as settled when neither its mtime nor its ctime moved within `settle` (so a file written long
+ago is released at once, with one stat) or when we saw its signature hold still for `settle`. A file that
+never settles (a live log) is released after `max_delay` anyway, with a warning, so it is never starved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from syncd.log import get_logger
+from syncd.state import Signature
+
+log = get_logger()
+
+
+@dataclass
+class _Pending:
+    first_seen: float
+    last_change: float
+    sig: Signature | None = None
+
+
+class Settler:
+    """Paths in, settled paths out (via callbacks); directories and vanished paths go their own way."""
+
+    def __init__(
+        self,
+        root: Path,
+        settle: float,
+        max_delay: float,
+        *,
+        release: Callable[[str], None],
+        on_dir: Callable[[str], None],
+        on_gone: Callable[[str], None],
+        follow_symlinks: bool = False,
+    ) -> None:
+        self.root = root
+        self.settle = settle
+        self.max_delay = max_delay
+        self.release = release
+        self.on_dir = on_dir
+        self.on_gone = on_gone
+        self.follow_symlinks = follow_symlinks
+        self.pending: dict[str, _Pending] = {}
+        self.heap: list[tuple[float, str]] = []
+        self.wake = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(self, rel: str, st: os.stat_result | None = None) -> None:
+        """Note a change. With a fresh stat (from a walk) an old file is released without waiting."""
+        now = time.time()
+        fresh = st is not None and rel not in self.pending and stat.S_ISREG(st.st_mode)
+        if fresh and st is not None and now - _changed_at(st) >= self.settle:
+            self.release(rel)
+            return
+        entry = self.pending.get(rel)
+        if entry is None:
+            self.pending[rel] = _Pending(first_seen=now, last_change=now)
+        else:
+            entry.last_change = now
+        self._schedule(rel, now + min(self.settle, 0.05) if st is None else now + self.settle)
+
+    def _schedule(self, rel: str, due: float) -> None:
+        heapq.heappush(self.heap, (due, rel))
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self.wake.clear()
+            now = time.time()
+            due: list[str] = []
+            while self.heap and self.heap[0][0] <= now:
+                _, rel = heapq.heappop(self.heap)
+                if rel in self.pending and rel not in due:
+                    due.append(rel)
+            if due:
+                stats = await asyncio.to_thread(self._stat_all, due) if len(due) > 64 else self._stat_all(due)
+                for rel, result in zip(due, stats, strict=True):
+                    self._decide(rel, result, time.time())
+                continue
+            timeout = self.heap[0][0] - now if self.heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+
+    def _stat_all(self, rels: list[str]) -> list[os.stat_result | OSError]:
+        out: list[os.stat_result | OSError] = []
+        for rel in rels:
+            try:
+                out.append(os.stat(os.path.join(self.root, rel), follow_symlinks=self.follow_symlinks))
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    def _decide(self, rel: str, result: os.stat_result | OSError, now: float) -> None:
+        entry = self.pending.get(rel)
+        if entry is None:
+            return
+        if isinstance(result, FileNotFoundError | NotADirectoryError):
+            del self.pending[rel]
+            self.on_gone(rel)
+            return
+        if isinstance(result, OSError):
+            del self.pending[rel]
+            self.release(rel)  # the uploader reports why it cannot read it, once
+            return
+        if stat.S_ISDIR(result.st_mode):
+            del self.pending[rel]
+            self.on_dir(rel)
+            return
+        if not stat.S_ISREG(result.st_mode) and not stat.S_ISLNK(result.st_mode):
+            del self.pending[rel]
+            log.debug("special_file_skipped", path=rel)
+            return
+        sig = Signature.of(result)
+        if sig != entry.sig:
+            if entry.sig is not None:
+                entry.last_change = now
+            entry.sig = sig
+        if now - _changed_at(result) >= self.settle or now - entry.last_change >= self.settle:
+            del self.pending[rel]
+            self.release(rel)
+        elif now - entry.first_seen >= self.max_delay:
+            del self.pending[rel]
+            log.warning("unsettled_upload", path=rel, waited_s=round(now - entry.first_seen, 1))
+            self.release(rel)
+        else:
+            wait = self.settle - max(0.0, now - _changed_at(result))
+            self._schedule(rel, now + max(0.01, min(wait, self.settle)))
+
+
+def _changed_at(st: os.stat_result) -> float:
+    return max(st.st_mtime_ns, st.st_ctime_ns) / 1e9

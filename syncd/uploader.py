@@ -1,0 +1,451 @@
+"""Upload one file: put_object or multipart, Content-MD5 on every request, torn-read detection.
+
+The uploader never trusts a file to hold still: it compares fstat before and after reading and the path's
+stat after the upload, and reports `changed` so the daemon settles and uploads the file again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import mimetypes
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syncd.keys import KeyTooLong, key_for_path
+from syncd.retry import Retrier
+from syncd.s3 import error_code
+from syncd.state import FileRecord, Signature
+
+MiB = 1024 * 1024
+MAX_PARTS = 10_000
+MAX_COPY_SIZE = 5 * 1024**3
+HASH_CHUNK = 4 * MiB
+
+
+class ByteBudget:
+    """One bound on bytes held in memory for uploads, whatever the number of workers and parts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> Any:
+        n = min(max(n, 1), self.limit)
+        async with self.cond:
+            await self.cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            async with self.cond:
+                self.used -= n
+                self.cond.notify_all()
+
+
+class RateLimit:
+    """A token bucket over bytes sent (bandwidth_limit); None means unlimited."""
+
+    def __init__(self, bytes_per_s: int | None) -> None:
+        self.rate = bytes_per_s
+        self.allowance = float(bytes_per_s or 0)
+        self.stamp = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def consume(self, n: int) -> None:
+        if not self.rate:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            self.allowance = min(float(self.rate), self.allowance + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.allowance -= n
+            if self.allowance < 0:
+                await asyncio.sleep(-self.allowance / self.rate)
+
+
+class FileSkipped(Exception):
+    """This file cannot be uploaded as it is (special file, unreadable, key too long); `reason` says why."""
+
+    def __init__(self, reason: str, *, gone: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.gone = gone
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one file. action: uploaded | copied | unchanged | changed | would_upload (dry run)."""
+
+    action: str
+    path: str
+    key: str
+    sig: Signature
+    md5: str = ""
+    etag: str | None = None
+    version_id: str | None = None
+    duration_ms: int = 0
+    source_key: str | None = None
+    multipart_parts: int = 0
+
+    def record(self) -> FileRecord:
+        return FileRecord(self.path, self.key, self.sig, self.md5, self.version_id, self.etag, time.time())
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    root: Path
+    bucket: str
+    prefix: str
+    multipart_threshold: int
+    multipart_chunksize: int
+    follow_symlinks: bool = False
+    ignore_inode: bool = False
+
+
+def part_size_for(size: int, chunksize: int) -> int:
+    """The smallest whole-MiB part size >= chunksize that needs at most 10,000 parts."""
+    needed = -(-size // MAX_PARTS)
+    part = max(chunksize, needed, 5 * MiB)
+    return -(-part // MiB) * MiB
+
+
+def content_type(path: str) -> str:
+    return mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream"
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _open(path: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:
+    """Open without ever blocking or following a swapped-in symlink; refuse anything but a regular file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileSkipped("vanished before it could be read", gone=True) from None
+    except PermissionError:
+        raise FileSkipped("permission denied") from None
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: a symlink where a file was
+            raise FileSkipped("is a symlink (follow_symlinks is off)") from None
+        raise FileSkipped(exc.strerror or str(exc)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FileSkipped("not a regular file (FIFO, socket, device or directory)")
+    return fd, st
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 8 * MiB), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _hash_fd(fd: int, size: int) -> str:
+    md5 = hashlib.md5()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(HASH_CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        md5.update(chunk)
+        offset += len(chunk)
+    return md5.hexdigest()
+
+
+class Uploader:
+    """Turns a path into a new object version, using one shared client, retrier and byte budget."""
+
+    def __init__(
+        self,
+        client: Any,
+        settings: UploadSettings,
+        retrier: Retrier,
+        budget: ByteBudget,
+        rate: RateLimit,
+        *,
+        lookup: Callable[[str], FileRecord | None],
+        by_content: Callable[[str, int], list[FileRecord]],
+        multipart_started: Callable[[str, str, str], None],
+        multipart_ended: Callable[[str], None],
+        put_object: Callable[..., Awaitable[dict[str, Any]]] | None = None,
+        remote: Callable[[str, int, str], Awaitable[dict[str, Any] | None]] | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.client = client
+        self.s = settings
+        self.retrier = retrier
+        self.budget = budget
+        self.rate = rate
+        self.lookup = lookup
+        self.by_content = by_content
+        self.multipart_started = multipart_started
+        self.multipart_ended = multipart_ended
+        self.put_object = put_object or client.put_object
+        self.remote = remote
+        self.dry_run = dry_run
+
+    def key_for(self, rel: str) -> str:
+        try:
+            return key_for_path(self.s.prefix, rel)
+        except KeyTooLong as exc:
+            raise FileSkipped(str(exc)) from None
+        except ValueError as exc:
+            raise FileSkipped(f"cannot map to a key: {exc}") from None
+
+    async def upload(self, rel: str) -> Outcome:
+        """Bring the bucket up to date with this one file; raises FileSkipped or the S3 error."""
+        key = self.key_for(rel)
+        path = os.path.join(self.s.root, rel)
+        fd, st = await asyncio.to_thread(_open, path, self.s.follow_symlinks)
+        try:
+            return await self._upload_fd(rel, key, path, fd, Signature.of(st))
+        finally:
+            os.close(fd)
+
+    async def _upload_fd(self, rel: str, key: str, path: str, fd: int, sig: Signature) -> Outcome:
+        started = time.monotonic()
+        known = self.lookup(rel)
+        if known is not None and known.key == key and sig.same_as(known.sig, self.s.ignore_inode):
+            return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
+        if sig.size >= self.s.multipart_threshold:
+            md5 = await asyncio.to_thread(_hash_fd, fd, sig.size)
+            body = None
+        else:
+            async with self.budget.hold(sig.size):
+                body = await asyncio.to_thread(_read_all, fd, sig.size)
+                md5 = hashlib.md5(body).hexdigest()
+                outcome = await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
+                return outcome
+        return await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
+
+    async def _after_read(
+        self,
+        rel: str,
+        key: str,
+        path: str,
+        fd: int,
+        sig: Signature,
+        md5: str,
+        known: FileRecord | None,
+        body: bytes | None,
+        started: float,
+    ) -> Outcome:
+        if not self._still(fd, sig) or (body is not None and len(body) != sig.size):
+            return Outcome("changed", rel, key, sig)
+        if known is not None and known.key == key and known.md5 == md5:
+            return Outcome("unchanged", rel, key, sig, md5, known.etag, known.version_id)
+        if known is None and self.remote is not None:
+            there = await self.remote(key, sig.size, md5)
+            if there is not None:  # a fresh state over a bucket that already has these bytes
+                etag = str(there.get("ETag") or "").strip('"') or None
+                return Outcome("unchanged", rel, key, sig, md5, etag, there.get("VersionId"))
+        if self.dry_run:
+            return Outcome("would_upload", rel, key, sig, md5)
+        meta = {
+            "src_last_modified_millis": str(sig.mtime_ns // 1_000_000),
+            "md5chksum": b64(bytes.fromhex(md5)),
+        }
+        ctype = content_type(rel)
+        source = self._copy_source(rel, md5, sig.size)
+        if source is not None:
+            copied = await self._copy(source, key, meta, ctype)
+            if copied is not None:
+                return self._finish("copied", rel, key, path, fd, sig, md5, copied, started, source.key)
+        if body is not None:
+            response = await self._put(key, body, md5, meta, ctype)
+            return self._finish("uploaded", rel, key, path, fd, sig, md5, response, started, None)
+        completed, parts = await self._multipart(rel, key, fd, sig, meta, ctype)
+        if completed is None:
+            return Outcome("changed", rel, key, sig)
+        return self._finish("uploaded", rel, key, path, fd, sig, md5, completed, started, None, parts)
+
+    def _finish(
+        self,
+        action: str,
+        rel: str,
+        key: str,
+        path: str,
+        fd: int,
+        sig: Signature,
+        md5: str,
+        response: dict[str, Any],
+        started: float,
+        source_key: str | None,
+        parts: int = 0,
+    ) -> Outcome:
+        etag = str(response.get("ETag") or response.get("CopyObjectResult", {}).get("ETag") or "").strip('"')
+        outcome = Outcome(
+            action,
+            rel,
+            key,
+            sig,
+            md5,
+            etag or None,
+            response.get("VersionId"),
+            int((time.monotonic() - started) * 1000),
+            source_key,
+            parts,
+        )
+        if not self._still(fd, sig) or not self._path_is(path, sig):
+            # The server has a consistent snapshot, but the file moved on: upload again after it settles.
+            return Outcome(
+                "changed", rel, key, sig, md5, outcome.etag, outcome.version_id, outcome.duration_ms
+            )
+        return outcome
+
+    def _still(self, fd: int, sig: Signature) -> bool:
+        return Signature.of(os.fstat(fd)).same_as(sig)
+
+    def _path_is(self, path: str, sig: Signature) -> bool:
+        try:
+            now = Signature.of(os.stat(path, follow_symlinks=self.s.follow_symlinks))
+        except OSError:
+            return True  # gone: the watcher reports the deletion; what we uploaded was consistent
+        return now.same_as(sig, self.s.ignore_inode)
+
+    async def _put(self, key: str, body: bytes, md5: str, meta: dict[str, str], ctype: str) -> dict[str, Any]:
+        await self.rate.consume(len(body))
+        content_md5 = b64(bytes.fromhex(md5))
+        return await self.retrier.call(
+            lambda: self.put_object(
+                Bucket=self.s.bucket,
+                Key=key,
+                Body=body,
+                ContentMD5=content_md5,
+                ContentType=ctype,
+                Metadata=meta,
+            )
+        )
+
+    def _copy_source(self, rel: str, md5: str, size: int) -> FileRecord | None:
+        """A file the bucket already holds with the same bytes (a rename or a copy): copy it server-side."""
+        if size == 0 or size > MAX_COPY_SIZE:
+            return None
+        for rec in self.by_content(md5, size):
+            if rec.path != rel and rec.key.startswith(self.s.prefix):
+                return rec
+        return None
+
+    async def _copy(
+        self, source: FileRecord, key: str, meta: dict[str, str], ctype: str
+    ) -> dict[str, Any] | None:
+        copy_source = {"Bucket": self.s.bucket, "Key": source.key}
+        if source.version_id:
+            copy_source["VersionId"] = source.version_id
+        try:
+            return await self.retrier.call(
+                lambda: self.client.copy_object(
+                    Bucket=self.s.bucket,
+                    Key=key,
+                    CopySource=copy_source,
+                    MetadataDirective="REPLACE",
+                    Metadata=meta,
+                    ContentType=ctype,
+                )
+            )
+        except Exception as exc:
+            if error_code(exc) in (
+                "NoSuchKey",
+                "NoSuchVersion",
+                "InvalidRequest",
+                "NotImplemented",
+                "AccessDenied",
+            ):
+                return None  # the source is gone or copies are not allowed: upload the bytes instead
+            raise
+
+    async def _multipart(
+        self, rel: str, key: str, fd: int, sig: Signature, meta: dict[str, str], ctype: str
+    ) -> tuple[dict[str, Any] | None, int]:
+        """Parts read from disk as they are sent, several in flight, each with Content-MD5."""
+        part_size = part_size_for(sig.size, self.s.multipart_chunksize)
+        count = -(-sig.size // part_size)
+        created = await self.retrier.call(
+            lambda: self.client.create_multipart_upload(
+                Bucket=self.s.bucket, Key=key, Metadata=meta, ContentType=ctype
+            )
+        )
+        upload_id = created["UploadId"]
+        self.multipart_started(upload_id, key, rel)
+        etags: dict[int, str] = {}
+        changed = False
+
+        async def send(number: int) -> None:
+            nonlocal changed
+            offset = (number - 1) * part_size
+            length = min(part_size, sig.size - offset)
+            async with self.budget.hold(length):
+                data = await asyncio.to_thread(os.pread, fd, length, offset)
+                if len(data) != length:
+                    changed = True
+                    return
+                await self.rate.consume(length)
+                digest = b64(hashlib.md5(data).digest())
+                response = await self.retrier.call(
+                    lambda: self.client.upload_part(
+                        Bucket=self.s.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                        ContentMD5=digest,
+                    )
+                )
+                etags[number] = response["ETag"]
+
+        try:
+            concurrency = max(2, min(8, self.budget.limit // part_size))
+            numbers = iter(range(1, count + 1))
+
+            async def lane() -> None:
+                for number in numbers:
+                    if changed:
+                        return
+                    await send(number)
+
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(concurrency, count)):
+                    group.create_task(lane())
+            if changed or not self._still(fd, sig):
+                await self._abort(key, upload_id)
+                return None, count
+            parts = [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
+            response = await self.retrier.call(
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=self.s.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+            )
+        except BaseException:
+            await asyncio.shield(self._abort(key, upload_id))
+            raise
+        self.multipart_ended(upload_id)
+        return response, count
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self.client.abort_multipart_upload(Bucket=self.s.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:
+            if error_code(exc) not in ("NoSuchUpload",):
+                return  # stays recorded in the state; the next start aborts it
+        self.multipart_ended(upload_id)

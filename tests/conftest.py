@@ -1,0 +1,172 @@
+"""Fixtures the whole suite shares: one real SeaweedFS per session, S3 clients, configs, syncd processes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import Daemon, S3TestServer, s3_client
+
+# Environment that would make the tests depend on the developer's machine rather than on the fixtures.
+FOREIGN_ENV = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_CA_BUNDLE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "SYNCD_CONFIG",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No ~/.aws, no instance metadata, no AWS_* from the shell: every credential comes from a fixture."""
+    home = tmp_path_factory.mktemp("aws")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in FOREIGN_ENV:
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_CONFIG_FILE", str(home / "no-config"))
+        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "no-credentials"))
+        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3TestServer]:
+    server = S3TestServer(tmp_path_factory.mktemp("seaweed"))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server: S3TestServer) -> Any:
+    return s3_client(s3_server, s3_server.admin)
+
+
+@pytest.fixture
+def s3_other(s3_server: S3TestServer) -> Any:
+    return s3_client(s3_server, s3_server.other)
+
+
+@pytest.fixture
+def bucket_name() -> str:
+    return f"syncd-test-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def syncd_env(s3_server: S3TestServer, tmp_path: Path) -> dict[str, str]:
+    """The environment for a syncd subprocess: admin's keys, nothing from the developer's AWS setup."""
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
+    env.update(
+        AWS_ACCESS_KEY_ID=s3_server.admin.access_key,
+        AWS_SECRET_ACCESS_KEY=s3_server.admin.secret_key,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=str(tmp_path / "aws-config-absent"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "aws-credentials-absent"),
+    )
+    return env
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """base with overrides applied: nested dicts merge, None removes a key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def yaml_ready(value: Any) -> Any:
+    """Paths (anywhere in the structure) as strings, tuples as lists: what safe_dump accepts."""
+    if isinstance(value, dict):
+        return {k: yaml_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [yaml_ready(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+@pytest.fixture
+def make_config(s3_server: S3TestServer, tmp_path: Path) -> Callable[..., Path]:
+    """make_config(folder, bucket, **overrides) -> path of a YAML config for this server (settle 0.2 s)."""
+    counter = itertools.count(1)
+
+    def make(folder: Path, bucket: str, **overrides: Any) -> Path:
+        base = {
+            "folder": str(folder),
+            "bucket": bucket,
+            "prefix": "",
+            "s3": {"endpoint_url": s3_server.endpoint_url, "region": "us-east-1"},
+            "workers": 4,
+            "settle": 0.2,
+            "stop_timeout": 10,
+            "state_dir": str(tmp_path / "state"),
+            "log": {"format": "json", "level": "info"},
+        }
+        path = tmp_path / f"config-{next(counter)}.yaml"
+        path.write_text(yaml.safe_dump(yaml_ready(merged(base, overrides)), sort_keys=False))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def run_syncd(syncd_env: dict[str, str], tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """run_syncd(args, env=None, timeout=120, input=None): `python -m syncd *args`, output as text."""
+
+    def run(
+        args: list[str], env: dict[str, str] | None = None, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "syncd", *args],
+            env=env if env is not None else syncd_env,
+            cwd=tmp_path,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture
+def start_daemon(syncd_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """start_daemon(config_path, env=None) -> Daemon; daemons still running at teardown are SIGKILLed."""
+    daemons: list[Daemon] = []
+
+    def start(config_path: Path, env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(
+            config_path, env if env is not None else syncd_env, tmp_path, name=f"daemon-{len(daemons) + 1}"
+        )
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.kill()

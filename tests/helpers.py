@@ -1,0 +1,194 @@
+"""Helpers tests import directly (`from helpers import ...`): bucket contents, polling, a daemon handle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+
+from syncd.seaweed import Identity, SeaweedServer, die_with_parent
+
+T = TypeVar("T")
+
+
+class S3TestServer(SeaweedServer):
+    """The session's SeaweedFS with two users: `admin` (the one syncd runs as) and `other` (someone else)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.admin = Identity.generate("admin")
+        self.other = Identity.generate("other")
+        super().__init__(data_dir, [self.admin, self.other])
+
+
+def s3_client(server: SeaweedServer, identity: Identity) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=identity.access_key,
+        aws_secret_access_key=identity.secret_key,
+        config=Config(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+def bucket_objects(s3: Any, bucket: str) -> dict[str, bytes]:
+    """Key -> bytes of the latest version of every object in the bucket."""
+    objects: dict[str, bytes] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            objects[item["Key"]] = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    return objects
+
+
+def list_versions(s3: Any, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
+    """Every object version (not delete markers) under prefix, as list_object_versions gives them."""
+    versions: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        versions.extend(page.get("Versions", []))
+    return versions
+
+
+def list_delete_markers(s3: Any, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
+    markers: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        markers.extend(page.get("DeleteMarkers", []))
+    return markers
+
+
+def wait_until(fn: Callable[[], T], timeout: float = 30, interval: float = 0.05) -> T:
+    """Poll fn until it returns something truthy and return that.
+
+    Exceptions count as "not yet" (a bucket that does not exist yet, an assert inside fn); the last one
+    is chained to the AssertionError raised on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    error: BaseException | None = None
+    while True:
+        try:
+            last = fn()
+            error = None
+            if last:
+                return last
+        except Exception as exc:
+            error = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"condition not met within {timeout}s; last value {last!r:.500}"
+                + (f", last error {error!r:.500}" if error else "")
+            ) from error
+        time.sleep(interval)
+
+
+class Daemon:
+    """A `python -m syncd run -c CONFIG` subprocess whose JSON log (stderr) tests read and wait on."""
+
+    def __init__(self, config_path: Path, env: Mapping[str, str], workdir: Path, name: str) -> None:
+        self.config_path = Path(config_path)
+        self.log_path = workdir / f"{name}.stderr.log"
+        self.stdout_path = workdir / f"{name}.stdout.log"
+        with open(self.log_path, "wb") as err, open(self.stdout_path, "wb") as out:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "syncd", "run", "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=dict(env),
+                cwd=workdir,
+                preexec_fn=die_with_parent(),
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def records(self) -> list[dict[str, Any]]:
+        """The complete JSON lines of the log so far (other lines, and a half-written last one, skipped)."""
+        records: list[dict[str, Any]] = []
+        for line in self.log_text().splitlines(keepends=True):
+            if not line.endswith("\n") or not line.lstrip().startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def uploaded(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("event") == "uploaded"]
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30, start: int = 0
+    ) -> dict[str, Any]:
+        """The first record (from index `start` of records()) that satisfies predicate.
+
+        Pass start=len(daemon.records()) to wait for something that happens after now. Fails early
+        when the daemon exits without having logged a match.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self._proc.poll() is not None  # read before the log: its last lines are in it then
+            for record in self.records()[start:]:
+                if predicate(record):
+                    return record
+            if exited:
+                raise AssertionError(
+                    f"syncd exited with code {self._proc.returncode} before the awaited record\n{self.tail()}"
+                )
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no matching log record within {timeout}s\n{self.tail()}")
+            time.sleep(0.05)
+
+    def wait_for_event(
+        self, event: str, timeout: float = 30, start: int = 0, **fields: Any
+    ) -> dict[str, Any]:
+        """The first record with this event and these field values."""
+        return self.wait_for(
+            lambda r: r.get("event") == event and all(r.get(k) == v for k, v in fields.items()),
+            timeout=timeout,
+            start=start,
+        )
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log_text().splitlines()[-lines:]
+        return f"--- last {len(text)} lines of {self.log_path}:\n" + "\n".join(text)
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM and wait for the exit code; a daemon that does not stop in time is killed (test fails)."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"syncd did not stop within {timeout}s of SIGTERM\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()

@@ -1,0 +1,316 @@
+"""The core interface, end to end: the CLI in a subprocess against a real SeaweedFS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import bucket_objects, list_versions, wait_until
+
+ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def anonymous_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def assert_versions_match_log(s3, bucket: str, records: list[dict]) -> None:
+    """Every version in the bucket has an upload record, and every record names a version that exists."""
+    in_bucket = {(v["Key"], v["VersionId"]) for v in list_versions(s3, bucket)}
+    in_log = {(r["key"], r["version_id"]) for r in records if r.get("event") in ("uploaded", "copied")}
+    assert in_bucket == in_log
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def json_records(stderr: str) -> list[dict]:
+    import json
+
+    out = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def test_once_uploads_every_file_byte_for_byte(tmp_path, s3, bucket_name, make_config, run_syncd):
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"alpha\n")
+    write(folder / "sub dir/b #1+%.bin", os.urandom(70_000))
+    write(folder / "deep/er/ünï cödé.txt", "héllo".encode())
+    write(folder / ".git/config", b"[core]\n")  # backed up: nothing is excluded silently
+    write(folder / "empty", b"")
+    config = make_config(folder, bucket_name)
+
+    result = run_syncd(["once", "-c", str(config)])
+
+    assert result.returncode == 0, result.stderr
+    assert bucket_objects(s3, bucket_name) == tree(folder)
+    records = json_records(result.stderr)
+    uploads = [r for r in records if r["event"] == "uploaded"]
+    assert {r["path"] for r in uploads} == set(tree(folder))
+    for r in uploads:
+        assert r["timestamp"].endswith("Z") and r["level"] == "info"
+        assert r["size"] == len((folder / r["path"]).read_bytes())
+        assert r["etag"] and '"' not in r["etag"]
+        assert isinstance(r["duration_ms"], int)
+    assert_versions_match_log(s3, bucket_name, records)
+    ready = next(r for r in records if r["event"] == "bucket_ready")
+    assert ready["created"] is True and ready["private"] is True and ready["versioning"] == "Enabled"
+    assert "uploaded" in result.stdout  # the summary goes to stdout
+
+    head = s3.head_object(Bucket=bucket_name, Key="sub dir/b #1+%.bin")
+    data = (folder / "sub dir/b #1+%.bin").read_bytes()
+    assert head["Metadata"]["md5chksum"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+    mtime_ms = (folder / "sub dir/b #1+%.bin").stat().st_mtime_ns // 1_000_000
+    assert head["Metadata"]["src_last_modified_millis"] == str(mtime_ms)
+    assert s3.head_object(Bucket=bucket_name, Key="a.txt")["ContentType"] == "text/plain"
+
+
+def test_new_bucket_is_private_and_anonymous_reads_fail(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    folder = tmp_path / "data"
+    write(folder / "secret.txt", b"top secret")
+    result = run_syncd(["once", "-c", str(make_config(folder, bucket_name))])
+    assert result.returncode == 0, result.stderr
+
+    grants = s3.get_bucket_acl(Bucket=bucket_name)["Grants"]
+    assert not [g for g in grants if g["Grantee"].get("URI") == ALL_USERS]
+    assert anonymous_status(f"{s3_server.endpoint_url}/{bucket_name}") in (401, 403)
+    assert anonymous_status(f"{s3_server.endpoint_url}/{bucket_name}/secret.txt") in (401, 403)
+
+
+def test_public_read_bucket_is_made_private(tmp_path, s3, s3_server, bucket_name, make_config, run_syncd):
+    s3.create_bucket(Bucket=bucket_name, ACL="public-read")
+    assert anonymous_status(f"{s3_server.endpoint_url}/{bucket_name}") == 200  # really public before
+    folder = tmp_path / "data"
+    write(folder / "x.txt", b"x")
+
+    result = run_syncd(["once", "-c", str(make_config(folder, bucket_name))])
+
+    assert result.returncode == 0, result.stderr
+    grants = s3.get_bucket_acl(Bucket=bucket_name)["Grants"]
+    assert not [g for g in grants if g["Grantee"].get("URI") == ALL_USERS]
+    assert anonymous_status(f"{s3_server.endpoint_url}/{bucket_name}") in (401, 403)
+    ready = next(r for r in json_records(result.stderr) if r["event"] == "bucket_ready")
+    assert ready["made_private"] is True
+
+
+def test_daemon_uploads_changes_and_stops_cleanly(tmp_path, s3, bucket_name, make_config, start_daemon):
+    folder = tmp_path / "data"
+    write(folder / "before.txt", b"was here before start")
+    daemon = start_daemon(make_config(folder, bucket_name))
+    daemon.wait_for_event("ready", timeout=60)
+    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r["path"] == "before.txt")
+
+    write(folder / "new.txt", b"new file")
+    write(folder / "before.txt", b"changed after start")
+    nested = folder / "made" / "at" / "once"
+    nested.mkdir(parents=True)
+    for i in range(20):
+        write(nested / f"n{i}.txt", f"nested {i}".encode())
+    # Files written quickly into a brand-new directory tree: the walk of new directories finds them.
+    wait_until(lambda: bucket_objects(s3, bucket_name) == tree(folder), timeout=30)
+
+    code = daemon.terminate()
+    assert code == 0
+    records = daemon.records()
+    assert any(r["event"] == "stopped" for r in records)
+    assert_versions_match_log(s3, bucket_name, records)
+
+
+def test_identical_bytes_again_make_a_new_version_with_the_same_etag(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    folder = folder_with(tmp_path)
+    daemon = start_daemon(make_config(folder, bucket_name))
+    daemon.wait_for_event("ready", timeout=60)
+
+    def doc_uploads() -> list[dict]:
+        return [r for r in daemon.records() if r.get("event") == "uploaded" and r["path"] == "doc.txt"]
+
+    for n, data in enumerate([b"version A", b"version B", b"version A"], start=1):
+        write(folder / "doc.txt", data)
+        wait_until(lambda n=n: len(doc_uploads()) >= n, timeout=30)
+    assert daemon.terminate() == 0
+    ups = doc_uploads()
+    assert len(ups) == 3
+    assert ups[0]["etag"] == ups[2]["etag"] != ups[1]["etag"]
+    assert len({u["version_id"] for u in ups}) == 3
+    versions = [v for v in list_versions(s3, bucket_name) if v["Key"] == "doc.txt"]
+    assert {v["VersionId"] for v in versions} == {u["version_id"] for u in ups}
+    assert s3.get_object(Bucket=bucket_name, Key="doc.txt")["Body"].read() == b"version A"
+
+
+def folder_with(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def test_sigterm_mid_burst_exits_0_and_leaves_nothing_half_done(
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
+):
+    folder = folder_with(tmp_path)
+    config = make_config(folder, bucket_name, workers=4)
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    for i in range(150):
+        write(folder / f"burst/{i:03d}.bin", os.urandom(20_000))
+    daemon.wait_for(lambda r: r.get("event") == "uploaded", timeout=30)
+    assert daemon.terminate() == 0
+    # Whatever reached the bucket is whole (bytes equal the file); the rest is uploaded next time.
+    local = tree(folder)
+    for key, data in bucket_objects(s3, bucket_name).items():
+        assert data == local[key]
+    result = run_syncd(["once", "-c", str(config)])
+    assert result.returncode == 0, result.stderr
+    assert bucket_objects(s3, bucket_name) == local
+
+
+def test_check_creates_and_changes_nothing(tmp_path, s3, bucket_name, make_config, run_syncd):
+    folder = folder_with(tmp_path)
+    write(folder / "a.txt", b"a")
+    result = run_syncd(["check", "-c", str(make_config(folder, bucket_name))])
+    assert result.returncode == 0, result.stderr
+    assert "does not exist yet" in result.stdout
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_bucket(Bucket=bucket_name)
+
+
+def test_dry_run_lists_and_uploads_nothing(tmp_path, s3, bucket_name, make_config, run_syncd):
+    folder = folder_with(tmp_path)
+    write(folder / "one.txt", b"1")
+    write(folder / "two/three.txt", b"3")
+    config = make_config(folder, bucket_name)
+    s3.create_bucket(Bucket=bucket_name)
+    result = run_syncd(["once", "--dry-run", "-c", str(config)])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["one.txt", "two/three.txt"]
+    assert bucket_objects(s3, bucket_name) == {}
+
+
+# -- exit codes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("bucket: b-okay\n", "folder"),
+        ("folder: {folder}\n", "bucket"),
+        ("folder: {folder}\nbucket: b-okay\nworkerz: 4\n", "workerz"),
+        ("folder: {folder}\nbucket: b-okay\nworkers: many\n", "workers"),
+        ("folder: {folder}/absent\nbucket: b-okay\n", "does not exist"),
+        ("folder: {folder}/file.txt\nbucket: b-okay\n", "not a directory"),
+        ("folder: {folder}\nbucket: b-okay\nsettle: soon\n", "settle"),
+        ("folder: {folder}\nbucket: b-okay\ns3: {{endpont_url: x}}\n", "s3.endpont_url"),
+        ("folder: [unclosed\n", "YAML"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line_naming_the_key(tmp_path, run_syncd, body, expected):
+    folder = folder_with(tmp_path)
+    write(folder / "file.txt", b"x")
+    config = tmp_path / "config.yaml"
+    config.write_text(body.format(folder=folder))
+    for command in ("run", "once", "check"):
+        result = run_syncd([command, "-c", str(config)])
+        assert result.returncode == 2, (command, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and str(config) in lines[0], lines
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path, run_syncd):
+    result = run_syncd(["once", "-c", str(tmp_path / "nope.yaml")])
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_someone_elses_bucket_exits_3(tmp_path, s3_other, bucket_name, make_config, run_syncd):
+    s3_other.create_bucket(Bucket=bucket_name)
+    folder = folder_with(tmp_path)
+    write(folder / "a.txt", b"a")
+    config = make_config(folder, bucket_name)
+    for command in ("once", "check", "run"):
+        result = run_syncd([command, "-c", str(config)], timeout=60)
+        assert result.returncode == 3, (command, result.stderr)
+        assert bucket_name in result.stderr and "Traceback" not in result.stderr
+    assert s3_other.list_objects_v2(Bucket=bucket_name).get("KeyCount", 0) == 0
+
+
+def test_wrong_secret_exits_4_without_leaking_it(tmp_path, s3_server, bucket_name, make_config, run_syncd, syncd_env):
+    folder = folder_with(tmp_path)
+    env = dict(syncd_env, AWS_SECRET_ACCESS_KEY="definitely-wrong-secret")
+    config = make_config(folder, bucket_name)
+    for command in ("once", "check", "run"):
+        result = run_syncd([command, "-c", str(config)], env=env, timeout=60)
+        assert result.returncode == 4, (command, result.stderr)
+        assert "definitely-wrong-secret" not in result.stderr + result.stdout
+        assert s3_server.admin.secret_key not in result.stderr + result.stdout
+
+
+def test_second_writer_exits_5_naming_the_pid(tmp_path, bucket_name, make_config, start_daemon, run_syncd):
+    folder = folder_with(tmp_path)
+    config = make_config(folder, bucket_name)
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    for command in ("once", "run"):
+        result = run_syncd([command, "-c", str(config)])
+        assert result.returncode == 5, result.stderr
+        assert f"PID {daemon.pid}" in result.stderr
+    assert daemon.terminate() == 0
+
+
+def test_once_exits_1_when_a_file_cannot_be_uploaded(tmp_path, s3, bucket_name, make_config, run_syncd):
+    folder = folder_with(tmp_path)
+    write(folder / "fine.txt", b"fine")
+    long_dir = folder.joinpath(*["d" * 250] * 4)
+    write(long_dir / ("f" * 100), b"key too long")
+    result = run_syncd(["once", "-c", str(make_config(folder, bucket_name))])
+    assert result.returncode == 1, result.stderr
+    assert "1024" in result.stderr
+    assert bucket_objects(s3, bucket_name) == {"fine.txt": b"fine"}
+
+
+def test_ctrl_c_in_once_exits_130(tmp_path, bucket_name, make_config, syncd_env):
+    folder = folder_with(tmp_path)
+    write(folder / "big.bin", os.urandom(3_000_000))
+    config = make_config(folder, bucket_name, bandwidth_limit="200KB")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "once", "--no-progress", "-c", str(config)],
+        env=syncd_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)  # startup done, the upload is held back by the bandwidth limit
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err

@@ -1,0 +1,425 @@
+"""FastPut against a real SeaweedFS: the same request, object, response and errors as client.put_object."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import hashlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aioboto3
+import botocore.auth
+import botocore.exceptions
+import pytest
+from aiobotocore.credentials import AioRefreshableCredentials
+
+from syncd import fastpath
+from syncd.fastpath import TESTED_VERSIONS, FastPut, installed_versions, why_not
+from syncd.s3 import ErrorKind, S3Settings, boto_config, classify, error_code, http_status
+
+T = TypeVar("T")
+SPECIAL_KEYS = [
+    "with space/two  spaces.txt",
+    "percent%41%zz%.bin",
+    "plus+sign+.txt",
+    "hash#tag",
+    "question?mark=1&x=2",
+    "unicode/éüß/日本語 ☃.txt",
+    "tilde~/~home",
+    "semi;colon,comma'quote\"star*",
+    "brackets[]{}()<>|^`",
+    "a//double/slash",  # SeaweedFS stores it as a/double/slash (and a\b as a/b), whoever sends it
+    "=$@!:",
+]
+# Headers the client sends that FastPut leaves out on purpose: SDK retry telemetry, and the Content-Length
+# that aiohttp adds from the body. None of them is signed.
+UNSENT = {"amz-sdk-invocation-id", "amz-sdk-request", "Content-Length"}
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def md5_b64(body: bytes) -> str:
+    return base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+@contextlib.asynccontextmanager
+async def open_s3(endpoint_url: str, access_key: str, secret_key: str, **settings: Any) -> AsyncIterator[Any]:
+    """A client configured exactly as syncd's (syncd.s3.boto_config), with explicit keys."""
+    s = S3Settings(endpoint_url=endpoint_url, region="us-east-1", **settings)
+    session = aioboto3.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+    async with session.client(
+        "s3", endpoint_url=s.endpoint_url, region_name=s.region, config=boto_config(s, 8)
+    ) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def client_and_fast(
+    server: Any, bucket: str, *, access_key: str | None = None, secret_key: str | None = None
+) -> AsyncIterator[tuple[Any, FastPut]]:
+    access_key = access_key or server.admin.access_key
+    async with open_s3(server.endpoint_url, access_key, secret_key or server.admin.secret_key) as client:
+        fast = FastPut.create(client, bucket)
+        assert fast is not None, why_not(client, bucket)
+        try:
+            yield client, fast
+        finally:
+            await fast.close()
+
+
+def versioned_bucket(s3: Any, name: str) -> str:
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+async def raised(call: Callable[[], Awaitable[Any]]) -> BaseException:
+    try:
+        await call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("no exception")
+
+
+def comparable(exc: BaseException) -> tuple[type[BaseException], dict[str, Any], int]:
+    assert isinstance(exc, botocore.exceptions.ClientError)
+    error = {k: v for k, v in exc.response["Error"].items() if k not in ("RequestId", "HostId")}
+    return type(exc), error, http_status(exc)
+
+
+def test_installed_versions_are_the_tested_ones() -> None:
+    """Fails (never skips) on an upgrade: FastPut reads botocore/aiobotocore/aiohttp internals."""
+    found = installed_versions()
+    assert found == TESTED_VERSIONS, (
+        f"installed {found} but syncd.fastpath.TESTED_VERSIONS is {TESTED_VERSIONS}. FastPut now turns "
+        "itself off (create() returns None). Re-check the internals it uses (client._request_signer, "
+        "_ruleset_resolver._builtins, _endpoint.http_session._get_session, S3SigV4Auth's reads of the "
+        "request, aiobotocore's transport error mapping), run this file with SYNCD_FASTPATH=force, then "
+        "update TESTED_VERSIONS."
+    )
+
+
+def test_same_object_response_and_versions_as_the_client(s3_server: Any, s3: Any, bucket_name: str) -> None:
+    bucket = versioned_bucket(s3, bucket_name)
+    body = hashlib.sha256(b"seed").digest() * 100
+    args: dict[str, Any] = {
+        "Body": body,
+        "ContentMD5": md5_b64(body),
+        "ContentType": "text/x-syncd; charset=utf-8",
+        "Metadata": {"syncd-mtime": "1700000000.25", "Mixed-Case": " spaced  value "},
+    }
+
+    async def both() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            plain = await client.put_object(Bucket=bucket, Key="plain/obj", **args)
+            quick = await fast.put_object(Bucket=bucket, Key="fast/obj", **args)
+            again = await fast.put_object(Key="fast/obj", **args)
+            return plain, quick, again
+
+    plain, quick, again = run(both())
+    assert set(quick) == set(plain) == {"ResponseMetadata", "ETag", "VersionId"}
+    assert set(quick["ResponseMetadata"]) == set(plain["ResponseMetadata"])
+    assert quick["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert quick["ETag"] == plain["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    assert quick["VersionId"] and again["VersionId"] and quick["VersionId"] != again["VersionId"]
+
+    stored = {key: s3.get_object(Bucket=bucket, Key=key) for key in ("plain/obj", "fast/obj")}
+    assert stored["fast/obj"]["Body"].read() == stored["plain/obj"]["Body"].read() == body
+    for field in ("ETag", "Metadata", "ContentType", "ContentLength"):
+        assert stored["fast/obj"][field] == stored["plain/obj"][field], field
+    assert stored["fast/obj"]["VersionId"] == again["VersionId"]
+    versions = s3.list_object_versions(Bucket=bucket, Prefix="fast/")["Versions"]
+    assert {v["VersionId"] for v in versions} == {quick["VersionId"], again["VersionId"]}
+
+
+@pytest.mark.parametrize("size", [0, 1000, fastpath.EXPECT_CONTINUE_MIN], ids=["empty", "small", "1MiB"])
+@pytest.mark.parametrize("key", ["plain.txt", SPECIAL_KEYS[0], SPECIAL_KEYS[5], SPECIAL_KEYS[7]])
+def test_signed_request_is_the_one_botocore_sends(
+    s3_server: Any, s3: Any, bucket_name: str, monkeypatch: pytest.MonkeyPatch, key: str, size: int
+) -> None:
+    """Same second on the clock: same URL, same headers, same Authorization as the client's own request."""
+    bucket = versioned_bucket(s3, bucket_name)
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: now)
+    body = b"x" * size
+    seen: list[Any] = []
+
+    async def both() -> tuple[str, dict[str, str]]:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            client.meta.events.register("before-send.s3.PutObject", lambda request, **_: seen.append(request))
+            await client.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentMD5=md5_b64(body), Metadata={"a": "b"}
+            )
+            return await fast._signed(key, body, md5_b64(body), None, {"a": "b"})
+
+    url, headers = run(both())
+    (sent,) = seen
+    theirs = {
+        k: v.decode() if isinstance(v, bytes) else v for k, v in sent.headers.items() if k not in UNSENT
+    }
+    theirs["Accept-Encoding"] = "identity"  # added by aiobotocore's transport after before-send
+    if size < fastpath.EXPECT_CONTINUE_MIN:
+        del theirs["Expect"]  # not signed; FastPut skips the 100-continue round trip for small bodies
+    assert url == sent.url
+    assert headers == theirs
+    assert headers["X-Amz-Content-SHA256"] == hashlib.sha256(body).hexdigest()  # http: payload signed
+
+
+def test_https_uses_unsigned_payload_like_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On TLS the client signs UNSIGNED-PAYLOAD with Content-MD5; FastPut must do the same. No network:
+    the client's request is captured before it is sent."""
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: now)
+    body = b"tls body"
+
+    class Captured(Exception):
+        pass
+
+    def capture(request: Any, **_: Any) -> None:
+        raise Captured(request)
+
+    async def both() -> tuple[Any, tuple[str, dict[str, str]]]:
+        async with open_s3("https://127.0.0.1:9", "AKIDEXAMPLE", "secret/example+key") as client:
+            fast = FastPut.create(client, "tls-bucket")
+            assert fast is not None
+            client.meta.events.register("before-send.s3.PutObject", capture)
+            exc = await raised(
+                lambda: client.put_object(
+                    Bucket="tls-bucket", Key="k ey", Body=body, ContentMD5=md5_b64(body)
+                )
+            )
+            assert isinstance(exc, Captured)
+            return exc.args[0], await fast._signed("k ey", body, md5_b64(body), None, None)
+
+    sent, (url, headers) = run(both())
+    assert url == sent.url
+    assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+    assert headers["Content-MD5"] == md5_b64(body)
+    assert headers["Authorization"] == sent.headers["Authorization"].decode()
+
+
+def test_damaged_bytes_are_rejected_as_bad_digest(s3_server: Any, s3: Any, bucket_name: str) -> None:
+    bucket = versioned_bucket(s3, bucket_name)
+    body = b"the bytes that were sent"
+    wrong = md5_b64(b"the bytes that were read")
+
+    async def both() -> tuple[BaseException, BaseException]:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            quick = await raised(lambda: fast.put_object(Key="damaged", Body=body, ContentMD5=wrong))
+            plain = await raised(
+                lambda: client.put_object(Bucket=bucket, Key="damaged", Body=body, ContentMD5=wrong)
+            )
+            return quick, plain
+
+    quick, plain = run(both())
+    assert error_code(quick) == "BadDigest"
+    assert http_status(quick) == 400
+    assert classify(quick) is ErrorKind.TRANSIENT
+    assert comparable(quick) == comparable(plain)
+    assert "Versions" not in s3.list_object_versions(Bucket=bucket, Prefix="damaged")
+
+
+@pytest.mark.parametrize(
+    ("wrong", "code"), [("secret", "SignatureDoesNotMatch"), ("key", "InvalidAccessKeyId")]
+)
+def test_wrong_credentials_are_credential_errors(
+    s3_server: Any, s3: Any, bucket_name: str, wrong: str, code: str
+) -> None:
+    bucket = versioned_bucket(s3, bucket_name)
+    keys = {"secret_key": "not-the-secret"} if wrong == "secret" else {"access_key": "NOSUCHKEY0000"}
+
+    async def both() -> tuple[BaseException, BaseException]:
+        async with client_and_fast(s3_server, bucket, **keys) as (client, fast):
+            quick = await raised(lambda: fast.put_object(Key="k", Body=b"x"))
+            plain = await raised(lambda: client.put_object(Bucket=bucket, Key="k", Body=b"x"))
+            return quick, plain
+
+    quick, plain = run(both())
+    assert error_code(quick) == code
+    assert classify(quick) is ErrorKind.CREDENTIALS
+    assert comparable(quick) == comparable(plain)
+
+
+def test_special_keys_land_where_the_clients_do(s3_server: Any, s3: Any, bucket_name: str) -> None:
+    bucket = versioned_bucket(s3, bucket_name)
+
+    async def put_all() -> None:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            for key in SPECIAL_KEYS:
+                await fast.put_object(Key="fast/" + key, Body=key.encode())
+                await client.put_object(Bucket=bucket, Key="plain/" + key, Body=key.encode())
+
+    run(put_all())
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sorted(k.removeprefix("fast/") for k in listed if k.startswith("fast/")) == sorted(
+        k.removeprefix("plain/") for k in listed if k.startswith("plain/")
+    )
+    for key in SPECIAL_KEYS:
+        if "//" in key:
+            continue
+        assert s3.get_object(Bucket=bucket, Key="fast/" + key)["Body"].read() == key.encode(), key
+
+
+def test_missing_md5_is_computed_and_empty_body_works(s3_server: Any, s3: Any, bucket_name: str) -> None:
+    bucket = versioned_bucket(s3, bucket_name)
+
+    async def put() -> tuple[dict[str, Any], dict[str, str]]:
+        async with client_and_fast(s3_server, bucket) as (_, fast):
+            _, headers = await fast._signed("empty", b"", None, None, None)
+            return await fast.put_object(Key="empty", Body=b""), headers
+
+    response, headers = run(put())
+    assert headers["Content-MD5"] == md5_b64(b"")
+    assert response["ETag"] == f'"{hashlib.md5(b"").hexdigest()}"'
+    stored = s3.get_object(Bucket=bucket, Key="empty")
+    assert stored["Body"].read() == b""
+    assert stored["VersionId"] == response["VersionId"]
+
+
+def test_server_refusal_raises_what_the_client_raises(s3_server: Any) -> None:
+    bucket = "Bad_Bucket"  # botocore lets it through, SeaweedFS answers InvalidBucketName
+
+    async def both() -> tuple[BaseException, BaseException]:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            quick = await raised(lambda: fast.put_object(Key="k", Body=b"x"))
+            plain = await raised(lambda: client.put_object(Bucket=bucket, Key="k", Body=b"x"))
+            return quick, plain
+
+    quick, plain = run(both())
+    assert error_code(quick) == "InvalidBucketName"
+    assert comparable(quick) == comparable(plain)
+    assert classify(quick) is ErrorKind.PERMANENT
+
+
+def test_unreachable_server_raises_the_clients_transport_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+
+        async def both() -> tuple[BaseException, BaseException]:
+            async with open_s3(f"http://127.0.0.1:{port}", "AKID", "secret") as client:
+                fast = FastPut.create(client, "bucket")
+                assert fast is not None
+                quick = await raised(lambda: fast.put_object(Key="k", Body=b"x"))
+                plain = await raised(lambda: client.put_object(Bucket="bucket", Key="k", Body=b"x"))
+                return quick, plain
+
+        quick, plain = run(both())
+    assert type(quick) is type(plain) is botocore.exceptions.EndpointConnectionError
+    assert classify(quick) is ErrorKind.TRANSIENT
+
+
+def test_non_ascii_metadata_is_refused_like_the_client(s3_server: Any, bucket_name: str) -> None:
+    async def both() -> tuple[BaseException, BaseException]:
+        async with client_and_fast(s3_server, bucket_name) as (client, fast):
+            meta = {"name": "café"}
+            quick = await raised(lambda: fast.put_object(Key="k", Body=b"x", Metadata=meta))
+            plain = await raised(
+                lambda: client.put_object(Bucket=bucket_name, Key="k", Body=b"x", Metadata=meta)
+            )
+            return quick, plain
+
+    quick, plain = run(both())
+    assert type(quick) is type(plain) is botocore.exceptions.ParamValidationError
+    assert str(quick) == str(plain)
+
+
+def test_refreshable_credentials_are_refreshed_per_request(s3_server: Any, s3: Any, bucket_name: str) -> None:
+    bucket = versioned_bucket(s3, bucket_name)
+    refreshes = 0
+    expired = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)).isoformat()
+
+    async def refresh() -> dict[str, Any]:
+        nonlocal refreshes
+        refreshes += 1
+        valid = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).isoformat()
+        admin = s3_server.admin
+        return {
+            "access_key": admin.access_key,
+            "secret_key": admin.secret_key,
+            "token": None,
+            "expiry_time": valid,
+        }
+
+    async def put() -> dict[str, Any]:
+        async with open_s3(s3_server.endpoint_url, "STALEKEY", "stale-secret") as client:
+            client._request_signer._credentials = AioRefreshableCredentials.create_from_metadata(
+                {"access_key": "STALEKEY", "secret_key": "stale", "token": None, "expiry_time": expired},
+                refresh_using=refresh,
+                method="test",
+            )
+            fast = FastPut.create(client, bucket)
+            assert fast is not None
+            return await fast.put_object(Key="refreshed", Body=b"x")
+
+    response = run(put())
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert refreshes == 1
+
+
+def test_other_bucket_is_refused() -> None:
+    async def call() -> BaseException:
+        async with open_s3("http://127.0.0.1:9", "AKID", "secret") as client:
+            fast = FastPut.create(client, "mine")
+            assert fast is not None
+            return await raised(lambda: fast.put_object(Bucket="theirs", Key="k", Body=b"x"))
+
+    assert isinstance(run(call()), ValueError)
+
+
+@pytest.mark.parametrize(
+    ("env", "versions", "settings", "endpoint", "reason"),
+    [
+        ("0", None, {}, "http://127.0.0.1:9", "SYNCD_FASTPATH=0"),
+        ("", {"botocore": "0.0.1"}, {}, "http://127.0.0.1:9", "differ from the tested"),
+        ("", None, {}, None, "no endpoint_url"),
+        ("", None, {"checksum": "when_supported"}, "http://127.0.0.1:9", "request_checksum_calculation"),
+        ("", None, {}, "http://127.0.0.1:9/prefix", "not a bare"),
+    ],
+    ids=["switched-off", "other-versions", "aws", "crc32", "endpoint-path"],
+)
+def test_create_declines_what_it_does_not_support(
+    monkeypatch: pytest.MonkeyPatch,
+    env: str,
+    versions: dict[str, str] | None,
+    settings: dict[str, Any],
+    endpoint: str | None,
+    reason: str,
+) -> None:
+    monkeypatch.setenv(fastpath.ENV_SWITCH, env)
+    if versions is not None:
+        monkeypatch.setattr(fastpath, "TESTED_VERSIONS", {**TESTED_VERSIONS, **versions})
+
+    async def create() -> tuple[FastPut | None, str | None]:
+        s = S3Settings(endpoint_url=endpoint, region="us-east-1", **settings)
+        session = aioboto3.Session(aws_access_key_id="AKID", aws_secret_access_key="secret")
+        async with session.client("s3", endpoint_url=endpoint, config=boto_config(s, 8)) as client:
+            return FastPut.create(client, "bucket"), why_not(client, "bucket")
+
+    fast, why = run(create())
+    assert fast is None
+    assert why is not None and reason in why
+
+
+def test_force_skips_only_the_version_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fastpath.ENV_SWITCH, "force")
+    monkeypatch.setattr(fastpath, "TESTED_VERSIONS", {**TESTED_VERSIONS, "aiohttp": "0.0.1"})
+
+    async def create() -> tuple[FastPut | None, FastPut | None]:
+        async with open_s3("http://127.0.0.1:9", "AKID", "secret") as client:
+            path = FastPut.create(client, "bucket")
+        async with open_s3("http://127.0.0.1:9", "AKID", "secret", checksum="when_supported") as client:
+            return path, FastPut.create(client, "bucket")
+
+    supported, unsupported = run(create())
+    assert supported is not None
+    assert unsupported is None
