@@ -379,7 +379,9 @@ class Pipeline:
         if obj.plain_md5 == md5:
             return {"ETag": obj.etag, "VersionId": None}  # the listing proves it: no HEAD per file
         try:  # multipart or encrypted: the ETag is no MD5, our md5chksum metadata is
-            head = await self.retrier.call(lambda: self.client.head_object(Bucket=self.config.bucket, Key=key))
+            head = await self.retrier.call(
+                lambda: self.client.head_object(Bucket=self.config.bucket, Key=key)
+            )
         except Exception:
             return None
         if _b64_to_hex(head.get("Metadata", {}).get("md5chksum", "")) != md5:

@@ -260,7 +260,9 @@ def test_someone_elses_bucket_exits_3(tmp_path, s3_other, bucket_name, make_conf
     assert s3_other.list_objects_v2(Bucket=bucket_name).get("KeyCount", 0) == 0
 
 
-def test_wrong_secret_exits_4_without_leaking_it(tmp_path, s3_server, bucket_name, make_config, run_syncd, syncd_env):
+def test_wrong_secret_exits_4_without_leaking_it(
+    tmp_path, s3_server, bucket_name, make_config, run_syncd, syncd_env
+):
     folder = folder_with(tmp_path)
     env = dict(syncd_env, AWS_SECRET_ACCESS_KEY="definitely-wrong-secret")
     config = make_config(folder, bucket_name)
