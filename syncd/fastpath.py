@@ -38,7 +38,6 @@ from botocore.httpsession import (
     ConnectTimeoutError,
     EndpointConnectionError,
     HTTPClientError,
-    ProxyConnectionError,
     ReadTimeoutError,
     SSLError,
 )
@@ -218,6 +217,7 @@ class FastPut:
         return url, sent
 
     async def _send(self, url: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        """Send on the client's pool; transport failures become the botocore exceptions aiobotocore raises."""
         if self._closed:
             raise RuntimeError("FastPut is closed")
         if self._session is None:
@@ -229,8 +229,6 @@ class FastPut:
                 raw = {k.decode().lower(): v.decode() for k, v in response.raw_headers}
         except aiohttp.ClientSSLError as e:
             raise SSLError(endpoint_url=url, error=e) from e
-        except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as e:
-            raise ProxyConnectionError(proxy_url="", error=e) from e
         except (
             aiohttp.ServerDisconnectedError,
             aiohttp.ClientPayloadError,
@@ -252,15 +250,15 @@ class FastPut:
         return self._parse_ok(status, raw)
 
     def _parse_ok(self, status: int, headers: dict[str, str]) -> dict[str, Any]:
-        parsed: dict[str, Any] = {
-            "ResponseMetadata": {
-                "RequestId": headers.get("x-amz-request-id", ""),
-                "HostId": headers.get("x-amz-id-2", ""),
-                "HTTPStatusCode": status,
-                "HTTPHeaders": headers,
-                "RetryAttempts": 0,
-            }
-        }
+        """What client.put_object returns: ResponseMetadata as botocore fills it, the header members."""
+        meta: dict[str, Any] = {}
+        if "x-amzn-requestid" in headers:
+            meta["RequestId"] = headers["x-amzn-requestid"]
+        elif "x-amz-request-id" in headers:
+            meta["RequestId"] = headers["x-amz-request-id"]
+            meta["HostId"] = headers.get("x-amz-id-2", "")
+        meta.update(HTTPStatusCode=status, HTTPHeaders=headers, RetryAttempts=0)
+        parsed: dict[str, Any] = {"ResponseMetadata": meta}
         members = self._header_members
         for header, value in headers.items():
             member = members.get(header)

@@ -55,6 +55,7 @@ class Identity:
 
     @classmethod
     def generate(cls, name: str) -> Identity:
+        """Fresh random keys, shaped like AWS ones."""
         return cls(name, "AK" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
 
 
@@ -352,7 +353,10 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that has Linux SIGKILL the server when the thread that started it dies."""
+    """A preexec_fn that has Linux SIGKILL the child when the thread that started it dies (None elsewhere).
+
+    It is the thread, not the process: start servers from a thread that lives as long as they should.
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -40,6 +40,12 @@ SPECIAL_KEYS = [
 UNSENT = {"amz-sdk-invocation-id", "amz-sdk-request", "Content-Length"}
 
 
+@pytest.fixture(autouse=True)
+def fast_path_switch_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests decide SYNCD_FASTPATH themselves, whatever the shell running them says."""
+    monkeypatch.delenv(fastpath.ENV_SWITCH, raising=False)
+
+
 def run(coro: Awaitable[T]) -> T:
     async def main() -> T:
         return await coro

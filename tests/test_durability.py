@@ -1,0 +1,281 @@
+"""Lose nothing: kills, outages, rewrites during upload, touch storms, lost state, missed events."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import S3TestServer, bucket_objects, list_versions, s3_client, wait_until
+
+MiB = 1024 * 1024
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def new_versions(s3: Any, bucket: str) -> int:
+    return len(list_versions(s3, bucket))
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[S3TestServer]:
+    """A SeaweedFS of this test's own, so it can be stopped and started without disturbing others."""
+    server = S3TestServer(tmp_path / "own-seaweed")
+    yield server
+    server.stop()
+
+
+def env_for(server: S3TestServer, base: dict[str, str]) -> dict[str, str]:
+    return dict(
+        base, AWS_ACCESS_KEY_ID=server.admin.access_key, AWS_SECRET_ACCESS_KEY=server.admin.secret_key
+    )
+
+
+def test_kill_9_mid_burst_then_restart_uploads_everything(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    config = make_config(folder, bucket_name, workers=4)
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    for i in range(500):
+        write(folder / f"burst/{i % 10}/{i:03d}.bin", os.urandom(4096))
+    daemon.wait_for(lambda r: r.get("event") == "uploaded", timeout=30)
+    daemon.kill()
+    done_before = len(daemon.uploaded())
+    assert done_before < 500, "the burst finished before the kill: nothing was interrupted"
+    # While it is down: more files, and some of the burst rewritten.
+    for i in range(50):
+        write(folder / f"while-down/{i}.txt", f"written while syncd was dead {i}".encode())
+    for i in range(0, 500, 25):
+        write(folder / f"burst/{i % 10}/{i:03d}.bin", b"modified while down %d" % i)
+
+    started = time.monotonic()
+    again = start_daemon(config)
+    again.wait_for_event("ready", timeout=60)
+    wait_until(lambda: bucket_objects(s3, bucket_name) == tree(folder), timeout=60, interval=0.5)
+    print(
+        f"kill -9 recovery: {done_before} uploaded before the kill; caught up in {time.monotonic() - started:.1f}s"
+    )
+    assert again.terminate() == 0
+
+
+def test_server_outage_mid_burst_and_daemon_started_while_server_down(
+    tmp_path, own_server, make_config, start_daemon, syncd_env
+):
+    own_server.start()
+    s3 = s3_client(own_server, own_server.admin)
+    env = env_for(own_server, syncd_env)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    config = make_config(folder, "outage", s3={"endpoint_url": own_server.endpoint_url})
+    daemon = start_daemon(config, env=env)
+    daemon.wait_for_event("ready", timeout=60)
+    for i in range(100):
+        write(folder / f"a/{i}.bin", os.urandom(2048))
+    daemon.wait_for(lambda r: r.get("event") == "uploaded", timeout=30)
+    own_server.stop()
+    for i in range(100):
+        write(folder / f"b/{i}.bin", os.urandom(2048))
+    daemon.wait_for_event("s3_unreachable", timeout=30)
+    time.sleep(15)  # the outage
+    assert daemon.returncode is None, "the daemon must stay up while the server is away"
+    own_server.start()
+    daemon.wait_for_event("s3_recovered", timeout=90)
+    wait_until(lambda: bucket_objects(s3, "outage") == tree(folder), timeout=90, interval=0.5)
+    records = daemon.records()
+    assert len([r for r in records if r.get("event") == "s3_unreachable"]) <= 2
+    assert len(records) < 600, "one record per upload and per outage, not one per retry"
+    assert daemon.terminate() == 0
+
+    # A daemon started while the server is down waits, says so, and uploads once it is back.
+    own_server.stop()
+    write(folder / "c/late.txt", b"written before the server came back")
+    late = start_daemon(config, env=env)
+    late.wait_for_event("s3_unreachable", timeout=60)
+    time.sleep(3)
+    assert late.returncode is None
+    assert not [r for r in late.records() if r.get("event") == "ready"]
+    own_server.start()
+    late.wait_for_event("ready", timeout=120)
+    wait_until(lambda: bucket_objects(s3, "outage") == tree(folder), timeout=60, interval=0.5)
+    assert late.terminate() == 0
+
+
+def test_restart_over_synced_tree_puts_nothing(
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
+):
+    folder = tmp_path / "data"
+    for i in range(3000):
+        write(folder / f"d{i % 30}/f{i}.txt", b"x%d" % i)
+    config = make_config(folder, bucket_name, workers=8)
+    assert run_syncd(["once", "-c", str(config)]).returncode == 0
+    versions = new_versions(s3, bucket_name)
+    assert versions == 3000
+
+    started = time.monotonic()
+    daemon = start_daemon(config)
+    daemon.wait_for_event("scan_done", timeout=60)
+    idle_after = time.monotonic() - started
+    time.sleep(1)
+    assert daemon.terminate() == 0
+    print(f"restart over 3,000 synced files: idle after {idle_after:.2f}s")
+    assert daemon.uploaded() == []
+    assert new_versions(s3, bucket_name) == versions
+
+
+def test_touch_storm_creates_no_versions(tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd):
+    folder = tmp_path / "data"
+    for i in range(1000):
+        write(folder / f"t/{i}.txt", b"same bytes %d" % i)
+    config = make_config(folder, bucket_name, workers=8)
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    wait_until(lambda: len(daemon.uploaded()) == 1000, timeout=90, interval=0.2)
+    before = new_versions(s3, bucket_name)
+    for path in (folder / "t").iterdir():
+        os.utime(path)  # new mtime, same bytes
+        path.chmod(0o640)  # new ctime
+    for i in range(0, 1000, 100):
+        write(folder / f"t/{i}.txt", b"same bytes %d" % i)  # rewritten with identical bytes
+    # Wait until syncd has looked at every touched file: nothing owed any more.
+    time.sleep(1)
+    wait_until(
+        lambda: "owed: 0\n" in run_syncd(["status", "-c", str(config)]).stdout, timeout=60, interval=0.5
+    )
+    assert daemon.terminate() == 0
+    assert len(daemon.uploaded()) == 1000
+    assert new_versions(s3, bucket_name) == before
+
+
+def test_large_file_rewritten_during_upload_ends_with_final_bytes(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    config = make_config(
+        folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB", bandwidth_limit="8MB"
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    big = folder / "big.bin"
+    write(big, os.urandom(24 * MiB))
+    time.sleep(1.5)  # settled and uploading (about 3 s at 8 MB/s)
+    final = os.urandom(24 * MiB)
+    with open(big, "r+b") as f:  # rewritten in place while its parts are being sent
+        f.write(final)
+    wait_until(
+        lambda: s3.get_object(Bucket=bucket_name, Key="big.bin")["Body"].read() == final,
+        timeout=60,
+        interval=0.5,
+    )
+    assert daemon.terminate() == 0
+    assert any(r.get("event") == "changed_during_upload" for r in daemon.records())
+    # No multipart upload was left behind.
+    assert s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads", []) == []
+
+
+def test_deleted_state_uploads_nothing_already_in_bucket(tmp_path, s3, bucket_name, make_config, run_syncd):
+    folder = tmp_path / "data"
+    for i in range(30):
+        write(folder / f"s/{i}.txt", b"small %d" % i)
+    write(folder / "multi.bin", os.urandom(11 * MiB))  # multipart: its ETag is no MD5
+    config = make_config(folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB")
+    assert run_syncd(["once", "-c", str(config)]).returncode == 0
+    versions = new_versions(s3, bucket_name)
+    head = s3.head_object(Bucket=bucket_name, Key="multi.bin")
+    assert "-" in head["ETag"] and head["Metadata"]["md5chksum"]
+
+    for state_file in (tmp_path / "state").iterdir():
+        state_file.unlink()
+    result = run_syncd(["once", "-c", str(config)])
+
+    assert result.returncode == 0, result.stderr
+    assert new_versions(s3, bucket_name) == versions
+    assert "0 uploaded" in result.stdout
+
+
+def test_change_the_watcher_never_reported_lands_within_rescan_interval(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    folder = tmp_path / "data"
+    target = folder / "mapped.db"
+    write(target, b"A" * 8192)
+    daemon = start_daemon(make_config(folder, bucket_name, rescan_interval=3))
+    daemon.wait_for_event("ready", timeout=60)
+    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r["path"] == "mapped.db")
+    # Writes through a shared mapping raise no inotify event (as a database's would): only a rescan sees it.
+    with open(target, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        m[:4] = b"BBBB"
+        m.flush()
+    os.utime(target)  # some kernels only update mtime at msync; make the change visible to stat
+    expected = target.read_bytes()
+    start = time.monotonic()
+    wait_until(
+        lambda: s3.get_object(Bucket=bucket_name, Key="mapped.db")["Body"].read() == expected,
+        timeout=20,
+        interval=0.2,
+    )
+    print(f"unreported change landed after {time.monotonic() - start:.1f}s (rescan_interval 3s)")
+    assert daemon.terminate() == 0
+
+
+def test_rename_is_copied_server_side(tmp_path, s3, bucket_name, make_config, start_daemon):
+    folder = tmp_path / "data"
+    write(folder / "old-name.bin", os.urandom(300_000))
+    daemon = start_daemon(make_config(folder, bucket_name))
+    daemon.wait_for_event("ready", timeout=60)
+    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r["path"] == "old-name.bin")
+    (folder / "old-name.bin").rename(folder / "new-name.bin")
+    copied = daemon.wait_for(lambda r: r.get("event") == "copied", timeout=30)
+    assert copied["path"] == "new-name.bin" and copied["source_key"] == "old-name.bin"
+    assert copied["version_id"]
+    assert daemon.terminate() == 0
+    assert not [r for r in daemon.uploaded() if r["path"] == "new-name.bin"]
+    body = s3.get_object(Bucket=bucket_name, Key="new-name.bin")["Body"].read()
+    assert body == (folder / "new-name.bin").read_bytes()
+
+
+def test_verify_reports_and_repairs(tmp_path, s3, bucket_name, make_config, run_syncd):
+    folder = tmp_path / "data"
+    for name in ("a.txt", "b.txt", "c.txt"):
+        write(folder / name, name.encode())
+    config = make_config(folder, bucket_name)
+    assert run_syncd(["once", "-c", str(config)]).returncode == 0
+    assert run_syncd(["verify", "-c", str(config)]).returncode == 0
+
+    s3.delete_object(Bucket=bucket_name, Key="b.txt")  # someone removed it from the bucket
+    result = run_syncd(["verify", "-c", str(config)])
+    assert result.returncode == 1
+    assert "b.txt: missing in the bucket" in result.stdout
+
+    repaired = run_syncd(["verify", "--repair", "-c", str(config)])
+    assert repaired.returncode == 0, repaired.stderr
+    assert bucket_objects(s3, bucket_name) == tree(folder)
+    assert run_syncd(["verify", "-c", str(config)]).returncode == 0
+
+
+def test_once_gives_up_after_retry_for_with_exit_75(tmp_path, own_server, make_config, run_syncd, syncd_env):
+    own_server.start()
+    env = env_for(own_server, syncd_env)
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    config = make_config(folder, "giveup", s3={"endpoint_url": own_server.endpoint_url})
+    assert run_syncd(["once", "-c", str(config)], env=env).returncode == 0
+    write(folder / "b.txt", b"b")
+    own_server.stop()
+    result = run_syncd(["once", "--retry-for", "3s", "-c", str(config)], env=env, timeout=60)
+    assert result.returncode == 75, result.stderr
+    assert "owed" in result.stderr and "Traceback" not in result.stderr
