@@ -67,7 +67,8 @@ def test_kill_9_mid_burst_then_restart_uploads_everything(
     again.wait_for_event("ready", timeout=60)
     wait_until(lambda: bucket_objects(s3, bucket_name) == tree(folder), timeout=60, interval=0.5)
     print(
-        f"kill -9 recovery: {done_before} uploaded before the kill; caught up in {time.monotonic() - started:.1f}s"
+        f"kill -9 recovery: {done_before} uploaded before the kill; "
+        f"caught up in {time.monotonic() - started:.1f}s"
     )
     assert again.terminate() == 0
 
