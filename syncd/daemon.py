@@ -166,13 +166,13 @@ class Pipeline:
         return status
 
     def _enable_fast_path(self) -> None:
-        try:
-            from syncd.fastpath import FastPut
-        except ImportError:
-            return
+        from syncd.fastpath import FastPut, why_not
+
         self.fast = FastPut.create(self.client, self.config.bucket)
-        if self.fast is not None:
-            self.uploader = self._make_uploader(self.fast.put_object)
+        if self.fast is None:
+            log.info("fastpath_off", reason=why_not(self.client, self.config.bucket))
+            return
+        self.uploader = self._make_uploader(self.fast.put_object)
 
     async def _abort_leftover_multiparts(self) -> None:
         """Abort the multipart uploads this state started and never finished (never other clients')."""

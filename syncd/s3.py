@@ -132,7 +132,7 @@ def boto_config(settings: S3Settings, pool: int) -> BotoConfig:
     return BotoConfig(
         region_name=settings.region,
         max_pool_connections=max(pool, 10),
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=10,
         read_timeout=120,
         request_checksum_calculation=settings.checksum,
