@@ -91,6 +91,7 @@ class Pipeline:
         self.remote: dict[str, RemoteObject] | None = None
         self.gone_batch: set[str] = set()
         self.gone_event = asyncio.Event()
+        self.deleting = False
         self.rescan_now = asyncio.Event()
         self.stopping = False
         self.bucket: BucketStatus | None = None
@@ -255,25 +256,36 @@ class Pipeline:
                     await asyncio.wait_for(self.gone_event.wait(), DELETE_BATCH_QUIET)
                 except TimeoutError:
                     break
-            batch, self.gone_batch = self.gone_batch, set()
-            batch = {rel for rel in batch if not os.path.lexists(os.path.join(self.config.folder, rel))}
-            if not batch or not self.folder_available():
-                continue
-            tracked = max(self.state.counts().files, 1)
-            limit = min(self.config.delete_guard_percent / 100 * tracked, self.config.delete_guard_files)
-            if len(batch) > limit:
-                log.critical(
-                    "delete_guard_tripped",
-                    count=len(batch),
-                    tracked=tracked,
-                    limit=int(limit),
-                    hint="nothing was deleted in the bucket; if this is intended, raise delete_guard",
-                )
-                for rel in batch:
-                    self.state.forget_owed(rel)
-                continue
-            for rel in sorted(batch):
-                await self._delete(rel)
+            taken = set(self.gone_batch)
+            batch = {rel for rel in taken if not os.path.lexists(os.path.join(self.config.folder, rel))}
+            self.deleting = True
+            try:
+                await self._judge_deletions(batch)
+            finally:
+                self.gone_batch -= taken  # judged, or back on disk; later arrivals wait for the next round
+                self.deleting = False
+            if self.gone_batch:
+                self.gone_event.set()
+
+    async def _judge_deletions(self, batch: set[str]) -> None:
+        """Delete markers for a batch of vanished files, unless the guard calls it a disaster."""
+        if not batch or not self.folder_available():
+            return
+        tracked = max(self.state.counts().files, 1)
+        limit = min(self.config.delete_guard_percent / 100 * tracked, self.config.delete_guard_files)
+        if len(batch) > limit:
+            log.critical(
+                "delete_guard_tripped",
+                count=len(batch),
+                tracked=tracked,
+                limit=int(limit),
+                hint="nothing was deleted in the bucket; if this is intended, raise delete_guard",
+            )
+            for rel in batch:
+                self.state.forget_owed(rel)
+            return
+        for rel in sorted(batch):
+            await self._delete(rel)
 
     async def _delete(self, rel: str) -> None:
         rec = self.state.get(rel)
@@ -590,7 +602,7 @@ class Pipeline:
                 await self.start_workers(group)
                 await self.queue_owed()
                 await self.reconcile("once")
-                while len(self.settler) or len(self.scheduler) or self.gone_batch:
+                while len(self.settler) or len(self.scheduler) or self.gone_batch or self.deleting:
                     await asyncio.sleep(0.05)
                 self.stopping = True
                 raise _Stop()

@@ -61,6 +61,7 @@ def run_demo(directory: str | None, port: int | None) -> int:
             f"aws_secret_access_key = {identity.secret_key}\n"
         )
         creds.chmod(0o600)
+        me = sys.argv[0] if os.path.basename(sys.argv[0]) == "syncd" else "syncd"
         print(
             f"""
   folder:    {folder}
@@ -69,8 +70,8 @@ def run_demo(directory: str | None, port: int | None) -> int:
   config:    {config_path}
   look at it (in another terminal):
     export AWS_SHARED_CREDENTIALS_FILE={creds}
-    syncd versions -c {config_path} {sample}
-    syncd status -c {config_path}
+    {me} versions -c {config_path} {sample}
+    {me} status -c {config_path}
     aws --endpoint-url {server.endpoint_url} s3 ls --recursive s3://{DEMO_BUCKET}/   (if awscli is installed)
   Ctrl-C stops syncd and the server.
 """,
