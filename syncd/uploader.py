@@ -28,6 +28,7 @@ MiB = 1024 * 1024
 MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 * 1024**3
 HASH_CHUNK = 4 * MiB
+SMALL_FILE = 256 * 1024  # read in the same thread trip as the open; reserved up front
 
 
 class ByteBudget:
@@ -173,6 +174,25 @@ def _hash_fd(fd: int, size: int) -> str:
     return md5.hexdigest()
 
 
+def _open_and_read_small(
+    path: str, follow_symlinks: bool, known: Signature | None, ignore_inode: bool
+) -> tuple[int, os.stat_result, tuple[bytes, str] | None]:
+    """Open; if the file is small and not known unchanged, read and hash it too (one thread trip).
+
+    The fd stays open for the caller (it is closed there); a read torn by a concurrent writer shows as
+    a size or fstat mismatch, which the caller checks.
+    """
+    fd, st = _open(path, follow_symlinks)
+    if st.st_size > SMALL_FILE or Signature.of(st).same_as(known, ignore_inode):
+        return fd, st, None
+    try:
+        body = _read_all(fd, st.st_size)
+    except OSError as exc:
+        os.close(fd)
+        raise FileSkipped(exc.strerror or str(exc)) from None
+    return fd, st, (body, hashlib.md5(body).hexdigest())
+
+
 class Uploader:
     """Turns a path into a new object version, using one shared client, retrier and byte budget."""
 
@@ -214,30 +234,49 @@ class Uploader:
             raise FileSkipped(f"cannot map to a key: {exc}") from None
 
     async def upload(self, rel: str) -> Outcome:
-        """Bring the bucket up to date with this one file; raises FileSkipped or the S3 error."""
+        """Bring the bucket up to date with this one file; raises FileSkipped or the S3 error.
+
+        Small files (most of a tree) are opened, read and hashed in one trip to a worker thread, with
+        a small reservation of the byte budget taken beforehand; larger ones reserve their real size.
+        """
+        started = time.monotonic()
         key = self.key_for(rel)
         path = os.path.join(self.s.root, rel)
-        fd, st = await asyncio.to_thread(_open, path, self.s.follow_symlinks)
+        known = self.lookup(rel)
+        known_sig = known.sig if known is not None and known.key == key else None
+        async with self.budget.hold(SMALL_FILE):
+            fd, st, small = await asyncio.to_thread(
+                _open_and_read_small, path, self.s.follow_symlinks, known_sig, self.s.ignore_inode
+            )
+            sig = Signature.of(st)
+            try:
+                if (
+                    known is not None
+                    and known_sig is not None
+                    and sig.same_as(known_sig, self.s.ignore_inode)
+                ):
+                    return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
+                if small is not None:
+                    body, md5 = small
+                    return await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
+            except BaseException:
+                os.close(fd)
+                raise
         try:
-            return await self._upload_fd(rel, key, path, fd, Signature.of(st))
+            return await self._upload_large(rel, key, path, fd, sig, known, started)
         finally:
             os.close(fd)
 
-    async def _upload_fd(self, rel: str, key: str, path: str, fd: int, sig: Signature) -> Outcome:
-        started = time.monotonic()
-        known = self.lookup(rel)
-        if known is not None and known.key == key and sig.same_as(known.sig, self.s.ignore_inode):
-            return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
+    async def _upload_large(
+        self, rel: str, key: str, path: str, fd: int, sig: Signature, known: FileRecord | None, started: float
+    ) -> Outcome:
         if sig.size >= self.s.multipart_threshold:
             md5 = await asyncio.to_thread(_hash_fd, fd, sig.size)
-            body = None
-        else:
-            async with self.budget.hold(sig.size):
-                body = await asyncio.to_thread(_read_all, fd, sig.size)
-                md5 = hashlib.md5(body).hexdigest()
-                outcome = await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
-                return outcome
-        return await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
+            return await self._after_read(rel, key, path, fd, sig, md5, known, None, started)
+        async with self.budget.hold(sig.size):
+            body = await asyncio.to_thread(_read_all, fd, sig.size)
+            md5 = hashlib.md5(body).hexdigest()
+            return await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
 
     async def _after_read(
         self,
