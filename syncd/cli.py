@@ -296,7 +296,8 @@ async def run_check(config: Config) -> int:
         print(f"bucket {config.bucket}: does not exist yet; syncd run creates it private")
     else:
         privacy = "private" if status.private else "NOT private now (syncd run makes it private)"
-        print(f"bucket {config.bucket}: ours, {privacy}, versioning {status.versioning}")
+        owner = "ours" if status.owner_proven else "accessible (ownership not provable with this key)"
+        print(f"bucket {config.bucket}: {owner}, {privacy}, versioning {status.versioning}")
         if status.versioning != "Enabled":
             print("  warning: an unversioned bucket keeps no history; overwrites destroy old bytes")
     for line in lifecycle:

@@ -157,6 +157,7 @@ class Pipeline:
                 private=status.private,
                 made_private=status.made_private,
                 versioning=status.versioning,
+                owner_proven=status.owner_proven,
             )
             self.state.set_meta(
                 "bucket", f"{c.bucket}: private={status.private} versioning={status.versioning}"
