@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -214,7 +215,10 @@ async def _restore_one(
             )
             md5 = hashlib.md5()
             with os.fdopen(fd, "wb") as out:
-                async with response["Body"] as body:
+                os.fchmod(out.fileno(), _mode_for(dest))
+                # Not `async with Body as b`: aiobotocore's __aenter__ returns the raw aiohttp response.
+                body = response["Body"]
+                async with body:
                     while chunk := await body.read(1024 * 1024):
                         md5.update(chunk)
                         await asyncio.to_thread(out.write, chunk)
@@ -250,6 +254,17 @@ async def _restore_one(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _mode_for(dest: Path) -> int:
+    """As a copy would: the mode of the file being replaced, else 0666 less the umask (not mkstemp's 0600)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(dest)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _expected_md5(meta: dict[str, str], etag: str) -> str | None:

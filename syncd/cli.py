@@ -328,8 +328,10 @@ async def _lifecycle_warnings(client: Any, config: Config) -> list[str]:
         if "NoncurrentVersionExpiration" in rule:
             days = rule["NoncurrentVersionExpiration"].get("NoncurrentDays")
             warnings.append(f"lifecycle rule {name} deletes old versions after {days} days")
-        if "Expiration" in rule:
-            warnings.append(f"lifecycle rule {name} expires current objects: {rule['Expiration']}")
+        # ExpiredObjectDeleteMarker only removes delete markers that have no versions left: no history.
+        expiration = {k: v for k, v in rule.get("Expiration", {}).items() if k != "ExpiredObjectDeleteMarker"}
+        if expiration:
+            warnings.append(f"lifecycle rule {name} expires current objects: {expiration}")
     return warnings
 
 

@@ -20,14 +20,16 @@ from syncd import scan
 from syncd.bucket import BucketStatus, ensure_private_bucket
 from syncd.config import Config, load_config
 from syncd.errors import ConfigError, SyncdError
+from syncd.lifecycle import ensure_noncurrent_expiry
 from syncd.log import configure_logging, get_logger
+from syncd.metrics import MetricsSink, NullMetrics, metrics_for
 from syncd.notify import Notifier, watchdog_interval
 from syncd.remote import RemoteObject, list_current
 from syncd.retry import Outage, Retrier
 from syncd.s3 import ErrorKind, S3Settings, classify, describe, error_code, open_client
 from syncd.scheduler import Scheduler
 from syncd.settle import Settler
-from syncd.state import FileRecord, StateLock, StateStore
+from syncd.state import Counts, FileRecord, StateLock, StateStore
 from syncd.uploader import ByteBudget, FileSkipped, Outcome, RateLimit, Uploader, UploadSettings
 from syncd.watcher import Watcher
 
@@ -63,6 +65,7 @@ class Pipeline:
         dry_run: bool = False,
         retry_for: float | None = None,
         on_progress: Callable[[Pipeline], None] | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -71,9 +74,11 @@ class Pipeline:
         self.mode = mode
         self.dry_run = dry_run
         self.on_progress = on_progress
+        self.metrics: MetricsSink = metrics or NullMetrics()
         self.stats = Stats()
         self.outage = Outage()
         self.outage.listeners.append(self._outage_changed)
+        self.outage.retry_listeners.append(self.metrics.retried)
         self.retrier = Retrier(self.outage, give_up_after=retry_for)
         self.excludes = config.excludes()
         self.walk_opts = scan.WalkOptions(config.folder, self.excludes, config.follow_symlinks)
@@ -162,6 +167,10 @@ class Pipeline:
             self.state.set_meta(
                 "bucket", f"{c.bucket}: private={status.private} versioning={status.versioning}"
             )
+            self.metrics.set_s3_up(True)
+            await self.retrier.call(
+                lambda: ensure_noncurrent_expiry(self.client, c.bucket, c.keep_versions_days)
+            )
             await self._abort_leftover_multiparts()
             if not self.dry_run:
                 self._enable_fast_path()
@@ -196,6 +205,7 @@ class Pipeline:
             log.info("multipart_aborted", key=key, upload_id=upload_id)
 
     def _outage_changed(self, down: bool, reason: str) -> None:
+        self.metrics.set_s3_up(not down)
         if down:
             self.notifier.status(f"waiting for S3 ({reason})")
             self.notifier.extend_timeout(120)
@@ -440,6 +450,7 @@ class Pipeline:
                 self._on_gone(rel)
                 return
             self.stats.skipped += 1
+            self.metrics.failed()
             log.warning("upload_skipped", path=rel, reason=exc.reason)
             if not self.dry_run:
                 self.state.record_failure(rel, exc.reason)
@@ -460,6 +471,7 @@ class Pipeline:
             self.settler.add(rel)
             return
         self.stats.failed += 1
+        self.metrics.failed()
         reason = describe(exc)
         log.error("upload_failed", path=rel, reason=reason)
         if not self.dry_run:
@@ -481,9 +493,12 @@ class Pipeline:
             self.state.record_upload(outcome.record(), owed_since=owed_since)
             if outcome.action == "copied":
                 self.stats.copied += 1
+                self.metrics.copied()
             else:
                 self.stats.uploaded += 1
                 self.stats.bytes += outcome.sig.size
+                self.metrics.uploaded(outcome.sig.size)
+            self.metrics.set_last_success(self.stats.last_upload)
             fields: dict[str, Any] = {
                 "path": rel,
                 "key": outcome.key,
@@ -528,8 +543,8 @@ class Pipeline:
             await asyncio.sleep(0.5)
         self.remote = {}
 
-    def status_line(self) -> str:
-        c = self.state.counts()
+    def status_line(self, counts: Counts | None = None) -> str:
+        c = counts or self.state.counts()
         if self.outage.down:
             return f"waiting for S3 ({self.outage.reason}): {c.owed} owed"
         if not self.folder_ok:
@@ -542,7 +557,11 @@ class Pipeline:
         interval = watchdog_interval()
         period = min(interval, 5.0) if interval else 5.0
         while True:
-            text = self.status_line()
+            counts = self.state.counts()
+            text = self.status_line(counts)
+            self.metrics.set_owed(counts.owed)
+            if counts.last_upload:
+                self.metrics.set_last_success(counts.last_upload)
             self.notifier.status(text)
             self.state.set_meta("status", text)
             self.state.set_meta("pid", str(os.getpid()))
@@ -648,6 +667,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self.reload = asyncio.Event()
         self.pipeline: Pipeline | None = None
+        self.metrics: MetricsSink = NullMetrics()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -661,8 +681,11 @@ class Daemon:
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock.acquire()
         try:
+            # After the lock: a second syncd on this state exits 5, not with "address already in use".
+            self.metrics = metrics_for(self.config.metrics.listen)
             await self._serve(lock)
         finally:
+            self.metrics.stop()
             lock.release()
 
     async def _serve(self, lock: StateLock) -> None:
@@ -674,6 +697,8 @@ class Daemon:
             if outcome is None:
                 return
             # A reload that changes what is synced: move the lock to the new state and start again.
+            if outcome.metrics != config.metrics:
+                self._move_metrics(outcome.metrics.listen)
             lock.release()
             config = outcome
             self.config = config
@@ -681,10 +706,20 @@ class Daemon:
             config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             lock.acquire()
 
+    def _move_metrics(self, listen: str | None) -> None:
+        """metrics.listen changed on reload: open the new endpoint; if that fails, keep the old one."""
+        try:
+            moved = metrics_for(listen)
+        except ConfigError as exc:
+            log.error("metrics_not_moved", reason=str(exc))
+            return
+        self.metrics.stop()
+        self.metrics = moved
+
     async def _run_config(self, config: Config, state: StateStore) -> Config | None:
         """Run one config until stop (None) or a reload that needs a new pipeline (the new Config)."""
         async with open_client(config.s3, pool=config.workers + 8) as client:
-            pipeline = Pipeline(config, client, state, self.notifier)
+            pipeline = Pipeline(config, client, state, self.notifier, metrics=self.metrics)
             self.pipeline = pipeline
             self.notifier.status(f"checking bucket {config.bucket}")
             keepalive = asyncio.ensure_future(self._keep_systemd_waiting(config))

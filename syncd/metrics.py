@@ -85,7 +85,9 @@ class Metrics:
         )
         self._owed = prom.Gauge("syncd_owed_files", "Files changed locally and not uploaded yet", registry=r)
         self._last_success = prom.Gauge(
-            "syncd_last_success_timestamp_seconds", "Unix time of the last successful upload", registry=r
+            "syncd_last_success_timestamp_seconds",
+            "Unix time a file was last brought up to date in the bucket",
+            registry=r,
         )
         self._s3_up = prom.Gauge("syncd_s3_up", "1 while the S3 server answers, else 0", registry=r)
         prom.ProcessCollector(registry=r)  # memory, CPU and open files of the daemon

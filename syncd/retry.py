@@ -24,6 +24,7 @@ class Outage:
         self.reason = ""
         self.retries = 0
         self.listeners: list[Callable[[bool, str], None]] = []
+        self.retry_listeners: list[Callable[[], None]] = []  # called for every failed attempt
 
     @property
     def down(self) -> bool:
@@ -31,6 +32,8 @@ class Outage:
 
     def failed(self, exc: BaseException) -> None:
         self.retries += 1
+        for retried in self.retry_listeners:
+            retried()
         if self.down_since is None:
             self.down_since = time.monotonic()
             self.reason = describe(exc)
