@@ -174,7 +174,10 @@ async def restore(
                     if version_id is not None:
                         print(f"{raw}: no version {version_id}", file=sys.stderr)
                         failures += 1
-                    continue  # did not exist at that time (or only as a deletion)
+                    elif is_file:
+                        print(f"{raw}: did not exist at {at} (or only as a deletion)", file=sys.stderr)
+                        failures += 1
+                    continue  # in a directory: this file did not exist at that time
                 key_rel = rel_path_for_key(config.prefix, key)
                 if key_rel is None:
                     print(f"{key}: not a key syncd wrote (cannot map it to a path); skipped", file=sys.stderr)

@@ -729,6 +729,7 @@ class Daemon:
                 if not keepalive.done() and (self.stop.is_set() or not pipeline.bucket):
                     keepalive.cancel()
             if not prepared:
+                self.notifier.stopping()
                 log.info("stopped", uploaded=0, owed=state.counts().owed, reason="stopped before ready")
                 return None
             pipe_stop = asyncio.Event()
@@ -813,8 +814,8 @@ class Daemon:
             log.error("reload_rejected", reason=str(exc))
             self.notifier.ready(pipeline.status_line())
             return None
-        configure_logging(new.log.format, new.log.level)
         if _same_target(old, new):
+            configure_logging(new.log.format, new.log.level)
             pipeline.set_workers(new.workers)
             pipeline.config = new
             log.info("reloaded", workers=new.workers, log_level=new.log.level, restarted=False)
@@ -833,6 +834,7 @@ class Daemon:
             log.error("reload_rejected", reason=str(exc) if isinstance(exc, SyncdError) else describe(exc))
             self.notifier.ready(pipeline.status_line())
             return None
+        configure_logging(new.log.format, new.log.level)
         log.info("reloaded", restarted=True, folder=str(new.folder), bucket=new.bucket, prefix=new.prefix)
         return new
 
