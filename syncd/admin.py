@@ -252,7 +252,7 @@ async def _restore_one(
             except FileExistsError:
                 print(f"{dest}: exists; not overwritten (use --force)", file=sys.stderr)
                 return False
-        print(f"restored {dest} (version {v.version_id}, {v.size:,} bytes)")
+        print(f"restored {_show(str(dest))} (version {v.version_id}, {v.size:,} bytes)")
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):

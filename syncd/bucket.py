@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import aiohttp
 import botocore.exceptions
 
-from syncd.errors import BucketError
+from syncd.errors import BucketError, ConfigError
 from syncd.log import get_logger
 from syncd.s3 import ErrorKind, classify, credentials_error, describe, error_code, http_status
 
@@ -113,6 +113,11 @@ def _step(bucket: str, action: str, permission: str) -> Iterator[None]:
     except Exception as exc:
         if classify(exc) is ErrorKind.CREDENTIALS:
             raise credentials_error(exc) from exc
+        if isinstance(exc, botocore.exceptions.SSLError):
+            raise ConfigError(
+                f"s3.endpoint_url: the TLS certificate of the server does not verify ({describe(exc)}); "
+                "fix the server's certificate, or point AWS_CA_BUNDLE at the CA that signed it"
+            ) from exc
         raise
 
 
@@ -197,6 +202,7 @@ async def _get_acl(client: Any, bucket: str) -> dict[str, Any]:
     with _step(bucket, "read the bucket ACL", "s3:GetBucketAcl"):
         try:
             acl: dict[str, Any] = await client.get_bucket_acl(Bucket=bucket)
+            _check_is_s3(client, acl)
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) not in NOT_FOUND:
                 raise
@@ -206,6 +212,17 @@ async def _get_acl(client: Any, bucket: str) -> dict[str, Any]:
                 "choose another bucket name"
             ) from exc
     return acl
+
+
+def _check_is_s3(client: Any, acl: dict[str, Any]) -> None:
+    """An S3 server answers GetBucketAcl with an Owner and Grants; a web page parses into neither."""
+    if "Owner" in acl or "Grants" in acl:
+        return
+    headers = acl.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    raise ConfigError(
+        f"s3.endpoint_url {client.meta.endpoint_url} does not answer like an S3 server (GetBucketAcl "
+        f"returned {headers.get('content-type') or 'no ACL'}); use the S3 API endpoint of your provider"
+    )
 
 
 async def _owner_proven(client: Any, bucket: str, acl: dict[str, Any]) -> bool:

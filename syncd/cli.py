@@ -239,10 +239,11 @@ async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress:
             await pipeline.prepare(check_only=dry_run)
             await run_stopping_cleanly(pipeline.run_once())
     except BaseException as exc:
-        if first_syncd_error(exc).__class__ is UnavailableError or isinstance(exc, UnavailableError):
+        unavailable = first_syncd_error(exc)
+        if isinstance(unavailable, UnavailableError):
             owed = state.counts().owed
             print(
-                f"syncd: error: the S3 server stayed unreachable for {args_duration(retry_for)}; "
+                f"syncd: error: {unavailable} (gave up after {args_duration(retry_for)}); "
                 f"{owed} files still owed (run again, or use syncd run)",
                 file=sys.stderr,
             )

@@ -90,6 +90,7 @@ class Pipeline:
             release=self.scheduler.put,
             on_dir=self._on_dir,
             on_gone=self._on_gone,
+            on_skip=self._on_skip,
             follow_symlinks=config.follow_symlinks,
         )
         self.watcher = Watcher(config.folder, self._on_watch_event, self._on_watch_restart)
@@ -104,7 +105,9 @@ class Pipeline:
         self.worker_tasks: set[asyncio.Task[None]] = set()
         self.scanned_files = 0
         self.total_bytes = 0
-        self.folder_dev = os.stat(config.folder).st_dev
+        folder_st = os.stat(config.folder)
+        self.folder_dev = folder_st.st_dev
+        self.folder_ino = folder_st.st_ino
         self.folder_ok = True
         self.fast: Any = None
         self.uploader = self._make_uploader(None)
@@ -248,6 +251,11 @@ class Pipeline:
         async for batch in scan.batches(self.walk_opts, start=rel):
             self._feed(batch, known=None)
 
+    def _on_skip(self, rel: str) -> None:
+        """Not a file syncd uploads (FIFO, socket, symlink not followed): nothing is owed for it."""
+        if not self.dry_run:
+            self.state.forget_owed(rel)
+
     def _on_gone(self, rel: str) -> None:
         if self.dry_run:
             return
@@ -321,10 +329,17 @@ class Pipeline:
             available = False
         else:
             available = st.st_dev == self.folder_dev
+            if available and st.st_ino != self.folder_ino:
+                # A new directory at the folder's path: the watches are on the old one.
+                self.folder_ino = st.st_ino
+                log.warning("folder_replaced", folder=str(self.config.folder))
+                self.watcher.restart()
+                self.rescan_now.set()
         if available != self.folder_ok:
             self.folder_ok = available
             if available:
                 log.info("folder_available", folder=str(self.config.folder))
+                self.watcher.restart()  # an unmount removed every watch on the disk
                 self.rescan_now.set()
             else:
                 log.error(
@@ -531,7 +546,7 @@ class Pipeline:
     async def periodic_rescan(self) -> None:
         interval = self.config.rescan_interval
         while True:
-            timeout = interval if interval and not self.watcher.degraded else 60.0
+            timeout = min(interval, 60.0) if interval and self.watcher.degraded else interval or 60.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.rescan_now.wait(), timeout)
             self.rescan_now.clear()

@@ -30,12 +30,13 @@ class Outage:
     def down(self) -> bool:
         return self.down_since is not None
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, since: float | None = None) -> None:
+        """A request failed; `since`: when it was sent (a timeout is known only long after)."""
         self.retries += 1
         for retried in self.retry_listeners:
             retried()
         if self.down_since is None:
-            self.down_since = time.monotonic()
+            self.down_since = time.monotonic() if since is None else since
             self.reason = describe(exc)
             log.warning("s3_unreachable", reason=self.reason)
             for listener in self.listeners:
@@ -71,6 +72,7 @@ class Retrier:
     async def call(self, op: Callable[[], Awaitable[T]]) -> T:
         attempt = 0
         while True:
+            sent = time.monotonic()
             try:
                 result = await op()
             except asyncio.CancelledError:
@@ -81,8 +83,13 @@ class Retrier:
                     raise
                 if kind is ErrorKind.CLOCK and attempt == 0:
                     log.error("clock_skewed", reason=describe(exc), hint="fix this machine's clock (NTP)")
-                self.outage.failed(exc)
-                if self.give_up_after is not None and time.monotonic() - self.started > self.give_up_after:
+                self.outage.failed(exc, since=sent)
+                down_for = time.monotonic() - (self.outage.down_since or sent)
+                if self.give_up_after is not None and down_for > self.give_up_after:
+                    if kind is ErrorKind.CLOCK:
+                        raise UnavailableError(
+                            f"the S3 server refuses this machine's clock ({describe(exc)}); fix it (NTP)"
+                        ) from None
                     raise UnavailableError(f"the S3 server stayed unreachable: {describe(exc)}") from None
                 await asyncio.sleep(self.delay(attempt))
                 attempt = min(attempt + 1, 16)

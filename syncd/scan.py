@@ -46,20 +46,27 @@ def inside(root: Path, real: str) -> bool:
 def walk(opts: WalkOptions, start: str = "") -> Iterator[tuple[str, os.stat_result]]:
     """Yield (relative path, stat) for every regular file below root/start that is not excluded."""
     root = opts.root
-    seen_dirs: set[tuple[int, int]] = set()
-    stack = [start]
+    ancestors = _ancestors(opts, start)
+    if ancestors is None:
+        return
+    stack = [(start, ancestors)]
     while stack:
-        rel_dir = stack.pop()
+        rel_dir, above = stack.pop()
         abs_dir = os.path.join(root, rel_dir) if rel_dir else str(root)
         try:
             dir_st = os.stat(abs_dir, follow_symlinks=opts.follow_symlinks)
         except OSError as exc:
             log.warning("scan_skipped", path=rel_dir or ".", reason=exc.strerror or str(exc))
             continue
-        if (dir_st.st_dev, dir_st.st_ino) in seen_dirs:
-            log.warning("symlink_loop", path=rel_dir, reason="directory already visited")
+        if not stat.S_ISDIR(dir_st.st_mode):
+            continue  # replaced (by a file or a symlink) since it was listed
+        here = (dir_st.st_dev, dir_st.st_ino)
+        if here in above:
+            # Only a directory above this one is a loop: a second link to a sibling is walked again,
+            # so the real directory is never skipped in favour of a link to it.
+            log.warning("symlink_loop", path=rel_dir, reason="leads back to a directory above it")
             continue
-        seen_dirs.add((dir_st.st_dev, dir_st.st_ino))
+        chain = (*above, here)
         try:
             with os.scandir(abs_dir) as entries:
                 children = list(entries)
@@ -70,9 +77,37 @@ def walk(opts: WalkOptions, start: str = "") -> Iterator[tuple[str, os.stat_resu
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             item = _classify(opts, entry, rel)
             if item == "dir":
-                stack.append(rel)
+                stack.append((rel, chain))
             elif isinstance(item, os.stat_result):
                 yield rel, item
+
+
+def _ancestors(opts: WalkOptions, start: str) -> tuple[tuple[int, int], ...] | None:
+    """(dev, ino) of the directories above start, root included; None if start is not safely inside.
+
+    A walk of a new directory (start) must not leave the folder through a symlink on its way (followed
+    or not), and needs what lies above it to recognise a loop back to it.
+    """
+    if not start:
+        return ()
+    path = os.path.join(opts.root, start)
+    real = os.path.realpath(path)
+    if opts.follow_symlinks and not inside(opts.root, real):
+        log.info("symlink_skipped", path=start, reason="points outside the folder")
+        return None
+    if not opts.follow_symlinks and real != path:
+        log.debug("symlink_skipped", path=start, reason="a symlink; follow_symlinks is off")
+        return None
+    out = []
+    parts = start.split("/")
+    for depth in range(len(parts)):
+        above = os.path.join(opts.root, *parts[:depth]) if depth else str(opts.root)
+        try:
+            st = os.stat(above, follow_symlinks=opts.follow_symlinks)
+        except OSError:
+            return None  # gone meanwhile: the watcher reports what happens next
+        out.append((st.st_dev, st.st_ino))
+    return tuple(out)
 
 
 def _classify(opts: WalkOptions, entry: os.DirEntry[str], rel: str) -> os.stat_result | str | None:

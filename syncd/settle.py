@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.log import get_logger
+from syncd.scan import inside
 from syncd.state import Signature
 
 log = get_logger()
@@ -42,6 +43,7 @@ class Settler:
         release: Callable[[str], None],
         on_dir: Callable[[str], None],
         on_gone: Callable[[str], None],
+        on_skip: Callable[[str], None] | None = None,
         follow_symlinks: bool = False,
     ) -> None:
         self.root = root
@@ -50,6 +52,7 @@ class Settler:
         self.release = release
         self.on_dir = on_dir
         self.on_gone = on_gone
+        self.on_skip = on_skip  # not a file syncd uploads (FIFO, socket, symlink): nothing is owed for it
         self.follow_symlinks = follow_symlinks
         self.pending: dict[str, _Pending] = {}
         self.heap: list[tuple[float, str]] = []
@@ -119,9 +122,14 @@ class Settler:
             del self.pending[rel]
             self.on_dir(rel)
             return
-        if not stat.S_ISREG(result.st_mode) and not stat.S_ISLNK(result.st_mode):
-            del self.pending[rel]
+        if not stat.S_ISREG(result.st_mode):
+            # FIFOs, sockets, devices; symlinks when not followed (the walk skips them too)
+            self._skip(rel)
             log.debug("special_file_skipped", path=rel)
+            return
+        if self.follow_symlinks and not self._inside(rel):
+            self._skip(rel)
+            log.info("symlink_skipped", path=rel, reason="points outside the folder")
             return
         sig = Signature.of(result)
         if sig != entry.sig:
@@ -138,6 +146,15 @@ class Settler:
         else:
             wait = self.settle - max(0.0, now - _changed_at(result))
             self._schedule(rel, now + max(0.01, min(wait, self.settle)))
+
+    def _skip(self, rel: str) -> None:
+        del self.pending[rel]
+        if self.on_skip is not None:
+            self.on_skip(rel)
+
+    def _inside(self, rel: str) -> bool:
+        """With follow_symlinks, the walk refuses links out of the folder; events must too."""
+        return inside(self.root, os.path.realpath(os.path.join(self.root, rel)))
 
 
 def _changed_at(st: os.stat_result) -> float:

@@ -193,6 +193,15 @@ def _open_and_read_small(
     return fd, st, (body, hashlib.md5(body).hexdigest())
 
 
+def _opened_inside(fd: int, root: Path) -> bool:
+    """What fd really is (also a link swapped in after the walk's check) lies inside root."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True  # no /proc: the walk's and the settler's checks stand
+    return real.startswith(str(root) + os.sep)
+
+
 class Uploader:
     """Turns a path into a new object version, using one shared client, retrier and byte budget."""
 
@@ -244,12 +253,15 @@ class Uploader:
         path = os.path.join(self.s.root, rel)
         known = self.lookup(rel)
         known_sig = known.sig if known is not None and known.key == key else None
-        async with self.budget.hold(SMALL_FILE):
-            fd, st, small = await asyncio.to_thread(
-                _open_and_read_small, path, self.s.follow_symlinks, known_sig, self.s.ignore_inode
-            )
-            sig = Signature.of(st)
-            try:
+        fd = -1
+        try:  # every way out closes the fd: returns included, not only exceptions
+            async with self.budget.hold(SMALL_FILE):
+                fd, st, small = await asyncio.to_thread(
+                    _open_and_read_small, path, self.s.follow_symlinks, known_sig, self.s.ignore_inode
+                )
+                if self.s.follow_symlinks and not _opened_inside(fd, self.s.root):
+                    raise FileSkipped("a symlink that points outside the folder")
+                sig = Signature.of(st)
                 if (
                     known is not None
                     and known_sig is not None
@@ -259,13 +271,10 @@ class Uploader:
                 if small is not None:
                     body, md5 = small
                     return await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
-            except BaseException:
-                os.close(fd)
-                raise
-        try:
             return await self._upload_large(rel, key, path, fd, sig, known, started)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     async def _upload_large(
         self, rel: str, key: str, path: str, fd: int, sig: Signature, known: FileRecord | None, started: float

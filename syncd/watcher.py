@@ -1,15 +1,21 @@
 """Supervised watchfiles: changed paths in, restarted (with a rescan) whenever it fails.
 
-watchfiles is only a hint: it never reports "closed", drops events on inotify overflow and ends on a
-non-UTF-8 name. So every restart asks for a rescan, and the daemon rescans periodically anyway.
+watchfiles is only a hint: it never reports "closed", drops events on inotify overflow, ends on a
+non-UTF-8 name and silently leaves directories unwatched once the inotify watch limit is reached. So every
+restart asks for a rescan, a probe notices the watch limit, and the daemon rescans periodically anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import watchfiles
@@ -22,11 +28,57 @@ INOTIFY_HINT = (
     "raise the inotify watch limit: sysctl fs.inotify.max_user_watches=1048576 "
     "(persist it in /etc/sysctl.d/); until then changes are found by periodic rescans"
 )
+STABLE_AFTER = 60.0  # a watch that ran this long without failing starts the restart backoff afresh
+PROBE_EVERY = 5.0  # seconds between watch-limit probes
+_IN_ONLYDIR = 0x01000000
+_IN_DELETE_SELF = 0x00000400
 
 
 def _is_watch_limit(exc: BaseException) -> bool:
-    text = str(exc).lower()
+    text = _reason(exc).lower()
     return "watch limit" in text or "no space left on device" in text or "too many open files" in text
+
+
+def _reason(exc: BaseException) -> str:
+    """The message of what went wrong; awatch wraps errors of its watch thread in an ExceptionGroup."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        libc.inotify_init1  # noqa: B018 (missing outside Linux: raises AttributeError)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def inotify_exhausted(path: Path) -> str | None:
+    """Why no inotify watch can be added right now (the user's watch or instance limit), else None.
+
+    watchfiles stops adding watches at the limit without a word, so the only way to know is to try one.
+    """
+    libc = _libc()
+    if libc is None:
+        return None
+    fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+    if fd < 0:
+        err = ctypes.get_errno()
+        if err in (errno.EMFILE, errno.ENFILE):
+            return f"inotify instance limit reached (fs.inotify.max_user_instances): {os.strerror(err)}"
+        return None
+    try:
+        if libc.inotify_add_watch(fd, os.fsencode(path), _IN_ONLYDIR | _IN_DELETE_SELF) < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOSPC:
+                return f"inotify watch limit reached (fs.inotify.max_user_watches): {os.strerror(err)}"
+        return None
+    finally:
+        os.close(fd)
 
 
 class Watcher:
@@ -45,10 +97,18 @@ class Watcher:
         self.on_restart = on_restart
         self.heartbeat_ms = heartbeat_ms
         self.stop_event = asyncio.Event()
+        self.restart_event = asyncio.Event()
         self.alive_at = time.monotonic()
         self.running = False
-        self.degraded = False  # True while watching fails and rescans carry the load
+        self.failing = False  # awatch failed and is being restarted
+        self.limited = False  # the watch limit left directories unwatched
         self.failures = 0
+        self.probed_at = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """True while watching fails or is incomplete, and rescans carry the load."""
+        return self.failing or self.limited
 
     def healthy(self) -> bool:
         """For the watchdog: watching, and heard from the watch thread recently."""
@@ -57,46 +117,89 @@ class Watcher:
 
     async def run(self) -> None:
         backoff = 1.0
+        rescan_reason: str | None = None
         while not self.stop_event.is_set():
+            # Runs at this task's first suspension, i.e. once awatch has set up its watches: a rescan
+            # started then misses nothing written while the watch was down.
+            asyncio.get_running_loop().call_soon(self._started, rescan_reason)
+            started = time.monotonic()
+            self.restart_event.clear()
             try:
                 self.running = True
-                async for changes in watchfiles.awatch(
-                    self.root,
-                    watch_filter=None,
-                    stop_event=self.stop_event,
-                    step=50,
-                    debounce=1600,
-                    rust_timeout=self.heartbeat_ms,
-                    yield_on_timeout=True,
-                    recursive=True,
-                    ignore_permission_denied=True,
-                ):
-                    self.alive_at = time.monotonic()
-                    if self.degraded:
-                        self.degraded = False
-                        log.info("watcher_recovered")
-                    backoff = 1.0
-                    for _change, path in changes:
-                        self.on_change(path)
-                return
+                await self._watch()
+                if self.stop_event.is_set():
+                    return
+                rescan_reason = "watcher restarted"
+                continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.running = False
                 self.failures += 1
-                self.degraded = True
+                self.failing = True
+                if time.monotonic() - started >= STABLE_AFTER:
+                    backoff = 1.0
+                reason = _reason(exc)
                 if _is_watch_limit(exc):
-                    log.error("watch_limit_reached", reason=str(exc), hint=INOTIFY_HINT)
+                    log.error("watch_limit_reached", reason=reason, hint=INOTIFY_HINT)
                     backoff = max(backoff, 60.0)
                 else:
-                    log.error("watcher_failed", reason=str(exc)[:300], retry_in_s=backoff)
-                self.on_restart(str(exc)[:200])
+                    log.error("watcher_failed", reason=reason[:300], retry_in_s=backoff)
+                rescan_reason = reason[:200]
                 self.alive_at = time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), backoff)
                 backoff = min(backoff * 2, 60.0)
             finally:
                 self.running = False
+
+    async def _watch(self) -> None:
+        """One awatch session; returns on stop, or for a restart (restart(), the watch limit cleared)."""
+        stream = watchfiles.awatch(
+            self.root,
+            watch_filter=None,
+            stop_event=self.stop_event,
+            step=50,
+            debounce=1600,
+            rust_timeout=self.heartbeat_ms,
+            yield_on_timeout=True,
+            recursive=True,
+            ignore_permission_denied=True,
+        )
+        async with contextlib.aclosing(stream):  # closed now, so a restart can reuse its watches
+            async for changes in stream:
+                self.alive_at = time.monotonic()
+                if self.failing:
+                    self.failing = False
+                    log.info("watcher_recovered")
+                for _change, path in changes:
+                    self.on_change(path)
+                if time.monotonic() - self.probed_at >= PROBE_EVERY:
+                    self._probe()
+                if self.restart_event.is_set():
+                    return
+
+    def _started(self, rescan_reason: str | None) -> None:
+        self._probe()
+        if rescan_reason is not None:
+            self.on_restart(rescan_reason)
+
+    def _probe(self) -> None:
+        """Say so when the watch limit is reached; once it clears, restart the watch to add what it missed."""
+        self.probed_at = time.monotonic()
+        exhausted = inotify_exhausted(self.root)
+        if exhausted and not self.limited:
+            self.limited = True
+            log.error("watch_limit_reached", reason=exhausted, hint=INOTIFY_HINT)
+            self.on_restart("watch limit reached")
+        elif not exhausted and self.limited:
+            self.limited = False
+            log.info("watch_limit_cleared")
+            self.restart_event.set()
+
+    def restart(self) -> None:
+        """Watch afresh within one heartbeat (the folder was replaced or remounted: old watches are dead)."""
+        self.restart_event.set()
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import datetime
 import hashlib
+import re
 import socket
+import string
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,7 +18,9 @@ import aioboto3
 import botocore.auth
 import botocore.exceptions
 import pytest
-from aiobotocore.credentials import AioRefreshableCredentials
+from aiobotocore.credentials import AioCredentials, AioRefreshableCredentials
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from syncd import fastpath
 from syncd.fastpath import TESTED_VERSIONS, FastPut, installed_versions, why_not
@@ -42,8 +47,31 @@ UNSENT = {"amz-sdk-invocation-id", "amz-sdk-request", "Content-Length"}
 
 @pytest.fixture(autouse=True)
 def fast_path_switch_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tests decide SYNCD_FASTPATH themselves, whatever the shell running them says."""
+    """The tests decide SYNCD_FASTPATH(_SIGNER) themselves, whatever the shell running them says."""
     monkeypatch.delenv(fastpath.ENV_SWITCH, raising=False)
+    monkeypatch.delenv(fastpath.SIGNER_SWITCH, raising=False)
+
+
+def botocore_signed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[FastPut, str]]:
+    """From now on, record each (FastPut, quoted key) signed by botocore's S3SigV4Auth instead of our own."""
+    calls: list[tuple[FastPut, str]] = []
+    original = FastPut._botocore_signed
+
+    def recorded(self: FastPut, quoted: str, *args: Any) -> tuple[str, dict[str, str]]:
+        calls.append((self, quoted))
+        return original(self, quoted, *args)
+
+    monkeypatch.setattr(FastPut, "_botocore_signed", recorded)
+    return calls
+
+
+class Clock:
+    """One frozen UTC instant for both signers: botocore's (the client's) and FastPut's own."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, when: datetime.datetime | None = None) -> None:
+        self.now = when or datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: self.now)
+        monkeypatch.setattr(fastpath, "_clock", lambda: self.now.replace(tzinfo=datetime.UTC).timestamp())
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -114,7 +142,14 @@ def test_installed_versions_are_the_tested_ones() -> None:
     )
 
 
-def test_same_object_response_and_versions_as_the_client(s3_server: Any, s3: Any, bucket_name: str) -> None:
+@pytest.mark.parametrize("signer", ["own", "botocore"])
+def test_same_object_response_and_versions_as_the_client(
+    s3_server: Any, s3: Any, bucket_name: str, monkeypatch: pytest.MonkeyPatch, signer: str
+) -> None:
+    """The server takes FastPut's signature (its own or, with SYNCD_FASTPATH_SIGNER=botocore, botocore's)."""
+    if signer == "botocore":
+        monkeypatch.setenv(fastpath.SIGNER_SWITCH, signer)
+    calls = botocore_signed(monkeypatch)
     bucket = versioned_bucket(s3, bucket_name)
     body = hashlib.sha256(b"seed").digest() * 100
     args: dict[str, Any] = {
@@ -132,6 +167,7 @@ def test_same_object_response_and_versions_as_the_client(s3_server: Any, s3: Any
             return plain, quick, again
 
     plain, quick, again = run(both())
+    assert [key for _, key in calls] == ([] if signer == "own" else ["fast/obj", "fast/obj"])
     assert set(quick) == set(plain) == {"ResponseMetadata", "ETag", "VersionId"}
     assert set(quick["ResponseMetadata"]) == set(plain["ResponseMetadata"])
     assert quick["ResponseMetadata"]["HTTPStatusCode"] == 200
@@ -154,8 +190,7 @@ def test_signed_request_is_the_one_botocore_sends(
 ) -> None:
     """Same second on the clock: same URL, same headers, same Authorization as the client's own request."""
     bucket = versioned_bucket(s3, bucket_name)
-    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: now)
+    Clock(monkeypatch)
     body = b"x" * size
     seen: list[Any] = []
 
@@ -183,8 +218,7 @@ def test_signed_request_is_the_one_botocore_sends(
 def test_https_uses_unsigned_payload_like_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
     """On TLS the client signs UNSIGNED-PAYLOAD with Content-MD5; FastPut must do the same. No network:
     the client's request is captured before it is sent."""
-    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: now)
+    Clock(monkeypatch)
     body = b"tls body"
 
     class Captured(Exception):
@@ -211,6 +245,234 @@ def test_https_uses_unsigned_payload_like_the_client(monkeypatch: pytest.MonkeyP
     assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
     assert headers["Content-MD5"] == md5_b64(body)
     assert headers["Authorization"] == sent.headers["Authorization"].decode()
+
+
+class Captured(Exception):
+    """Raised from the client's before-send hook: its request, fully signed, and no network."""
+
+
+def _capture(request: Any, **_: Any) -> None:
+    raise Captured(request)
+
+
+TOKEN_CHARS = "!#$%&'*+.^_`|~-" + string.ascii_letters + string.digits
+# The metadata names FastPut's own signer takes; the rest are signed by S3SigV4Auth (and must still match).
+OWN_SIGNER_NAME = re.compile(f"[{re.escape(TOKEN_CHARS)}]+")
+object_keys = st.text(
+    st.characters(exclude_categories=["Cs"]) | st.sampled_from(list(" %+#?~‛/&=;:@!$'()*,[]\\")),
+    min_size=1,
+    max_size=30,
+)
+metadata_names = st.one_of(
+    st.text(TOKEN_CHARS, min_size=1, max_size=12),
+    # prefixes of each other (sorting "name:value" lines is not sorting names); equal but for case
+    st.sampled_from(["syncd", "syncd-mtime", "syncd.mtime", "syncd0", "syncd_x", "Mixed-Case", "mixed-case"]),
+    st.text(string.printable, max_size=8),  # spaces, colons, newlines, empty: botocore's signer
+)
+metadata_values = st.one_of(
+    st.text(string.printable, max_size=24),
+    st.sampled_from(["", " spaced  value ", "tab\there", "1700000000.25"]),
+)
+ascii_metadata = st.dictionaries(metadata_names, metadata_values, max_size=4)
+any_metadata = st.dictionaries(st.text(max_size=3), st.text(max_size=3), min_size=1, max_size=2)
+# One in five may hold non-ASCII names or values: refused by both, with the same ParamValidationError.
+metadata = st.integers(0, 4).flatmap(lambda n: any_metadata if n == 0 else ascii_metadata)
+content_types = st.one_of(
+    st.none(),
+    st.sampled_from(["application/octet-stream", "text/plain; charset=utf-8", " text/x  spaced "]),
+    st.text(string.printable, max_size=24),
+    st.text(max_size=6),  # non-ASCII: botocore's signer
+)
+credentials = st.one_of(
+    st.sampled_from(
+        [
+            ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None),
+            ("AKIDEXAMPLE", "rotated/secret", None),
+            ("ASIATEMPORARY", "temporary+secret", "FwoGZXIvYXdzE//////////wEaD token=="),
+            ("ASIATEMPORARY", "temporary+secret", " spaced  token "),
+            ("ASIATEMPORARY", "temporary+secret", ""),
+        ]
+    ),
+    st.tuples(
+        st.text(string.ascii_uppercase + string.digits, min_size=1, max_size=20),
+        st.text(min_size=1, max_size=40),
+        st.none() | st.text(max_size=40),
+    ),
+)
+instants = st.one_of(
+    st.datetimes(datetime.datetime(2001, 1, 1), datetime.datetime(2099, 12, 31)),
+    st.dates(datetime.date(2001, 1, 1), datetime.date(2099, 12, 30)).map(
+        lambda d: datetime.datetime.combine(d, datetime.time(23, 59, 59, 999999))  # a day about to end
+    ),
+)
+# Later PUTs of one example: same second, next microsecond (maybe the next day), next second, next day.
+steps = st.lists(
+    st.tuples(st.sampled_from([0, 1, 10**6, 86400 * 10**6]), credentials), min_size=1, max_size=3
+)
+
+
+def uses_own_signer(content_type: str | None, metadata: dict[str, str]) -> bool:
+    names = [name for name in metadata if OWN_SIGNER_NAME.fullmatch(name)]
+    distinct = len({name.lower() for name in names}) == len(metadata)
+    return distinct and (content_type is None or content_type.isascii())
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_own_signer_signs_what_botocore_signs(monkeypatch: pytest.MonkeyPatch, scheme: str) -> None:
+    """For random keys, bodies, metadata, content types, credentials (with and without a session token) and
+    instants (across midnight, across a credentials change), FastPut's own signer gives the URL and every
+    header, Authorization included, that S3SigV4Auth gives (SYNCD_FASTPATH_SIGNER=botocore) and the client
+    itself sends. No network: the client's request is captured before it is sent."""
+    clock = Clock(monkeypatch)
+    bucket = "sig-bucket"
+
+    async def outcome(call: Awaitable[tuple[str, dict[str, str]]]) -> Any:
+        try:
+            return await call
+        except Exception as exc:
+            return type(exc), str(exc)
+
+    async def clients_request(client: Any, args: dict[str, Any]) -> Any:
+        try:
+            await client.put_object(Bucket=bucket, **args)
+        except Captured as captured:
+            sent = captured.args[0]
+        except Exception as exc:
+            return type(exc), str(exc)
+        else:
+            raise AssertionError("the before-send hook did not run")
+        headers = {
+            k: v.decode() if isinstance(v, bytes) else v for k, v in sent.headers.items() if k not in UNSENT
+        }
+        headers["Accept-Encoding"] = "identity"  # added by aiobotocore's transport after before-send
+        if len(args["Body"]) < fastpath.EXPECT_CONTINUE_MIN:
+            del headers["Expect"]  # not signed; FastPut skips the 100-continue round trip for small bodies
+        return sent.url, headers
+
+    with asyncio.Runner() as runner, contextlib.ExitStack() as undo:
+        exits = contextlib.AsyncExitStack()
+        undo.callback(lambda: runner.run(exits.aclose()))
+        client = runner.run(exits.enter_async_context(open_s3(f"{scheme}://127.0.0.1:9", "AKID", "secret")))
+        client.meta.events.register("before-send.s3.PutObject", _capture)
+        own = FastPut.create(client, bucket)
+        monkeypatch.setenv(fastpath.SIGNER_SWITCH, "botocore")
+        reference = FastPut.create(client, bucket)
+        monkeypatch.delenv(fastpath.SIGNER_SWITCH)
+        assert own is not None and reference is not None
+        calls = botocore_signed(monkeypatch)
+        seen: collections.Counter[str] = collections.Counter()
+
+        @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(
+            key=object_keys,
+            size=st.sampled_from([0, 1000, 1024 * 1024]),
+            give_md5=st.booleans(),
+            content_type=content_types,
+            metadata=metadata,
+            start=instants,
+            steps=steps,
+        )
+        def check(
+            key: str,
+            size: int,
+            give_md5: bool,
+            content_type: str | None,
+            metadata: dict[str, str],
+            start: datetime.datetime,
+            steps: list[tuple[int, tuple[str, str, str | None]]],
+        ) -> None:
+            body = (bytes(range(256)) * (size // 256 + 1))[:size]
+            clock.now = start
+            for microseconds, creds in steps:
+                day = clock.now.date()
+                clock.now += datetime.timedelta(microseconds=microseconds)
+                client._request_signer._credentials = AioCredentials(*creds)
+                calls.clear()
+                md5 = md5_b64(body) if give_md5 else None
+                call = (key, body, md5, content_type, metadata)
+                ours = runner.run(outcome(own._signed(*call)))
+                theirs = runner.run(outcome(reference._signed(*call)))
+                assert ours == theirs
+                signed = isinstance(ours[1], dict)
+                fallbacks = [quoted for fast, quoted in calls if fast is own]
+                if signed:
+                    assert bool(fallbacks) != uses_own_signer(content_type, metadata)
+                    seen["botocore's signer" if fallbacks else "own signer"] += 1
+                    seen["session token"] += bool(creds[2])
+                    seen["metadata"] += bool(metadata) and not fallbacks
+                    seen["next day"] += clock.now.date() != day
+                else:
+                    seen["refused"] += 1
+                if give_md5 and len({name.lower() for name in metadata}) == len(metadata):
+                    # (names equal but for case go to client.put_object: a test of its own)
+                    args = {"Key": key, "Body": body, "ContentMD5": md5, "Metadata": metadata}
+                    if content_type is not None:
+                        args["ContentType"] = content_type
+                    assert ours == runner.run(clients_request(client, args))
+                    seen["same as the client's"] += signed
+
+        check()
+    # The comparisons above were not vacuous: each kind of case came up.
+    kinds = ("botocore's signer", "session token", "metadata", "refused", "next day")
+    assert min(seen[kind] for kind in kinds) >= 3, seen
+    assert seen["own signer"] >= 80 and seen["same as the client's"] >= 40, seen
+
+
+def test_signing_key_is_derived_once_per_day_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch, datetime.datetime(2030, 5, 17, 23, 59, 58))
+
+    async def keys_used() -> list[bytes]:
+        async with open_s3("http://127.0.0.1:9", "AKID", "secret") as client:
+            fast = FastPut.create(client, "bucket")
+            assert fast is not None
+
+            async def key_after(change: Callable[[], object]) -> bytes:
+                change()
+                await fast._signed("k", b"x", None, None, None)
+                return fast._sigv4._key
+
+            def tick() -> None:
+                clock.now += datetime.timedelta(seconds=1)
+
+            def rotate() -> None:
+                client._request_signer._credentials = AioCredentials("AKID", "rotated")
+
+            return [await key_after(change) for change in (lambda: None, tick, tick, rotate)]
+
+    first, same_day, next_day, rotated = run(keys_used())
+    assert same_day is first
+    assert len({first, next_day, rotated}) == 3
+
+
+def test_metadata_names_equal_but_for_case_go_to_the_client(
+    s3_server: Any, s3: Any, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client signs both values of {"Name": .., "name": ..} but sends one header; FastPut hands such a
+    PUT to client.put_object rather than send a request of its own that the client would not."""
+    bucket = versioned_bucket(s3, bucket_name)
+    meta = {"Name": "first", "name": "second"}
+
+    async def both() -> tuple[Any, Any, list[dict[str, Any]]]:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            delegated: list[dict[str, Any]] = []
+            put_object = client.put_object
+
+            async def spy(**kwargs: Any) -> Any:
+                delegated.append(kwargs)
+                return await put_object(**kwargs)
+
+            monkeypatch.setattr(client, "put_object", spy)
+            quick = await raised(
+                lambda: fast.put_object(Key="k", Body=b"x", ContentMD5=md5_b64(b"x"), Metadata=meta)
+            )
+            plain = await raised(lambda: put_object(Bucket=bucket, Key="k", Body=b"x", Metadata=meta))
+            return quick, plain, delegated
+
+    quick, plain, delegated = run(both())
+    assert delegated == [
+        {"Bucket": bucket, "Key": "k", "Body": b"x", "ContentMD5": md5_b64(b"x"), "Metadata": meta}
+    ]
+    assert comparable(quick) == comparable(plain)
 
 
 def test_damaged_bytes_are_rejected_as_bad_digest(s3_server: Any, s3: Any, bucket_name: str) -> None:

@@ -1,0 +1,279 @@
+"""A misbehaving HTTP(S) server on 127.0.0.1, run in a thread, for the bad-server tests.
+
+Modes (`BadServer.mode` may be changed while it runs, e.g. from "500" to "proxy" to end an outage):
+
+- "proxy": forward every request unchanged (Host header included, so SigV4 still verifies) to `upstream`.
+- "hang": hold each request for `delay` seconds (None: until the mode changes) and then proxy it (or
+  drop the connection when there is no upstream).
+- "blackhole": listen but never accept; the one-slot backlog is filled, so connecting times out.
+- "500": answer every request 500 InternalError.
+- "slowdown": answer the first `times` requests 503 SlowDown, then proxy.
+- "skewed": answer 403 RequestTimeTooSkewed, as S3 does when the client clock is off by > 15 minutes.
+- "html": answer 200 with an HTML page (a web server, not S3).
+
+`only(method, path_and_query)` limits the misbehaviour to matching requests (the rest are proxied, and only
+matching requests count towards `times`); `refuse(method, path_and_query)` names requests to answer 403
+AccessDenied whatever the mode (a key without a permission); `tls=True` serves HTTPS with a fresh
+self-signed certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-connection",
+    }
+)
+HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Welcome</title></head><body><h1>It works!</h1></body></html>\n"
+)
+ERRORS = {
+    "500": (500, "InternalError", "We encountered an internal error. Please try again."),
+    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
+    "skewed": (
+        403,
+        "RequestTimeTooSkewed",
+        "The difference between the request time and the current time is too large.",
+    ),
+    "refused": (403, "AccessDenied", "Access Denied"),
+}
+
+
+def error_xml(code: str, message: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>badserver</RequestId></Error>"
+    ).encode()
+
+
+def self_signed_context(workdir: Path) -> ssl.SSLContext:
+    """A server TLS context with a throwaway self-signed certificate for 127.0.0.1 (openssl CLI)."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the tests read syncd's log, not this one
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+
+    def _serve(self) -> None:
+        owner = self.server.owner
+        body = self._read_body()
+        matched = owner.only is None or owner.only(self.command, self.path)
+        number = owner.count(self.command, self.path, matched)
+        mode = owner.mode if matched else "proxy"
+        if owner.refuse is not None and owner.refuse(self.command, self.path):
+            self._error("refused")
+        elif mode == "hang":
+            deadline = None if owner.delay is None else time.monotonic() + owner.delay
+            while owner.mode == "hang" and (deadline is None or time.monotonic() < deadline):
+                if owner.stopped.wait(0.1):
+                    self.close_connection = True
+                    return
+            if owner.upstream:
+                self._proxy(body)
+            else:
+                self.close_connection = True
+        elif mode == "slowdown":
+            if number <= owner.times:
+                self._error("slowdown")
+            else:
+                self._proxy(body)
+        elif mode in ERRORS:
+            self._error(mode)
+        elif mode == "html":
+            self._send(200, {"Content-Type": "text/html; charset=utf-8"}, HTML_PAGE)
+        else:
+            self._proxy(body)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _error(self, name: str) -> None:
+        status, code, message = ERRORS[name]
+        self._send(status, {"Content-Type": "application/xml"}, error_xml(code, message))
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _proxy(self, body: bytes) -> None:
+        owner = self.server.owner
+        assert owner.upstream, "proxy mode needs an upstream"
+        target = urllib.parse.urlsplit(owner.upstream)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        if body or self.command in ("PUT", "POST"):
+            headers["Content-Length"] = str(len(body))
+        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            self.send_response_only(response.status, response.reason)
+            for name, value in response.getheaders():
+                if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                    self.send_header(name, value)
+            length = response.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", length or str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        finally:
+            conn.close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    owner: BadServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up (timeouts, TLS refusals) is what these tests provoke
+
+
+class BadServer:
+    """`with BadServer("500") as bad:` serves on `bad.url` until the block ends."""
+
+    def __init__(
+        self,
+        mode: str,
+        *,
+        upstream: str | None = None,
+        delay: float | None = None,
+        times: int = 0,
+        tls: bool = False,
+        only: Callable[[str, str], bool] | None = None,
+        refuse: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        self.mode = mode
+        self.upstream = upstream
+        self.delay = delay
+        self.times = times
+        self.tls = tls
+        self.only = only
+        self.refuse = refuse
+        self.requests: list[tuple[str, str]] = []
+        self.matched = 0
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sockets: list[socket.socket] = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def count(self, method: str, path: str, matched: bool) -> int:
+        """Record one request; the number (1-based) of matching requests so far."""
+        with self._lock:
+            self.requests.append((method, path))
+            self.matched += matched
+            return self.matched
+
+    def start(self) -> BadServer:
+        if self.mode == "blackhole":
+            self._start_blackhole()
+            return self
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.owner = self
+        if self.tls:
+            with tempfile.TemporaryDirectory() as tmp:
+                context = self_signed_context(Path(tmp))
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _start_blackhole(self) -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # one pending connection fits, and we take that slot ourselves
+        self.port = listener.getsockname()[1]
+        filler = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self._sockets = [listener, filler]
+
+    def close(self) -> None:
+        self.stopped.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> BadServer:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def free_port() -> int:
+    """A port nothing listens on (for the dead-endpoint test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
