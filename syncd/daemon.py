@@ -462,6 +462,7 @@ class Pipeline:
             outcome = await self.uploader.upload(rel)
         except FileSkipped as exc:
             if exc.gone:
+                log.info("vanished", path=rel, reason=exc.reason)
                 self._on_gone(rel)
                 return
             self.stats.skipped += 1

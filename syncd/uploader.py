@@ -162,6 +162,12 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
+def _read_part(fd: int, length: int, offset: int) -> tuple[bytes, bytes]:
+    """One part and its MD5, in one thread trip (hashlib releases the GIL: the loop keeps sending)."""
+    data = os.pread(fd, length, offset)
+    return data, hashlib.md5(data).digest()
+
+
 def _hash_fd(fd: int, size: int) -> str:
     md5 = hashlib.md5()
     offset = 0
@@ -443,13 +449,14 @@ class Uploader:
             nonlocal changed
             offset = (number - 1) * part_size
             length = min(part_size, sig.size - offset)
-            async with self.budget.hold(length):
-                data = await asyncio.to_thread(os.pread, fd, length, offset)
+            # The HTTP layer copies a part's bytes once more while sending it: count both copies.
+            async with self.budget.hold(2 * length):
+                data, md5_digest = await asyncio.to_thread(_read_part, fd, length, offset)
                 if len(data) != length:
                     changed = True
                     return
                 await self.rate.consume(length)
-                digest = b64(hashlib.md5(data).digest())
+                digest = b64(md5_digest)
                 response = await self.retrier.call(
                     lambda: self.client.upload_part(
                         Bucket=self.s.bucket,
@@ -463,7 +470,7 @@ class Uploader:
                 etags[number] = response["ETag"]
 
         try:
-            concurrency = max(2, min(8, self.budget.limit // part_size))
+            concurrency = max(2, min(8, self.budget.limit // (2 * part_size)))
             numbers = iter(range(1, count + 1))
 
             async def lane() -> None:

@@ -48,9 +48,8 @@ def _reason(exc: BaseException) -> str:
 
 @cache
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc; find_library forks ldconfig
         libc.inotify_init1  # noqa: B018 (missing outside Linux: raises AttributeError)
     except (OSError, AttributeError):
         return None
