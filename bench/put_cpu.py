@@ -3,9 +3,11 @@
 Starts its own SeaweedFS on free loopback ports (syncd.seaweed.SeaweedServer when it exists, else `weed mini`
 by hand), PUTs N x 16 KiB objects with 64 concurrent tasks through each path in turn (plain, fast, plain,
 fast, ...) and prints wall seconds, client CPU per PUT (user+sys of this process) and server CPU per PUT,
-then fast/plain ratios of the best run of each. The machine may be shared: run a few rounds.
+then each mode's range over the rounds and ratios of the medians. The machine may be shared: run a few rounds.
+`--before FILE` adds the FastPut of another version of syncd/fastpath.py as a third mode, e.g.
+`git show HEAD:syncd/fastpath.py > /tmp/fastpath_before.py`.
 
-    /work/venv/bin/python bench/put_cpu.py -n 5000 --rounds 3 [--uvloop] [--only fast]
+    /work/venv/bin/python bench/put_cpu.py -n 5000 --rounds 3 [--uvloop] [--only fast] [--before FILE]
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,7 +201,10 @@ async def bench(url: str, server_pid: int | None, args: argparse.Namespace) -> l
         fast = FastPut.create(client, BUCKET)
         if fast is None:
             raise SystemExit(f"FastPut unavailable: {why_not(client, BUCKET)}")
-        modes: dict[str, Put] = {"plain": client.put_object, "fast": fast.put_object}
+        modes: dict[str, Put] = {"plain": client.put_object}
+        if args.before:
+            modes["before"] = _load_fast_put(args.before)(client, BUCKET).put_object
+        modes["fast"] = fast.put_object
         if args.only:
             modes = {args.only: modes[args.only]}
         for mode, put in modes.items():
@@ -208,7 +215,7 @@ async def bench(url: str, server_pid: int | None, args: argparse.Namespace) -> l
                 res = await run(mode, put, args.n, args.concurrency, f"{mode}-{r}", server_pid)
                 server = "" if res.server_cpu_ms is None else f", server {res.server_cpu_ms:.3f} ms CPU/PUT"
                 print(
-                    f"{mode:5s} round {r}: {res.wall_s:6.2f} s wall, {res.n / res.wall_s:5.0f} PUT/s, "
+                    f"{mode:6s} round {r}: {res.wall_s:6.2f} s wall, {res.n / res.wall_s:5.0f} PUT/s, "
                     f"client {res.cpu_ms:.3f} ms CPU/PUT{server}",
                     flush=True,
                 )
@@ -217,17 +224,30 @@ async def bench(url: str, server_pid: int | None, args: argparse.Namespace) -> l
         return results
 
 
+def _load_fast_put(path: str) -> Any:
+    """The FastPut class of another copy of syncd/fastpath.py, imported under a name of its own."""
+    spec = importlib.util.spec_from_file_location("fastpath_before", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module.FastPut
+
+
 def summary(results: list[Result]) -> None:
-    best: dict[str, Result] = {}
+    cpu: dict[str, list[float]] = {}
     for res in results:
-        if res.mode not in best or res.cpu_ms < best[res.mode].cpu_ms:
-            best[res.mode] = res
-    for mode, res in best.items():
-        print(f"best {mode:5s}: client {res.cpu_ms:.3f} ms CPU/PUT, {res.n / res.wall_s:.0f} PUT/s")
-    if len(best) == 2:
-        plain, fast = best["plain"], best["fast"]
-        ratio = fast.cpu_ms / plain.cpu_ms
-        print(f"fast/plain: client CPU {ratio:.2f}x, wall {fast.wall_s / plain.wall_s:.2f}x")
+        cpu.setdefault(res.mode, []).append(res.cpu_ms)
+    median = {mode: statistics.median(values) for mode, values in cpu.items()}
+    for mode, values in cpu.items():
+        print(
+            f"{mode:6s}: client {min(values):.3f}-{max(values):.3f} ms CPU/PUT over {len(values)} runs, "
+            f"median {median[mode]:.3f}"
+        )
+    for mode, reference in (("fast", "plain"), ("fast", "before"), ("before", "plain")):
+        if mode in median and reference in median:
+            print(f"{mode}/{reference}: client CPU {median[mode] / median[reference]:.2f}x (medians)")
 
 
 def main() -> None:
@@ -236,9 +256,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each mode, alternating")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent PUT tasks")
     parser.add_argument("--warmup", type=int, default=300, help="PUTs per mode before measuring")
-    parser.add_argument("--only", choices=["plain", "fast"], help="run one mode (for profiling)")
+    parser.add_argument("--only", choices=["plain", "before", "fast"], help="run one mode (for profiling)")
+    parser.add_argument("--before", metavar="FILE", help="also run the FastPut of this copy of fastpath.py")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install uvloop)")
     args = parser.parse_args()
+    if args.only == "before" and not args.before:
+        parser.error("--only before needs --before FILE")
     loop_factory = None
     if args.uvloop:
         import uvloop

@@ -1,10 +1,16 @@
-"""A cheaper put_object for small files: the client's signer and connection pool, without its pipeline.
+"""A cheaper put_object for small files: the client's connection pool, without its pipeline.
 
-Stock aiobotocore spends 1.5-3 ms of CPU per small PUT, most of it on work that is the same for every PUT to
-one bucket: the endpoint ruleset (re-run for every new key), the user-agent string, event hooks, request
-preparation and its HTTP wrapper. FastPut does that work once per bucket; per PUT it only signs (with
-botocore's own S3SigV4Auth, so the Authorization header is the one botocore computes) and sends on the
-client's own aiohttp session: about 0.45 ms (bench/put_cpu.py).
+Stock aiobotocore spends 1.2-1.6 ms of CPU per small PUT, most of it on work that is the same for every PUT
+to one bucket: the endpoint ruleset (re-run for every new key), the user-agent string, event hooks, request
+preparation and its HTTP wrapper. FastPut does that work once per bucket; per PUT it only signs and sends on
+the client's own aiohttp session: about 0.27 ms for 16 KiB (bench/put_cpu.py), most of it in aiohttp.
+
+Signing: botocore's S3SigV4Auth takes ~80 us per PUT (re-parsing the URL, email.message header maps,
+deriving the signing key). FastPut signs the fixed header set it sends with plain string operations and a
+signing key cached per (credentials, UTC day): ~20 us for 16 KiB over http, half of it the payload SHA-256.
+tests/test_fastpath.py checks the URL and every header against S3SigV4Auth and the client's own request.
+Headers outside that set (metadata names that are not plain tokens, non-ASCII content types) are signed by
+S3SigV4Auth itself; SYNCD_FASTPATH_SIGNER=botocore, read when a FastPut is created, signs every PUT that way.
 
 It reaches into library internals, so it only runs against the versions it was checked with
 (TESTED_VERSIONS); `create()` returns None otherwise and the caller keeps using client.put_object.
@@ -19,8 +25,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
+import re
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -46,6 +56,7 @@ from yarl import URL
 
 TESTED_VERSIONS = {"botocore": "1.40.61", "aiobotocore": "2.25.1", "aiohttp": "3.14.5"}
 ENV_SWITCH = "SYNCD_FASTPATH"
+SIGNER_SWITCH = "SYNCD_FASTPATH_SIGNER"  # "botocore": sign every PUT with S3SigV4Auth (for debugging)
 # Below this size waiting for "100 Continue" costs a round trip and a loop wake-up for nothing: a rejected
 # small body is cheap to have sent. At and above it we ask first, as botocore does for every PUT.
 EXPECT_CONTINUE_MIN = 1024 * 1024
@@ -122,6 +133,76 @@ class _SigningRequest:
     params: dict[str, str] = field(default_factory=dict)
 
 
+# The seconds the signature's X-Amz-Date is taken from (tests freeze it, as they freeze botocore's clock).
+_clock: Callable[[], float] = time.time
+# Metadata names our signer takes: RFC 9110 tokens. botocore signs anything else as it comes (a name with
+# spaces or a colon keeps them in the canonical headers), so those PUTs are signed by S3SigV4Auth itself.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
+
+
+def _trim(value: str) -> str:
+    """SigV4's Trimall, exactly as SigV4Auth._header_value does it."""
+    return " ".join(value.split())
+
+
+class _SigV4:
+    """S3SigV4Auth's Authorization header for FastPut's PUTs, without its per-request parsing.
+
+    Everything that is the same for every PUT to one bucket (host, path prefix, scope) is worked out here
+    once; the signing key is derived once per (credentials, UTC day). The caller builds the canonical header
+    lines of the fixed header set it sends.
+    """
+
+    def __init__(self, base_url: str, region: str) -> None:
+        self.host = botocore.auth._host_from_url(base_url)  # botocore's own rules: default ports, IPv6
+        self._path = urlsplit(base_url).path  # S3 paths are signed as sent, not normalised
+        self._region = region
+        self._scope_tail = f"/{region}/s3/aws4_request"
+        self._key_for: tuple[str, str, str] | None = None
+        self._key = b""
+        self._second = -1
+        self._stamp = ""
+
+    def timestamp(self) -> str:
+        """X-Amz-Date for now, formatted once per second."""
+        second = int(_clock())
+        if second != self._second:
+            self._stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+            self._second = second
+        return self._stamp
+
+    def _signing_key(self, access_key: str, secret_key: str, date: str) -> bytes:
+        if self._key_for != (access_key, secret_key, date):
+            key = ("AWS4" + secret_key).encode()
+            for part in (date, self._region, "s3", "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._key, self._key_for = key, (access_key, secret_key, date)
+        return self._key
+
+    def authorization(
+        self,
+        access_key: str,
+        secret_key: str,
+        stamp: str,
+        quoted_key: str,
+        canonical_headers: str,
+        signed_headers: str,
+        payload_hash: str,
+    ) -> str:
+        """The Authorization header of a PUT to `quoted_key` with these sorted, trimmed header lines."""
+        canonical = (
+            f"PUT\n{self._path}{quoted_key}\n\n{canonical_headers}\n\n{signed_headers}\n{payload_hash}"
+        )
+        scope = stamp[:8] + self._scope_tail
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        key = self._signing_key(access_key, secret_key, stamp[:8])
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return (
+            f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+            f"SignedHeaders={signed_headers}, Signature={signature}"
+        )
+
+
 class FastPut:
     """A drop-in for client.put_object(...) for one bucket on a path-style endpoint_url.
 
@@ -144,6 +225,17 @@ class FastPut:
         self._user_agent = client._user_agent_creator.to_string()
         # What S3SigV4Auth reads to choose a signed or UNSIGNED-PAYLOAD body, as the client's request has.
         self._context = {"client_config": client.meta.config, "has_streaming_input": True}
+        self._base_url = URL(self._base, encoded=True)
+        self._sigv4 = _SigV4(self._base, self._region)
+        self._host_line = "host:" + self._sigv4.host
+        self._own_signer = os.environ.get(SIGNER_SWITCH, "").strip().lower() != "botocore"
+        # S3SigV4Auth's own choice for a PUT with Content-MD5 to this URL and config: it depends on neither
+        # the key nor the body.
+        probe = HTTPHeaders()
+        probe["Content-MD5"] = "probe"
+        probe_request = _SigningRequest(self._base + "probe", probe, b"", dict(self._context))
+        reference = botocore.auth.S3SigV4Auth(None, "s3", self._region)
+        self._sign_payload: bool = reference._should_sha256_sign_payload(probe_request)
         operation = client.meta.service_model.operation_model("PutObject")
         self._output_shape = operation.output_shape
         self._header_members = {
@@ -151,6 +243,13 @@ class FastPut:
             for name, shape in operation.output_shape.members.items()
             if shape.serialization.get("location") == "header"
         }
+        # With one attempt per request (syncd.s3.boto_config) the client's standard retry handler marks every
+        # parsed response, success or error, as MaxAttemptsReached.
+        retries = client.meta.config.retries or {}
+        one_attempt = (
+            retries.get("mode") in ("standard", "adaptive") and retries.get("total_max_attempts") == 1
+        )
+        self._retry_metadata: dict[str, Any] = {"MaxAttemptsReached": True} if one_attempt else {}
         self._closed = False
 
     @classmethod
@@ -178,6 +277,14 @@ class FastPut:
         """PUT one object; returns and raises what client.put_object would for these arguments."""
         if Bucket is not None and Bucket != self.bucket:
             raise ValueError(f"this FastPut is for bucket {self.bucket!r}, not {Bucket!r}")
+        if Metadata and len({name.lower() for name in Metadata}) != len(Metadata):
+            # Names equal but for case: the client signs every value but sends only the last one (its
+            # request fails); FastPut would send them all. Whatever the client does, do that.
+            args: dict[str, Any] = {"ContentMD5": ContentMD5, "ContentType": ContentType}
+            args = {name: value for name, value in args.items() if value is not None}
+            return await self._client.put_object(  # type: ignore[no-any-return]
+                Bucket=self.bucket, Key=Key, Body=Body, Metadata=Metadata, **args
+            )
         url, headers = await self._signed(Key, Body, ContentMD5, ContentType, Metadata)
         return await self._send(url, headers, Body)
 
@@ -189,17 +296,84 @@ class FastPut:
         content_type: str | None,
         metadata: dict[str, str] | None,
     ) -> tuple[str, dict[str, str]]:
-        """The URL and headers of the PUT, in botocore's order, signed by botocore's S3SigV4Auth."""
+        """The URL and headers of the PUT, in botocore's order, signed as S3SigV4Auth signs them."""
         if not isinstance(key, str) or not key:
             raise botocore.exceptions.ParamValidationError(report=f"Invalid Key {key!r}: a non-empty string")
         if not isinstance(body, bytes | bytearray | memoryview):
             raise botocore.exceptions.ParamValidationError(report=f"Invalid Body type {type(body).__name__}")
+        own = self._own_signer
         if metadata:
             botocore.handlers.validate_ascii_metadata({"Metadata": metadata})
-        url = self._base + quote(key.encode(), safe="/~")
-        headers = HTTPHeaders()
+            own = own and self._plain_metadata(metadata)
+        quoted = quote(key.encode(), safe="/~")
         # Always sent: the server checks the bytes it received against it (BadDigest), on http and https.
-        headers["Content-MD5"] = content_md5 or base64.b64encode(hashlib.md5(body).digest()).decode()
+        md5 = content_md5 or base64.b64encode(hashlib.md5(body).digest()).decode()
+        own = own and md5.isascii() and (content_type is None or content_type.isascii())
+        # Asked per request: refreshable credentials renew themselves inside get_frozen_credentials().
+        credentials = await self._signer._credentials.get_frozen_credentials()
+        if not own:
+            return self._botocore_signed(quoted, body, md5, content_type, metadata, credentials)
+        stamp = self._sigv4.timestamp()
+        payload_hash = (
+            hashlib.sha256(body).hexdigest() if self._sign_payload else botocore.auth.UNSIGNED_PAYLOAD
+        )
+        token = credentials.token
+        lines = ["content-md5:" + _trim(md5)]
+        signed = "content-md5;"
+        headers = {"Content-MD5": md5}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+            lines.append("content-type:" + _trim(content_type))
+            signed += "content-type;"
+        lines += (self._host_line, "x-amz-content-sha256:" + payload_hash, "x-amz-date:" + stamp)
+        signed += "host;x-amz-content-sha256;x-amz-date"
+        if metadata:
+            named = sorted(("x-amz-meta-" + name.lower(), value) for name, value in metadata.items())
+            lines += [f"{name}:{_trim(value)}" for name, value in named]
+            signed += "".join(";" + name for name, _ in named)
+            for name, value in metadata.items():
+                headers["x-amz-meta-" + name] = value
+        if token:
+            lines.append("x-amz-security-token:" + _trim(token))
+            signed += ";x-amz-security-token"
+        headers["User-Agent"] = self._user_agent
+        if len(body) >= EXPECT_CONTINUE_MIN:
+            headers["Expect"] = "100-continue"
+        headers["X-Amz-Date"] = stamp
+        if token:
+            headers["X-Amz-Security-Token"] = token
+        headers["X-Amz-Content-SHA256"] = payload_hash
+        headers["Authorization"] = self._sigv4.authorization(
+            credentials.access_key,
+            credentials.secret_key,
+            stamp,
+            quoted,
+            "\n".join(lines),
+            signed,
+            payload_hash,
+        )
+        headers["Accept-Encoding"] = "identity"  # as aiobotocore sends it (botocore issue 1255)
+        return self._base + quoted, headers
+
+    @staticmethod
+    def _plain_metadata(metadata: dict[str, str]) -> bool:
+        """Whether our signer covers these metadata names: tokens, distinct without case."""
+        names = {name.lower() for name in metadata if _TOKEN(name)}
+        return len(names) == len(metadata)
+
+    def _botocore_signed(
+        self,
+        quoted: str,
+        body: bytes,
+        md5: str,
+        content_type: str | None,
+        metadata: dict[str, str] | None,
+        credentials: Any,
+    ) -> tuple[str, dict[str, str]]:
+        """The same PUT signed by botocore's S3SigV4Auth: the reference, and the signer for odd headers."""
+        url = self._base + quoted
+        headers = HTTPHeaders()
+        headers["Content-MD5"] = md5
         if content_type is not None:
             headers["Content-Type"] = content_type
         if metadata:
@@ -208,8 +382,6 @@ class FastPut:
         headers["User-Agent"] = self._user_agent
         if len(body) >= EXPECT_CONTINUE_MIN:
             headers["Expect"] = "100-continue"
-        # Asked per request: refreshable credentials renew themselves inside get_frozen_credentials().
-        credentials = await self._signer._credentials.get_frozen_credentials()
         request = _SigningRequest(url, headers, bytes(body), dict(self._context))
         botocore.auth.S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
         sent = dict(headers.items())
@@ -223,7 +395,7 @@ class FastPut:
         if self._session is None:
             self._session = await self._http._get_session(None)
         try:
-            async with self._session.put(URL(url, encoded=True), headers=headers, data=body) as response:
+            async with self._session.put(self._target(url), headers=headers, data=body) as response:
                 payload = await response.read()
                 status = response.status
                 raw = {k.decode().lower(): v.decode() for k, v in response.raw_headers}
@@ -249,6 +421,10 @@ class FastPut:
             raise self._client_error(status, raw, payload)
         return self._parse_ok(status, raw)
 
+    def _target(self, url: str) -> URL:
+        """URL(url, encoded=True) for a URL under this bucket, without parsing all of it again."""
+        return self._base_url.with_path(self._base_url.raw_path + url[len(self._base) :], encoded=True)
+
     def _parse_ok(self, status: int, headers: dict[str, str]) -> dict[str, Any]:
         """What client.put_object returns: ResponseMetadata as botocore fills it, the header members."""
         meta: dict[str, Any] = {}
@@ -257,7 +433,7 @@ class FastPut:
         elif "x-amz-request-id" in headers:
             meta["RequestId"] = headers["x-amz-request-id"]
             meta["HostId"] = headers.get("x-amz-id-2", "")
-        meta.update(HTTPStatusCode=status, HTTPHeaders=headers, RetryAttempts=0)
+        meta.update(HTTPStatusCode=status, HTTPHeaders=headers, RetryAttempts=0, **self._retry_metadata)
         parsed: dict[str, Any] = {"ResponseMetadata": meta}
         members = self._header_members
         for header, value in headers.items():
@@ -277,7 +453,7 @@ class FastPut:
         """The exception client.put_object raises for this response, parsed by botocore's own parser."""
         parser = botocore.parsers.create_parser("rest-xml")
         parsed = parser.parse({"status_code": status, "headers": headers, "body": body}, self._output_shape)
-        parsed.setdefault("ResponseMetadata", {})["RetryAttempts"] = 0
+        parsed.setdefault("ResponseMetadata", {}).update(RetryAttempts=0, **self._retry_metadata)
         code = parsed.get("Error", {}).get("Code")
         error_class: type[Exception] = self._client.exceptions.from_code(code)
         return error_class(parsed, "PutObject")

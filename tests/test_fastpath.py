@@ -21,6 +21,7 @@ import pytest
 from aiobotocore.credentials import AioCredentials, AioRefreshableCredentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from syncd import fastpath
 from syncd.fastpath import TESTED_VERSIONS, FastPut, installed_versions, why_not
@@ -137,8 +138,9 @@ def test_installed_versions_are_the_tested_ones() -> None:
         f"installed {found} but syncd.fastpath.TESTED_VERSIONS is {TESTED_VERSIONS}. FastPut now turns "
         "itself off (create() returns None). Re-check the internals it uses (client._request_signer, "
         "_ruleset_resolver._builtins, _endpoint.http_session._get_session, S3SigV4Auth's reads of the "
-        "request, aiobotocore's transport error mapping), run this file with SYNCD_FASTPATH=force, then "
-        "update TESTED_VERSIONS."
+        "request and its _should_sha256_sign_payload, botocore.auth._host_from_url, the SigV4 canonical "
+        "request our own signer rebuilds, aiobotocore's transport error mapping, the retry metadata), run "
+        "this file with SYNCD_FASTPATH=force, then update TESTED_VERSIONS."
     )
 
 
@@ -394,6 +396,9 @@ def test_own_signer_signs_what_botocore_signs(monkeypatch: pytest.MonkeyPatch, s
                 theirs = runner.run(outcome(reference._signed(*call)))
                 assert ours == theirs
                 signed = isinstance(ours[1], dict)
+                if signed:  # and the URL aiohttp is given is that URL, as the client's transport makes it
+                    target = own._target(ours[0])
+                    assert target == URL(ours[0], encoded=True) and str(target) == ours[0]
                 fallbacks = [quoted for fast, quoted in calls if fast is own]
                 if signed:
                     assert bool(fallbacks) != uses_own_signer(content_type, metadata)
