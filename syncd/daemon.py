@@ -507,7 +507,7 @@ class Pipeline:
             # A new version exists in the bucket: log it (every version has its record) and store it.
             self.stats.last_upload = time.time()
             self.state.record_upload(outcome.record(), owed_since=owed_since)
-            if outcome.action == "copied":
+            if outcome.source_key:
                 self.stats.copied += 1
                 self.metrics.copied()
             else:
@@ -530,7 +530,7 @@ class Pipeline:
                 fields["parts"] = outcome.multipart_parts
             if outcome.action == "changed":
                 fields["changed_during_upload"] = True
-            log.info("copied" if outcome.action == "copied" else "uploaded", **fields)
+            log.info("copied" if outcome.source_key else "uploaded", **fields)
         if outcome.action == "changed":
             self.stats.retried_changed += 1
             log.info("changed_during_upload", path=rel)

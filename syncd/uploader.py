@@ -103,6 +103,19 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class OpenFile:
+    """One file being uploaded: where it is, what it was when opened, what the state knew of it."""
+
+    rel: str
+    key: str
+    path: str
+    fd: int
+    sig: Signature
+    known: FileRecord | None
+    started: float
+
+
+@dataclass(frozen=True)
 class UploadSettings:
     root: Path
     bucket: str
@@ -274,38 +287,27 @@ class Uploader:
                     and sig.same_as(known_sig, self.s.ignore_inode)
                 ):
                     return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
+                f = OpenFile(rel, key, path, fd, sig, known, started)
                 if small is not None:
                     body, md5 = small
-                    return await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
-            return await self._upload_large(rel, key, path, fd, sig, known, started)
+                    return await self._after_read(f, md5, body)
+            return await self._upload_large(f)
         finally:
             if fd >= 0:
                 os.close(fd)
 
-    async def _upload_large(
-        self, rel: str, key: str, path: str, fd: int, sig: Signature, known: FileRecord | None, started: float
-    ) -> Outcome:
-        if sig.size >= self.s.multipart_threshold:
-            md5 = await asyncio.to_thread(_hash_fd, fd, sig.size)
-            return await self._after_read(rel, key, path, fd, sig, md5, known, None, started)
-        async with self.budget.hold(sig.size):
-            body = await asyncio.to_thread(_read_all, fd, sig.size)
-            md5 = hashlib.md5(body).hexdigest()
-            return await self._after_read(rel, key, path, fd, sig, md5, known, body, started)
+    async def _upload_large(self, f: OpenFile) -> Outcome:
+        if f.sig.size >= self.s.multipart_threshold:
+            md5 = await asyncio.to_thread(_hash_fd, f.fd, f.sig.size)
+            return await self._after_read(f, md5, None)
+        async with self.budget.hold(f.sig.size):
+            body = await asyncio.to_thread(_read_all, f.fd, f.sig.size)
+            return await self._after_read(f, hashlib.md5(body).hexdigest(), body)
 
-    async def _after_read(
-        self,
-        rel: str,
-        key: str,
-        path: str,
-        fd: int,
-        sig: Signature,
-        md5: str,
-        known: FileRecord | None,
-        body: bytes | None,
-        started: float,
-    ) -> Outcome:
-        if not self._still(fd, sig) or (body is not None and len(body) != sig.size):
+    async def _after_read(self, f: OpenFile, md5: str, body: bytes | None) -> Outcome:
+        """Read and hashed: skip, adopt, copy server-side, put or multipart."""
+        rel, key, sig, known = f.rel, f.key, f.sig, f.known
+        if not self._still(f.fd, sig) or (body is not None and len(body) != sig.size):
             return Outcome("changed", rel, key, sig)
         if known is not None and known.key == key and known.md5 == md5:
             return Outcome("unchanged", rel, key, sig, md5, known.etag, known.version_id)
@@ -325,48 +327,41 @@ class Uploader:
         if source is not None:
             copied = await self._copy(source, key, meta, ctype)
             if copied is not None:
-                return self._finish("copied", rel, key, path, fd, sig, md5, copied, started, source.key)
+                return self._finish(f, "copied", md5, copied, source_key=source.key)
         if body is not None:
             response = await self._put(key, body, md5, meta, ctype)
-            return self._finish("uploaded", rel, key, path, fd, sig, md5, response, started, None)
-        completed, parts = await self._multipart(rel, key, fd, sig, meta, ctype)
+            return self._finish(f, "uploaded", md5, response)
+        completed, parts = await self._multipart(f, meta, ctype)
         if completed is None:
             return Outcome("changed", rel, key, sig)
-        return self._finish("uploaded", rel, key, path, fd, sig, md5, completed, started, None, parts)
+        return self._finish(f, "uploaded", md5, completed, parts=parts)
 
     def _finish(
         self,
+        f: OpenFile,
         action: str,
-        rel: str,
-        key: str,
-        path: str,
-        fd: int,
-        sig: Signature,
         md5: str,
         response: dict[str, Any],
-        started: float,
-        source_key: str | None,
+        *,
+        source_key: str | None = None,
         parts: int = 0,
     ) -> Outcome:
         etag = str(response.get("ETag") or response.get("CopyObjectResult", {}).get("ETag") or "").strip('"')
-        outcome = Outcome(
+        if not self._still(f.fd, f.sig) or not self._path_is(f.path, f.sig):
+            # The server has a consistent snapshot, but the file moved on: upload again after it settles.
+            action = "changed"
+        return Outcome(
             action,
-            rel,
-            key,
-            sig,
+            f.rel,
+            f.key,
+            f.sig,
             md5,
             etag or None,
             response.get("VersionId"),
-            int((time.monotonic() - started) * 1000),
+            int((time.monotonic() - f.started) * 1000),
             source_key,
             parts,
         )
-        if not self._still(fd, sig) or not self._path_is(path, sig):
-            # The server has a consistent snapshot, but the file moved on: upload again after it settles.
-            return Outcome(
-                "changed", rel, key, sig, md5, outcome.etag, outcome.version_id, outcome.duration_ms
-            )
-        return outcome
 
     def _still(self, fd: int, sig: Signature) -> bool:
         return Signature.of(os.fstat(fd)).same_as(sig)
@@ -430,9 +425,10 @@ class Uploader:
             raise
 
     async def _multipart(
-        self, rel: str, key: str, fd: int, sig: Signature, meta: dict[str, str], ctype: str
+        self, f: OpenFile, meta: dict[str, str], ctype: str
     ) -> tuple[dict[str, Any] | None, int]:
         """Parts read from disk as they are sent, several in flight, each with Content-MD5."""
+        rel, key, fd, sig = f.rel, f.key, f.fd, f.sig
         part_size = part_size_for(sig.size, self.s.multipart_chunksize)
         count = -(-sig.size // part_size)
         created = await self.retrier.call(
