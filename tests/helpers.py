@@ -68,6 +68,18 @@ def list_delete_markers(s3: Any, bucket: str, prefix: str = "") -> list[dict[str
     return markers
 
 
+def write(path: Path, data: bytes) -> Path:
+    """Write a file, creating its directories."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Relative POSIX path -> bytes of every file below root: what the bucket should hold."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 def wait_until(fn: Callable[[], T], timeout: float = 30, interval: float = 0.05) -> T:
     """Poll fn until it returns something truthy and return that.
 

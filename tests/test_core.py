@@ -14,15 +14,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import bucket_objects, list_versions, wait_until
+from helpers import bucket_objects, list_versions, tree, wait_until, write
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 def anonymous_status(url: str) -> int:
@@ -38,10 +32,6 @@ def assert_versions_match_log(s3, bucket: str, records: list[dict]) -> None:
     in_bucket = {(v["Key"], v["VersionId"]) for v in list_versions(s3, bucket)}
     in_log = {(r["key"], r["version_id"]) for r in records if r.get("event") in ("uploaded", "copied")}
     assert in_bucket == in_log
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def json_records(stderr: str) -> list[dict]:

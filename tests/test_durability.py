@@ -10,18 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import S3TestServer, bucket_objects, list_versions, s3_client, wait_until
+from helpers import S3TestServer, bucket_objects, list_versions, s3_client, tree, wait_until, write
 
 MiB = 1024 * 1024
-
-
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def new_versions(s3: Any, bucket: str) -> int:

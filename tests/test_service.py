@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from helpers import bucket_objects, list_delete_markers, s3_client, wait_until
+from helpers import bucket_objects, list_delete_markers, s3_client, tree, wait_until, write
 
 from syncd.errors import ConfigError
 from syncd.lifecycle import RULE_ID, ensure_noncurrent_expiry
@@ -29,16 +29,6 @@ from syncd.seaweed import Identity, SeaweedServer
 
 Record = dict[str, Any]
 T = TypeVar("T")
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def mtime_ms(path: Path) -> int:
