@@ -684,6 +684,7 @@ class Daemon:
         self.reload = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.metrics: MetricsSink = NullMetrics()
+        self.lock = StateLock(config.state_file)  # acquired in main()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -693,18 +694,16 @@ class Daemon:
 
     async def main(self) -> None:
         self._install_signals()
-        lock = StateLock(self.config.state_file)
-        self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock.acquire()
+        self.lock = _lock_state(self.config)
         try:
             # After the lock: a second syncd on this state exits 5, not with "address already in use".
             self.metrics = metrics_for(self.config.metrics.listen)
-            await self._serve(lock)
+            await self._serve()
         finally:
             self.metrics.stop()
-            lock.release()
+            self.lock.release()
 
-    async def _serve(self, lock: StateLock) -> None:
+    async def _serve(self) -> None:
         config = self.config
         while True:
             state = StateStore(config.state_file, config.identity)
@@ -712,15 +711,15 @@ class Daemon:
             state.close()
             if outcome is None:
                 return
-            # A reload that changes what is synced: move the lock to the new state and start again.
+            # A reload that changes what is synced: take the new state's lock before letting go of the old.
             if outcome.metrics != config.metrics:
                 self._move_metrics(outcome.metrics.listen)
-            lock.release()
+            if outcome.state_file != config.state_file:
+                new_lock = _lock_state(outcome)
+                self.lock.release()
+                self.lock = new_lock
             config = outcome
             self.config = config
-            lock.__init__(config.state_file)  # type: ignore[misc]
-            config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            lock.acquire()
 
     def _move_metrics(self, listen: str | None) -> None:
         """metrics.listen changed on reload: open the new endpoint; if that fails, keep the old one."""
@@ -853,6 +852,14 @@ class Daemon:
         configure_logging(new.log.format, new.log.level)
         log.info("reloaded", restarted=True, folder=str(new.folder), bucket=new.bucket, prefix=new.prefix)
         return new
+
+
+def _lock_state(config: Config) -> StateLock:
+    """The one-writer lock of this config's state (LockedError, exit 5, when another syncd has it)."""
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = StateLock(config.state_file)
+    lock.acquire()
+    return lock
 
 
 def _same_target(old: Config, new: Config) -> bool:
