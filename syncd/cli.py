@@ -231,7 +231,6 @@ async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress:
                 client,
                 state,
                 Notifier(socket_path=""),
-                mode="once",
                 dry_run=dry_run,
                 retry_for=retry_for,
                 on_progress=bar,

@@ -26,10 +26,10 @@ from syncd.metrics import MetricsSink, NullMetrics, metrics_for
 from syncd.notify import Notifier, watchdog_interval
 from syncd.remote import RemoteObject, list_current
 from syncd.retry import Outage, Retrier
-from syncd.s3 import ErrorKind, S3Settings, classify, describe, error_code, open_client
+from syncd.s3 import ErrorKind, classify, describe, error_code, open_client
 from syncd.scheduler import Scheduler
 from syncd.settle import Settler
-from syncd.state import Counts, FileRecord, StateLock, StateStore
+from syncd.state import Counts, Signature, StateLock, StateStore
 from syncd.uploader import ByteBudget, FileSkipped, Outcome, RateLimit, Uploader, UploadSettings
 from syncd.watcher import Watcher
 
@@ -46,13 +46,12 @@ class Stats:
     skipped: int = 0
     deleted: int = 0
     bytes: int = 0
-    retried_changed: int = 0
     last_upload: float | None = None
     to_upload: list[str] = field(default_factory=list)  # dry-run: what would be uploaded
 
 
 class Pipeline:
-    """One config's pipeline. `mode` is "run" (watch forever) or "once" (catch up, then return)."""
+    """One config's pipeline: `run()` watches until stopped, `run_once()` catches up and returns."""
 
     def __init__(
         self,
@@ -61,7 +60,6 @@ class Pipeline:
         state: StateStore,
         notifier: Notifier,
         *,
-        mode: str = "run",
         dry_run: bool = False,
         retry_for: float | None = None,
         on_progress: Callable[[Pipeline], None] | None = None,
@@ -71,7 +69,6 @@ class Pipeline:
         self.client = client
         self.state = state
         self.notifier = notifier
-        self.mode = mode
         self.dry_run = dry_run
         self.on_progress = on_progress
         self.metrics: MetricsSink = metrics or NullMetrics()
@@ -93,7 +90,7 @@ class Pipeline:
             on_skip=self._on_skip,
             follow_symlinks=config.follow_symlinks,
         )
-        self.watcher = Watcher(config.folder, self._on_watch_event, self._on_watch_restart)
+        self.watcher = Watcher(config.folder, self._on_watch_events, self._on_watch_restart)
         self.remote: dict[str, RemoteObject] | None = None
         self.gone_batch: set[str] = set()
         self.gone_event = asyncio.Event()
@@ -104,7 +101,6 @@ class Pipeline:
         self.workers_wanted = config.workers
         self.worker_tasks: set[asyncio.Task[None]] = set()
         self.scanned_files = 0
-        self.total_bytes = 0
         folder_st = os.stat(config.folder)
         self.folder_dev = folder_st.st_dev
         self.folder_ino = folder_st.st_ino
@@ -214,24 +210,28 @@ class Pipeline:
             self.notifier.extend_timeout(120)
 
     # -- inputs: watcher events, walks, deletions -----------------------------------------------------
-    def _on_watch_event(self, path: str) -> None:
-        rel = scan.relative(self.config.folder, path)
-        if rel is None:
-            if path == str(self.config.folder):
-                self.rescan_now.set()  # the folder itself changed (moved, unmounted): check it
-            return
-        if self.excludes.excluded(rel):
-            return
-        self.note_changes([rel])
+    def _on_watch_events(self, paths: list[str]) -> None:
+        changes: list[tuple[str, os.stat_result | None]] = []
+        for path in paths:
+            rel = scan.relative(self.config.folder, path)
+            if rel is None:
+                if path == str(self.config.folder):
+                    self.rescan_now.set()  # the folder itself changed (moved, unmounted): check it
+            elif not self.excludes.excluded(rel):
+                changes.append((rel, None))
+        self.note_changes(changes)
 
-    def note_changes(self, rels: list[str]) -> None:
-        """Owed first, then settled: a crash between the two leaves a debt, never a silent gap."""
-        if not rels:
+    def note_changes(self, changes: list[tuple[str, os.stat_result | None]]) -> None:
+        """Owed first, then settled: a crash between the two leaves a debt, never a silent gap.
+
+        A stat from a walk lets the settle stage release a long-quiet file at once.
+        """
+        if not changes:
             return
         if not self.dry_run:
-            self.state.mark_owed(rels)
-        for rel in rels:
-            self.settler.add(rel)
+            self.state.mark_owed([rel for rel, _st in changes])
+        for rel, st in changes:
+            self.settler.add(rel, st)
 
     def _on_watch_restart(self, reason: str) -> None:
         log.info("rescan_requested", reason="watcher restarted")
@@ -361,7 +361,6 @@ class Pipeline:
         self.scanned_files = 0
         async for batch in scan.batches(self.walk_opts):
             self.scanned_files += len(batch)
-            self.total_bytes += sum(st.st_size for _rel, st in batch)
             if self.remote is None and any(rel not in known for rel, _st in batch):
                 await self._load_remote_index()
             owed += self._feed(batch, known)
@@ -381,21 +380,15 @@ class Pipeline:
         return owed
 
     def _feed(self, batch: list[tuple[str, os.stat_result]], known: dict[str, Any] | None) -> int:
-        from syncd.state import Signature
-
-        changed: list[tuple[str, os.stat_result]] = []
+        changed: list[tuple[str, os.stat_result | None]] = []
         for rel, st in batch:
             sig = known.pop(rel, None) if known is not None else self.state_sig(rel)
             if sig is None or not Signature.of(st).same_as(sig, self.config.ignore_inode):
                 changed.append((rel, st))
-        if changed:
-            if not self.dry_run:
-                self.state.mark_owed([rel for rel, _ in changed])
-            for rel, st in changed:
-                self.settler.add(rel, st)
+        self.note_changes(changed)
         return len(changed)
 
-    def state_sig(self, rel: str) -> Any:
+    def state_sig(self, rel: str) -> Signature | None:
         rec = self.state.get(rel)
         return rec.sig if rec else None
 
@@ -500,7 +493,7 @@ class Pipeline:
             return
         if outcome.action == "unchanged":
             self.stats.unchanged += 1
-            self.state.record_unchanged(outcome.record(), owed_since=owed_since)
+            self.state.record_upload(outcome.record(), owed_since=owed_since)
             log.debug("unchanged", path=rel, key=outcome.key)
             return
         if outcome.version_id is not None or outcome.etag is not None:
@@ -532,9 +525,8 @@ class Pipeline:
                 fields["changed_during_upload"] = True
             log.info("copied" if outcome.source_key else "uploaded", **fields)
         if outcome.action == "changed":
-            self.stats.retried_changed += 1
             log.info("changed_during_upload", path=rel)
-            self.note_changes([rel])
+            self.note_changes([(rel, None)])
 
     # -- the loops -------------------------------------------------------------------------------------
     async def queue_owed(self) -> None:
@@ -580,7 +572,6 @@ class Pipeline:
                 self.metrics.set_last_success(counts.last_upload)
             self.notifier.status(text)
             self.state.set_meta("status", text)
-            self.state.set_meta("pid", str(os.getpid()))
             if interval and self.healthy():
                 self.notifier.watchdog()
             self.folder_available()
@@ -867,4 +858,4 @@ def _same_target(old: Config, new: Config) -> bool:
     return replace(new, workers=old.workers, log=old.log) == old
 
 
-__all__ = ["Daemon", "FileRecord", "Pipeline", "S3Settings", "run_stopping_cleanly"]
+__all__ = ["Daemon", "Pipeline", "run_stopping_cleanly"]

@@ -224,16 +224,11 @@ class StateStore:
         return [_record(r) for r in rows]
 
     def record_upload(self, rec: FileRecord, *, owed_since: float | None = None) -> None:
-        """The server confirmed it: store what is there and clear the debt, in one transaction.
+        """The bucket holds this file's bytes (just uploaded, or unchanged since the last upload): store
+        the row and clear the debt, in one transaction.
 
         owed_since: if the path was owed again after this upload started, keep that newer debt.
         """
-        with self.transaction():
-            self._put(rec)
-            self._clear_owed(rec.path, owed_since)
-
-    def record_unchanged(self, rec: FileRecord, *, owed_since: float | None = None) -> None:
-        """Touched but the same bytes as the last upload: new stat, no new version."""
         with self.transaction():
             self._put(rec)
             self._clear_owed(rec.path, owed_since)

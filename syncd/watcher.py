@@ -85,7 +85,7 @@ class Watcher:
     def __init__(
         self,
         root: Path,
-        on_change: Callable[[str], None],
+        on_change: Callable[[list[str]], None],
         on_restart: Callable[[str], None],
         *,
         heartbeat_ms: int = 5000,
@@ -170,8 +170,8 @@ class Watcher:
                 if self.failing:
                     self.failing = False
                     log.info("watcher_recovered")
-                for _change, path in changes:
-                    self.on_change(path)
+                if changes:
+                    self.on_change([path for _change, path in changes])  # one batch: one state write
                 if time.monotonic() - self.probed_at >= PROBE_EVERY:
                     self._probe()
                 if self.restart_event.is_set():
