@@ -34,6 +34,8 @@ from syncd.uploader import ByteBudget, FileSkipped, Outcome, RateLimit, Uploader
 from syncd.watcher import Watcher
 
 log = get_logger()
+FLUSH_AFTER = 0.2  # seconds an upload may wait in the state's group commit
+FOLDER_CHECK_EVERY = 0.5  # seconds between the workers' checks that the folder is still there
 DELETE_BATCH_QUIET = 2.0  # seconds without a new deletion before a batch is judged by the delete guard
 
 
@@ -105,10 +107,12 @@ class Pipeline:
         self.folder_dev = folder_st.st_dev
         self.folder_ino = folder_st.st_ino
         self.folder_ok = True
+        self.folder_checked = -FOLDER_CHECK_EVERY
         self.fast: Any = None
+        self.flush_handle: asyncio.TimerHandle | None = None
         self.uploader = self._make_uploader(None)
 
-    def _make_uploader(self, put_object: Any) -> Uploader:
+    def _make_uploader(self, fast: Any) -> Uploader:
         c = self.config
         settings = UploadSettings(
             root=c.folder,
@@ -129,7 +133,7 @@ class Pipeline:
             by_content=self.state.by_content,
             multipart_started=lambda upload_id, key, rel: self.state.add_multipart(upload_id, key, rel),
             multipart_ended=self.state.remove_multipart,
-            put_object=put_object,
+            fast=fast,
             remote=self._remote_same,
             dry_run=self.dry_run,
         )
@@ -182,7 +186,7 @@ class Pipeline:
         if self.fast is None:
             log.info("fastpath_off", reason=why_not(self.client, self.config.bucket))
             return
-        self.uploader = self._make_uploader(self.fast.put_object)
+        self.uploader = self._make_uploader(self.fast)
 
     async def _abort_leftover_multiparts(self) -> None:
         """Abort the multipart uploads this state started and never finished (never other clients')."""
@@ -321,6 +325,18 @@ class Pipeline:
         self.stats.deleted += 1
         log.info("deleted", path=rel, key=rec.key, version_id=response.get("VersionId"))
 
+    def folder_recently_available(self) -> bool:
+        """folder_available(), looked at most every FOLDER_CHECK_EVERY seconds: the workers ask per file.
+
+        A file read from a folder that went away in between vanishes or fails to open; deletions are
+        judged with a fresh look, so a stale answer costs one retry, never a delete.
+        """
+        now = time.monotonic()
+        if now - self.folder_checked >= FOLDER_CHECK_EVERY or not self.folder_ok:
+            self.folder_checked = now
+            return self.folder_available()
+        return True
+
     def folder_available(self) -> bool:
         """The folder exists and is still on the device it was on (an unmounted mountpoint is not)."""
         try:
@@ -438,7 +454,7 @@ class Pipeline:
                 return
             rel = await self.scheduler.get()
             try:
-                if self.folder_available():
+                if self.folder_recently_available():
                     await self.process(rel)
                 else:
                     self.settler.add(rel)  # try again when the folder is back
@@ -486,6 +502,16 @@ class Pipeline:
         if not self.dry_run:
             self.state.record_failure(rel, reason)
 
+    def _record_upload(self, outcome: Outcome, owed_since: float | None) -> None:
+        """Store the upload in the state's group commit; commit it within FLUSH_AFTER seconds."""
+        self.state.record_upload(outcome.record(), owed_since=owed_since)
+        if self.state.pending and self.flush_handle is None:
+            self.flush_handle = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
+
+    def _flush(self) -> None:
+        self.flush_handle = None
+        self.state.flush()
+
     def _record(self, outcome: Outcome, owed_since: float | None) -> None:
         rel = outcome.path
         if outcome.action == "would_upload":
@@ -493,13 +519,13 @@ class Pipeline:
             return
         if outcome.action == "unchanged":
             self.stats.unchanged += 1
-            self.state.record_upload(outcome.record(), owed_since=owed_since)
+            self._record_upload(outcome, owed_since)
             log.debug("unchanged", path=rel, key=outcome.key)
             return
         if outcome.version_id is not None or outcome.etag is not None:
             # A new version exists in the bucket: log it (every version has its record) and store it.
             self.stats.last_upload = time.time()
-            self.state.record_upload(outcome.record(), owed_since=owed_since)
+            self._record_upload(outcome, owed_since)
             if outcome.source_key:
                 self.stats.copied += 1
                 self.metrics.copied()
@@ -638,6 +664,9 @@ class Pipeline:
 
     async def close(self) -> None:
         self.watcher.stop()
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+        self._flush()
         if self.fast is not None:
             await self.fast.close()
             self.fast = None

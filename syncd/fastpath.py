@@ -30,7 +30,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -188,10 +188,14 @@ class _SigV4:
         canonical_headers: str,
         signed_headers: str,
         payload_hash: str,
+        query: str = "",
     ) -> str:
-        """The Authorization header of a PUT to `quoted_key` with these sorted, trimmed header lines."""
+        """The Authorization header of a PUT to `quoted_key` with these sorted, trimmed header lines.
+
+        query: the canonical query string (sorted, percent-encoded), as sent.
+        """
         canonical = (
-            f"PUT\n{self._path}{quoted_key}\n\n{canonical_headers}\n\n{signed_headers}\n{payload_hash}"
+            f"PUT\n{self._path}{quoted_key}\n{query}\n{canonical_headers}\n\n{signed_headers}\n{payload_hash}"
         )
         scope = stamp[:8] + self._scope_tail
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
@@ -236,13 +240,17 @@ class FastPut:
         probe_request = _SigningRequest(self._base + "probe", probe, b"", dict(self._context))
         reference = botocore.auth.S3SigV4Auth(None, "s3", self._region)
         self._sign_payload: bool = reference._should_sha256_sign_payload(probe_request)
-        operation = client.meta.service_model.operation_model("PutObject")
-        self._output_shape = operation.output_shape
-        self._header_members = {
-            shape.serialization.get("name", name).lower(): (name, shape.type_name)
-            for name, shape in operation.output_shape.members.items()
-            if shape.serialization.get("location") == "header"
-        }
+        model = client.meta.service_model
+        # Per operation: its output shape (for botocore's error parser) and its response header members.
+        self._outputs: dict[str, tuple[Any, dict[str, tuple[str, str]]]] = {}
+        for name in ("PutObject", "UploadPart"):
+            shape = model.operation_model(name).output_shape
+            members = {
+                member.serialization.get("name", member_name).lower(): (member_name, member.type_name)
+                for member_name, member in shape.members.items()
+                if member.serialization.get("location") == "header"
+            }
+            self._outputs[name] = (shape, members)
         # With one attempt per request (syncd.s3.boto_config) the client's standard retry handler marks every
         # parsed response, success or error, as MaxAttemptsReached.
         retries = client.meta.config.retries or {}
@@ -286,7 +294,55 @@ class FastPut:
                 Bucket=self.bucket, Key=Key, Body=Body, Metadata=Metadata, **args
             )
         url, headers = await self._signed(Key, Body, ContentMD5, ContentType, Metadata)
-        return await self._send(url, headers, Body)
+        return await self._send(url, headers, Body, "PutObject")
+
+    @property
+    def payload_signed(self) -> bool:
+        """Whether requests carry the payload's SHA-256 (http, as botocore does) or UNSIGNED-PAYLOAD."""
+        return self._sign_payload
+
+    async def upload_part(
+        self,
+        *,
+        Key: str,
+        UploadId: str,
+        PartNumber: int,
+        Body: AsyncIterable[bytes],
+        ContentLength: int,
+        ContentMD5: str,
+        PayloadSHA256: str | None = None,
+        Bucket: str | None = None,
+    ) -> dict[str, Any]:
+        """client.upload_part for a part streamed from Body: exactly ContentLength bytes, hashed already.
+
+        The caller hashes a part first (MD5, and SHA-256 when payload_signed) and then streams it again
+        from disk, so a part is never held in memory whole; bytes that changed in between are refused by
+        the server (BadDigest, XAmzContentSHA256Mismatch). Returns and raises what the client would.
+        """
+        if Bucket is not None and Bucket != self.bucket:
+            raise ValueError(f"this FastPut is for bucket {self.bucket!r}, not {Bucket!r}")
+        payload_hash = botocore.auth.UNSIGNED_PAYLOAD
+        if self._sign_payload:
+            if not PayloadSHA256:
+                raise ValueError("PayloadSHA256 is required: this endpoint signs the payload (http)")
+            payload_hash = PayloadSHA256
+        url, headers = await self._part_signed(
+            Key, UploadId, PartNumber, ContentLength, ContentMD5, payload_hash
+        )
+        return await self._send(url, headers, Body, "UploadPart")
+
+    async def _part_signed(
+        self, key: str, upload_id: str, number: int, length: int, md5: str, payload_hash: str
+    ) -> tuple[str, dict[str, str]]:
+        """The URL and headers of an UploadPart, as botocore sends them (Content-Length given: streamed)."""
+        quoted = quote(key.encode(), safe="/~")
+        upload_id = quote(upload_id, safe="-_.~")
+        query = f"partNumber={number}&uploadId={upload_id}"  # canonical: sorted by name
+        credentials = await self._signer._credentials.get_frozen_credentials()
+        expect = length >= EXPECT_CONTINUE_MIN
+        headers = self._own_signed(quoted, query, md5, payload_hash, None, None, credentials, expect)
+        headers["Content-Length"] = str(length)
+        return f"{self._base}{quoted}?uploadId={upload_id}&partNumber={number}", headers
 
     async def _signed(
         self,
@@ -313,10 +369,27 @@ class FastPut:
         credentials = await self._signer._credentials.get_frozen_credentials()
         if not own:
             return self._botocore_signed(quoted, body, md5, content_type, metadata, credentials)
-        stamp = self._sigv4.timestamp()
         payload_hash = (
             hashlib.sha256(body).hexdigest() if self._sign_payload else botocore.auth.UNSIGNED_PAYLOAD
         )
+        expect = len(body) >= EXPECT_CONTINUE_MIN
+        headers = self._own_signed(quoted, "", md5, payload_hash, content_type, metadata, credentials, expect)
+        return self._base + quoted, headers
+
+    def _own_signed(
+        self,
+        quoted: str,
+        query: str,
+        md5: str,
+        payload_hash: str,
+        content_type: str | None,
+        metadata: dict[str, str] | None,
+        credentials: Any,
+        expect: bool,
+    ) -> dict[str, str]:
+        """The headers of a PUT with FastPut's fixed header set, in botocore's order, signed as
+        S3SigV4Auth signs them. query: the canonical query string (sorted, percent-encoded), as sent."""
+        stamp = self._sigv4.timestamp()
         token = credentials.token
         lines = ["content-md5:" + _trim(md5)]
         signed = "content-md5;"
@@ -337,7 +410,7 @@ class FastPut:
             lines.append("x-amz-security-token:" + _trim(token))
             signed += ";x-amz-security-token"
         headers["User-Agent"] = self._user_agent
-        if len(body) >= EXPECT_CONTINUE_MIN:
+        if expect:
             headers["Expect"] = "100-continue"
         headers["X-Amz-Date"] = stamp
         if token:
@@ -351,9 +424,10 @@ class FastPut:
             "\n".join(lines),
             signed,
             payload_hash,
+            query,
         )
         headers["Accept-Encoding"] = "identity"  # as aiobotocore sends it (botocore issue 1255)
-        return self._base + quoted, headers
+        return headers
 
     @staticmethod
     def _plain_metadata(metadata: dict[str, str]) -> bool:
@@ -388,7 +462,9 @@ class FastPut:
         sent["Accept-Encoding"] = "identity"  # as aiobotocore sends it (botocore issue 1255)
         return url, sent
 
-    async def _send(self, url: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    async def _send(
+        self, url: str, headers: dict[str, str], body: bytes | AsyncIterable[bytes], operation: str
+    ) -> dict[str, Any]:
         """Send on the client's pool; transport failures become the botocore exceptions aiobotocore raises."""
         if self._closed:
             raise RuntimeError("FastPut is closed")
@@ -418,14 +494,16 @@ class FastPut:
         except Exception as e:
             raise HTTPClientError(error=e) from e
         if status >= 300:
-            raise self._client_error(status, raw, payload)
-        return self._parse_ok(status, raw)
+            raise self._client_error(status, raw, payload, operation)
+        return self._parse_ok(status, raw, operation)
 
     def _target(self, url: str) -> URL:
         """URL(url, encoded=True) for a URL under this bucket, without parsing all of it again."""
+        if "?" in url:  # a part: one per several MiB, parsed in full
+            return URL(url, encoded=True)
         return self._base_url.with_path(self._base_url.raw_path + url[len(self._base) :], encoded=True)
 
-    def _parse_ok(self, status: int, headers: dict[str, str]) -> dict[str, Any]:
+    def _parse_ok(self, status: int, headers: dict[str, str], operation: str) -> dict[str, Any]:
         """What client.put_object returns: ResponseMetadata as botocore fills it, the header members."""
         meta: dict[str, Any] = {}
         if "x-amzn-requestid" in headers:
@@ -435,7 +513,7 @@ class FastPut:
             meta["HostId"] = headers.get("x-amz-id-2", "")
         meta.update(HTTPStatusCode=status, HTTPHeaders=headers, RetryAttempts=0, **self._retry_metadata)
         parsed: dict[str, Any] = {"ResponseMetadata": meta}
-        members = self._header_members
+        members = self._outputs[operation][1]
         for header, value in headers.items():
             member = members.get(header)
             if member is None:
@@ -449,11 +527,12 @@ class FastPut:
                 parsed[name] = value
         return parsed
 
-    def _client_error(self, status: int, headers: dict[str, str], body: bytes) -> Exception:
-        """The exception client.put_object raises for this response, parsed by botocore's own parser."""
+    def _client_error(self, status: int, headers: dict[str, str], body: bytes, operation: str) -> Exception:
+        """The exception the client raises for this response, parsed by botocore's own parser."""
         parser = botocore.parsers.create_parser("rest-xml")
-        parsed = parser.parse({"status_code": status, "headers": headers, "body": body}, self._output_shape)
+        response = {"status_code": status, "headers": headers, "body": body}
+        parsed = parser.parse(response, self._outputs[operation][0])
         parsed.setdefault("ResponseMetadata", {}).update(RetryAttempts=0, **self._retry_metadata)
         code = parsed.get("Error", {}).get("Code")
         error_class: type[Exception] = self._client.exceptions.from_code(code)
-        return error_class(parsed, "PutObject")
+        return error_class(parsed, operation)

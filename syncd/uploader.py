@@ -17,18 +17,25 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.keys import KeyTooLong, key_for_path
 from syncd.retry import Retrier
 from syncd.s3 import error_code
 from syncd.state import FileRecord, Signature
 
+if TYPE_CHECKING:
+    from syncd.fastpath import FastPut
+
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 * 1024**3
 HASH_CHUNK = 4 * MiB
-SMALL_FILE = 256 * 1024  # read in the same thread trip as the open; reserved up front
+STREAM_CHUNK = MiB  # a streamed part is re-read from disk and sent in pieces of this size
+STREAM_HOLD = 2 * STREAM_CHUNK  # what a streamed part holds: the piece being sent and the transport's copy
+MAX_PART_LANES = 8  # parts of one file in flight at once
+HASH_LANES = 2  # threads hashing the parts of one file ahead of their uploads
+SMALL_FILE = 256 * 1024  # read on the loop when cached (_read_cached); reserved up front
 
 
 class ByteBudget:
@@ -164,14 +171,18 @@ def _open(path: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:
 
 
 def _read_all(fd: int, size: int) -> bytes:
+    """The file's bytes (fewer if it shrank: the caller compares the length with the size)."""
     chunks = []
     offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(size - offset, 8 * MiB), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
+    try:
+        while offset < size:
+            chunk = os.pread(fd, min(size - offset, 8 * MiB), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError as exc:  # EIO from a failing disk: one record, the file stays owed
+        raise FileSkipped(exc.strerror or str(exc)) from None
     return b"".join(chunks)
 
 
@@ -179,6 +190,92 @@ def _read_part(fd: int, length: int, offset: int) -> tuple[bytes, bytes]:
     """One part and its MD5, in one thread trip (hashlib releases the GIL: the loop keeps sending)."""
     data = os.pread(fd, length, offset)
     return data, hashlib.md5(data).digest()
+
+
+def _hash_range(fd: int, offset: int, length: int, sha256: bool) -> tuple[bytes, str | None] | None:
+    """MD5 digest (and SHA-256 hex) of one part read from disk; None if the file ended early."""
+    md5 = hashlib.md5()
+    sha = hashlib.sha256() if sha256 else None
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(HASH_CHUNK, end - offset), offset)
+        if not chunk:
+            return None
+        md5.update(chunk)
+        if sha is not None:
+            sha.update(chunk)
+        offset += len(chunk)
+    return md5.digest(), sha.hexdigest() if sha is not None else None
+
+
+class PartHashes:
+    """MD5 (and SHA-256) of every part of one file, worked out in threads ahead of the parts' uploads.
+
+    Started together with the whole-file MD5 that CreateMultipartUpload's metadata needs: one core hashes
+    the file while the other hashes parts, and a part's upload later only re-reads and sends it. Each
+    hashing thread holds HASH_CHUNK of the byte budget while it reads.
+    """
+
+    def __init__(self, fd: int, size: int, part_size: int, sha256: bool, budget: ByteBudget) -> None:
+        self.part_size = part_size
+        self.count = -(-size // part_size)
+        loop = asyncio.get_running_loop()
+        self._results: dict[int, asyncio.Future[tuple[bytes, str | None] | None]] = {
+            n: loop.create_future() for n in range(1, self.count + 1)
+        }
+        self._numbers = iter(range(1, self.count + 1))
+        self._stopped = False
+        self._args = (fd, size, sha256, budget)
+        self._lanes = [loop.create_task(self._lane()) for _ in range(min(HASH_LANES, self.count))]
+
+    async def _lane(self) -> None:
+        fd, size, sha256, budget = self._args
+        for n in self._numbers:
+            if self._stopped:
+                return
+            offset = (n - 1) * self.part_size
+            length = min(self.part_size, size - offset)
+            result = self._results[n]
+            try:
+                async with budget.hold(HASH_CHUNK):
+                    result.set_result(await asyncio.to_thread(_hash_range, fd, offset, length, sha256))
+            except OSError as exc:
+                result.set_exception(FileSkipped(exc.strerror or str(exc)))
+
+    async def get(self, number: int) -> tuple[bytes, str | None]:
+        """Part `number`'s MD5 digest and SHA-256 hex; PartChanged if the file ended early."""
+        hashed = await self._results[number]
+        if hashed is None:
+            raise PartChanged("the file ended early")
+        return hashed
+
+    async def close(self) -> None:
+        """Stop hashing and wait for the threads still reading (the caller closes the fd afterwards)."""
+        self._stopped = True
+        await asyncio.gather(*self._lanes, return_exceptions=True)
+        for result in self._results.values():
+            if not result.done():
+                result.cancel()
+            elif not result.cancelled():
+                result.exception()  # retrieved: an unread failure is not logged as "never retrieved"
+
+
+class PartChanged(Exception):
+    """The file changed between hashing a part and sending it (or while sending it)."""
+
+
+async def _stream_range(fd: int, offset: int, length: int) -> Any:
+    """The part's bytes again, read as they are sent: from the page cache on the loop, else in a thread."""
+    end = offset + length
+    while offset < end:
+        n = min(STREAM_CHUNK, end - offset)
+        chunk = _read_cached(fd, n, offset)
+        if chunk is None:
+            chunk = await asyncio.to_thread(os.pread, fd, n, offset)
+        if len(chunk) != n:
+            raise PartChanged("the file ended early")
+        yield chunk
+        offset += n
 
 
 def _hash_fd(fd: int, size: int) -> str:
@@ -193,23 +290,24 @@ def _hash_fd(fd: int, size: int) -> str:
     return md5.hexdigest()
 
 
-def _open_and_read_small(
-    path: str, follow_symlinks: bool, known: Signature | None, ignore_inode: bool
-) -> tuple[int, os.stat_result, tuple[bytes, str] | None]:
-    """Open; if the file is small and not known unchanged, read and hash it too (one thread trip).
+def _read_cached(fd: int, size: int, offset: int = 0) -> bytes | None:
+    """All `size` bytes at offset if the page cache holds them, else None: RWF_NOWAIT never waits for a disk.
 
-    The fd stays open for the caller (it is closed there); a read torn by a concurrent writer shows as
-    a size or fstat mismatch, which the caller checks.
+    Small files are read on the event loop this way (a trip to a worker thread cost more CPU than the
+    PUT's signing and sending, mostly in GIL hand-offs); cold files, and filesystems that cannot answer
+    without waiting (EOPNOTSUPP), are read in a thread instead.
     """
-    fd, st = _open(path, follow_symlinks)
-    if st.st_size > SMALL_FILE or Signature.of(st).same_as(known, ignore_inode):
-        return fd, st, None
+    if size == 0:
+        return b""
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        return None
+    buf = bytearray(size)
     try:
-        body = _read_all(fd, st.st_size)
-    except OSError as exc:
-        os.close(fd)
-        raise FileSkipped(exc.strerror or str(exc)) from None
-    return fd, st, (body, hashlib.md5(body).hexdigest())
+        n = os.preadv(fd, [buf], offset, nowait)
+    except OSError:
+        return None
+    return bytes(buf) if n == size else None
 
 
 def _opened_inside(fd: int, root: Path) -> bool:
@@ -236,7 +334,7 @@ class Uploader:
         by_content: Callable[[str, int], list[FileRecord]],
         multipart_started: Callable[[str, str, str], None],
         multipart_ended: Callable[[str], None],
-        put_object: Callable[..., Awaitable[dict[str, Any]]] | None = None,
+        fast: FastPut | None = None,
         remote: Callable[[str, int, str], Awaitable[dict[str, Any] | None]] | None = None,
         dry_run: bool = False,
     ) -> None:
@@ -249,7 +347,10 @@ class Uploader:
         self.by_content = by_content
         self.multipart_started = multipart_started
         self.multipart_ended = multipart_ended
-        self.put_object = put_object or client.put_object
+        self.fast = fast
+        self.put_object: Callable[..., Awaitable[dict[str, Any]]] = (
+            fast.put_object if fast is not None else client.put_object
+        )
         self.remote = remote
         self.dry_run = dry_run
 
@@ -264,8 +365,9 @@ class Uploader:
     async def upload(self, rel: str) -> Outcome:
         """Bring the bucket up to date with this one file; raises FileSkipped or the S3 error.
 
-        Small files (most of a tree) are opened, read and hashed in one trip to a worker thread, with
-        a small reservation of the byte budget taken beforehand; larger ones reserve their real size.
+        Opening is metadata work done on the loop, like the settler's stat. Small files (most of a tree)
+        are read and hashed there too when the page cache holds them, under a small reservation of the
+        byte budget taken beforehand; larger ones reserve their real size and are read in threads.
         """
         started = time.monotonic()
         key = self.key_for(rel)
@@ -275,9 +377,7 @@ class Uploader:
         fd = -1
         try:  # every way out closes the fd: returns included, not only exceptions
             async with self.budget.hold(SMALL_FILE):
-                fd, st, small = await asyncio.to_thread(
-                    _open_and_read_small, path, self.s.follow_symlinks, known_sig, self.s.ignore_inode
-                )
+                fd, st = _open(path, self.s.follow_symlinks)
                 if self.s.follow_symlinks and not _opened_inside(fd, self.s.root):
                     raise FileSkipped("a symlink that points outside the folder")
                 sig = Signature.of(st)
@@ -288,9 +388,11 @@ class Uploader:
                 ):
                     return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
                 f = OpenFile(rel, key, path, fd, sig, known, started)
-                if small is not None:
-                    body, md5 = small
-                    return await self._after_read(f, md5, body)
+                if sig.size <= SMALL_FILE:
+                    body = _read_cached(fd, sig.size)
+                    if body is None:
+                        body = await asyncio.to_thread(_read_all, fd, sig.size)
+                    return await self._after_read(f, hashlib.md5(body).hexdigest(), body)
             return await self._upload_large(f)
         finally:
             if fd >= 0:
@@ -298,13 +400,24 @@ class Uploader:
 
     async def _upload_large(self, f: OpenFile) -> Outcome:
         if f.sig.size >= self.s.multipart_threshold:
-            md5 = await asyncio.to_thread(_hash_fd, f.fd, f.sig.size)
-            return await self._after_read(f, md5, None)
+            hashes = None
+            if self.fast is not None and not self.dry_run:
+                part_size = part_size_for(f.sig.size, self.s.multipart_chunksize)
+                hashes = PartHashes(f.fd, f.sig.size, part_size, self.fast.payload_signed, self.budget)
+            try:
+                async with self.budget.hold(HASH_CHUNK):
+                    md5 = await asyncio.to_thread(_hash_fd, f.fd, f.sig.size)
+                return await self._after_read(f, md5, None, hashes)
+            finally:
+                if hashes is not None:
+                    await hashes.close()
         async with self.budget.hold(f.sig.size):
             body = await asyncio.to_thread(_read_all, f.fd, f.sig.size)
             return await self._after_read(f, hashlib.md5(body).hexdigest(), body)
 
-    async def _after_read(self, f: OpenFile, md5: str, body: bytes | None) -> Outcome:
+    async def _after_read(
+        self, f: OpenFile, md5: str, body: bytes | None, hashes: PartHashes | None = None
+    ) -> Outcome:
         """Read and hashed: skip, adopt, copy server-side, put or multipart."""
         rel, key, sig, known = f.rel, f.key, f.sig, f.known
         if not self._still(f.fd, sig) or (body is not None and len(body) != sig.size):
@@ -331,7 +444,7 @@ class Uploader:
         if body is not None:
             response = await self._put(key, body, md5, meta, ctype)
             return self._finish(f, "uploaded", md5, response)
-        completed, parts = await self._multipart(f, meta, ctype)
+        completed, parts = await self._multipart(f, meta, ctype, hashes)
         if completed is None:
             return Outcome("changed", rel, key, sig)
         return self._finish(f, "uploaded", md5, completed, parts=parts)
@@ -425,9 +538,10 @@ class Uploader:
             raise
 
     async def _multipart(
-        self, f: OpenFile, meta: dict[str, str], ctype: str
+        self, f: OpenFile, meta: dict[str, str], ctype: str, hashes: PartHashes | None
     ) -> tuple[dict[str, Any] | None, int]:
-        """Parts read from disk as they are sent, several in flight, each with Content-MD5."""
+        """Several parts in flight, each with Content-MD5; with the fast path each is hashed and then
+        streamed from disk as it is sent, so memory per part is a few MiB whatever the part size."""
         rel, key, fd, sig = f.rel, f.key, f.fd, f.sig
         part_size = part_size_for(sig.size, self.s.multipart_chunksize)
         count = -(-sig.size // part_size)
@@ -445,28 +559,18 @@ class Uploader:
             nonlocal changed
             offset = (number - 1) * part_size
             length = min(part_size, sig.size - offset)
-            # The HTTP layer copies a part's bytes once more while sending it: count both copies.
-            async with self.budget.hold(2 * length):
-                data, md5_digest = await asyncio.to_thread(_read_part, fd, length, offset)
-                if len(data) != length:
-                    changed = True
-                    return
-                await self.rate.consume(length)
-                digest = b64(md5_digest)
-                response = await self.retrier.call(
-                    lambda: self.client.upload_part(
-                        Bucket=self.s.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=data,
-                        ContentMD5=digest,
-                    )
-                )
-                etags[number] = response["ETag"]
+            try:
+                if hashes is not None:
+                    hashed = await hashes.get(number)
+                    etags[number] = await self._stream_part(f, key, upload_id, number, offset, length, hashed)
+                else:
+                    etags[number] = await self._buffered_part(f, key, upload_id, number, offset, length)
+            except PartChanged:
+                changed = True
 
         try:
-            concurrency = max(2, min(8, self.budget.limit // (2 * part_size)))
+            held = STREAM_HOLD if hashes is not None else 2 * part_size
+            concurrency = max(2, min(MAX_PART_LANES, self.budget.limit // held))
             numbers = iter(range(1, count + 1))
 
             async def lane() -> None:
@@ -492,6 +596,68 @@ class Uploader:
             raise
         self.multipart_ended(upload_id)
         return response, count
+
+    async def _stream_part(
+        self,
+        f: OpenFile,
+        key: str,
+        upload_id: str,
+        number: int,
+        offset: int,
+        length: int,
+        hashed: tuple[bytes, str | None],
+    ) -> str:
+        """Send a part hashed already by re-reading it from disk: it is never held whole."""
+        fast = self.fast
+        assert fast is not None
+        md5_digest, sha256 = hashed
+        async with self.budget.hold(STREAM_HOLD):
+            await self.rate.consume(length)
+
+            async def attempt() -> dict[str, Any]:
+                if not self._still(f.fd, f.sig):
+                    raise PartChanged("the file changed")
+                try:
+                    return await fast.upload_part(
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=_stream_range(f.fd, offset, length),
+                        ContentLength=length,
+                        ContentMD5=b64(md5_digest),
+                        PayloadSHA256=sha256,
+                    )
+                except Exception:
+                    # A short read or bytes that no longer match the hashes (BadDigest): the file moved on.
+                    if not self._still(f.fd, f.sig):
+                        raise PartChanged("the file changed") from None
+                    raise
+
+            response = await self.retrier.call(attempt)
+        return str(response["ETag"])
+
+    async def _buffered_part(
+        self, f: OpenFile, key: str, upload_id: str, number: int, offset: int, length: int
+    ) -> str:
+        """Without the fast path: read and hash the part in a thread, send it from memory."""
+        # The HTTP layer copies a part's bytes once more while sending it: count both copies.
+        async with self.budget.hold(2 * length):
+            data, md5_digest = await asyncio.to_thread(_read_part, f.fd, length, offset)
+            if len(data) != length:
+                raise PartChanged("the file ended early")
+            await self.rate.consume(length)
+            digest = b64(md5_digest)
+            response = await self.retrier.call(
+                lambda: self.client.upload_part(
+                    Bucket=self.s.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ContentMD5=digest,
+                )
+            )
+        return str(response["ETag"])
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:

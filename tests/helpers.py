@@ -68,6 +68,11 @@ def list_delete_markers(s3: Any, bucket: str, prefix: str = "") -> list[dict[str
     return markers
 
 
+def json_records(text: str) -> list[dict[str, Any]]:
+    """The JSON log records in a syncd process's stderr."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def write(path: Path, data: bytes) -> Path:
     """Write a file, creating its directories."""
     path.parent.mkdir(parents=True, exist_ok=True)

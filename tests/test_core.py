@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import bucket_objects, list_versions, tree, wait_until, write
+from helpers import bucket_objects, json_records, list_versions, tree, wait_until, write
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 
@@ -32,16 +32,6 @@ def assert_versions_match_log(s3, bucket: str, records: list[dict]) -> None:
     in_bucket = {(v["Key"], v["VersionId"]) for v in list_versions(s3, bucket)}
     in_log = {(r["key"], r["version_id"]) for r in records if r.get("event") in ("uploaded", "copied")}
     assert in_bucket == in_log
-
-
-def json_records(stderr: str) -> list[dict]:
-    import json
-
-    out = []
-    for line in stderr.splitlines():
-        if line.startswith("{"):
-            out.append(json.loads(line))
-    return out
 
 
 def test_once_uploads_every_file_byte_for_byte(tmp_path, s3, bucket_name, make_config, run_syncd):

@@ -696,3 +696,119 @@ def test_force_skips_only_the_version_check(monkeypatch: pytest.MonkeyPatch) -> 
     supported, unsupported = run(create())
     assert supported is not None
     assert unsupported is None
+
+
+# -- upload_part: parts hashed by the caller and streamed --------------------------------------------------
+
+
+async def chunks_of(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def sha256_hex(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("size", [1000, fastpath.EXPECT_CONTINUE_MIN], ids=["small", "1MiB"])
+@pytest.mark.parametrize("key", ["plain.bin", SPECIAL_KEYS[0], SPECIAL_KEYS[5]])
+def test_part_request_is_the_one_botocore_sends(
+    s3_server: Any, s3: Any, bucket_name: str, monkeypatch: pytest.MonkeyPatch, key: str, size: int
+) -> None:
+    """Same second on the clock: same URL (query too), headers and Authorization as client.upload_part."""
+    bucket = versioned_bucket(s3, bucket_name)
+    Clock(monkeypatch)
+    body = b"p" * size
+    seen: list[Any] = []
+
+    async def both() -> tuple[str, dict[str, str]]:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            upload_id = (await client.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+            client.meta.events.register(
+                "before-send.s3.UploadPart", lambda request, **_: seen.append(request)
+            )
+            await client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=3, Body=body, ContentMD5=md5_b64(body)
+            )
+            await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            return await fast._part_signed(key, upload_id, 3, size, md5_b64(body), sha256_hex(body))
+
+    url, headers = run(both())
+    (sent,) = seen
+    theirs = {
+        k: v.decode() if isinstance(v, bytes) else v
+        for k, v in sent.headers.items()
+        if k not in UNSENT - {"Content-Length"}
+    }
+    theirs["Accept-Encoding"] = "identity"  # added by aiobotocore's transport after before-send
+    theirs.setdefault("Content-Length", str(size))
+    if size < fastpath.EXPECT_CONTINUE_MIN:
+        theirs.pop("Expect", None)  # not signed; FastPut skips the 100-continue round trip for small bodies
+    assert url == sent.url
+    assert headers == theirs
+
+
+def test_streamed_parts_complete_into_the_bytes_sent(s3_server: Any, s3: Any, bucket_name: str) -> None:
+    """Parts streamed in pieces: the object holds the bytes, has the multipart ETag and the VersionId."""
+    bucket = versioned_bucket(s3, bucket_name)
+    parts = [hashlib.sha256(bytes([n])).digest() * (5 * 1024 * 1024 // 32) for n in range(2)] + [b"tail"]
+
+    async def upload() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            upload_id = (await client.create_multipart_upload(Bucket=bucket, Key="big"))["UploadId"]
+            done = []
+            for number, part in enumerate(parts, start=1):
+                response = await fast.upload_part(
+                    Key="big",
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=chunks_of(part),
+                    ContentLength=len(part),
+                    ContentMD5=md5_b64(part),
+                    PayloadSHA256=sha256_hex(part),
+                )
+                done.append({"PartNumber": number, "ETag": response["ETag"]})
+            completed = await client.complete_multipart_upload(
+                Bucket=bucket, Key="big", UploadId=upload_id, MultipartUpload={"Parts": done}
+            )
+            return done, completed
+
+    done, completed = run(upload())
+    assert [p["ETag"] for p in done] == [f'"{hashlib.md5(p).hexdigest()}"' for p in parts]
+    stored = s3.get_object(Bucket=bucket, Key="big")
+    assert stored["Body"].read() == b"".join(parts)
+    assert stored["VersionId"] == completed["VersionId"]
+    composite = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    assert stored["ETag"] == f'"{composite}-3"'
+
+
+def test_part_bytes_that_differ_from_their_hashes_are_refused(
+    s3_server: Any, s3: Any, bucket_name: str
+) -> None:
+    """What the caller hashed is what the server must get: other bytes are refused, never stored."""
+    bucket = versioned_bucket(s3, bucket_name)
+    hashed, sent = b"a" * 4096, b"b" * 4096
+
+    async def attempt(**hashes: str) -> BaseException:
+        async with client_and_fast(s3_server, bucket) as (client, fast):
+            upload_id = (await client.create_multipart_upload(Bucket=bucket, Key="k"))["UploadId"]
+            try:
+                return await raised(
+                    lambda: fast.upload_part(
+                        Key="k",
+                        UploadId=upload_id,
+                        PartNumber=1,
+                        Body=chunks_of(sent),
+                        ContentLength=len(sent),
+                        **hashes,
+                    )
+                )
+            finally:
+                await client.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id)
+
+    both_stale = run(attempt(ContentMD5=md5_b64(hashed), PayloadSHA256=sha256_hex(hashed)))
+    md5_stale = run(attempt(ContentMD5=md5_b64(hashed), PayloadSHA256=sha256_hex(sent)))
+    for exc in (both_stale, md5_stale):
+        assert isinstance(exc, botocore.exceptions.ClientError), exc
+        assert error_code(exc) in ("BadDigest", "XAmzContentSHA256Mismatch", "SignatureDoesNotMatch")
+    assert error_code(md5_stale) == "BadDigest"

@@ -5,7 +5,6 @@ instead of, the real SeaweedFS). Everything goes through the CLI in a subprocess
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from badserver import BadServer, free_port
-from helpers import Daemon, bucket_objects, list_delete_markers, list_versions, wait_until
+from helpers import Daemon, bucket_objects, json_records, list_delete_markers, list_versions, wait_until
 
 from syncd.seaweed import die_with_parent
 
@@ -52,10 +51,6 @@ def tree(root: Path) -> dict[bytes, bytes]:
                 with open(full, "rb") as f:
                     out[os.path.relpath(full, base)] = f.read()
     return out
-
-
-def records_of(stderr: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
 def events(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -181,7 +176,7 @@ def test_odd_names_map_verbatim_or_escaped_and_list_their_versions(
     assert set(objects) == {"host1/" + key for key in ODD_NAMES.values()}  # nothing outside the prefix
     for rel, key in ODD_NAMES.items():
         assert objects["host1/" + key] == b"content of " + rel
-    uploads = {os.fsencode(r["path"]): r for r in events(records_of(result.stderr), "uploaded")}
+    uploads = {os.fsencode(r["path"]): r for r in events(json_records(result.stderr), "uploaded")}
     assert set(uploads) == set(ODD_NAMES)
     for rel in TRICKY:
         listed = run_syncd(["versions", "-c", str(config), path_arg(folder, rel)])
@@ -227,7 +222,7 @@ def test_keys_over_1024_bytes_are_skipped_with_a_record(tmp_path, s3, bucket_nam
     assert result.returncode == 1, result.stderr
     no_traceback(result)
     skipped = {
-        os.fsencode(r["path"]): r["reason"] for r in events(records_of(result.stderr), "upload_skipped")
+        os.fsencode(r["path"]): r["reason"] for r in events(json_records(result.stderr), "upload_skipped")
     }
     assert set(skipped) == {os.fsencode(long_plain), long_escaped}
     assert all("1024" in reason for reason in skipped.values())
@@ -326,7 +321,7 @@ def test_follow_symlinks_uploads_links_inside_refuses_outside_and_stops_at_loops
         "link-in.txt": b"real",
         "dirlink-in/inner.txt": b"inner",
     }
-    records = records_of(result.stderr)
+    records = json_records(result.stderr)
     refused = {r["path"] for r in events(records, "symlink_skipped")}
     assert {"passwd", "link-out.txt", "dirlink-out"} <= refused
     assert events(records, "symlink_loop")
@@ -473,7 +468,7 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make
 
     assert result.returncode == 1, result.stderr
     no_traceback(result)
-    records = records_of(result.stderr)
+    records = json_records(result.stderr)
     skipped = events(records, "upload_skipped")
     assert [(r["path"], r["reason"]) for r in skipped] == [("secret.txt", "permission denied")]
     assert [r["path"] for r in events(records, "scan_skipped")] == ["closed"]
@@ -597,7 +592,7 @@ def test_on_delete_delete_is_refused_on_an_unversioned_bucket(
             result = run_syncd([command, "-c", str(config)], timeout=60)
             assert result.returncode == 2, (command, result.stderr)
             assert "on_delete: delete needs a versioned bucket" in result.stderr.splitlines()[-1]
-            assert events(records_of(result.stderr), "bucket_versioning_refused")
+            assert events(json_records(result.stderr), "bucket_versioning_refused")
             no_traceback(result)
     assert "Status" not in s3.get_bucket_versioning(Bucket=bucket_name)
     assert keys_in(s3, bucket_name) == set()
@@ -890,7 +885,7 @@ def test_unreachable_endpoint_once_exits_75(tmp_path, bucket_name, make_config, 
         result = run_syncd(["once", "--retry-for", "2s", "-c", str(config)], timeout=60)
     assert result.returncode == 75, result.stderr
     assert "unreachable" in one_line_error(result)
-    assert len(events(records_of(result.stderr), "s3_unreachable")) == 1
+    assert len(events(json_records(result.stderr), "s3_unreachable")) == 1
     assert time.monotonic() - started < 30
 
 
@@ -922,7 +917,7 @@ def test_slowdown_then_success(tmp_path, s3, s3_server, bucket_name, make_config
         config = make_config(folder, bucket_name, s3={"endpoint_url": bad.url})
         result = run_syncd(["once", "-c", str(config)], timeout=60)
     assert result.returncode == 0, result.stderr
-    records = records_of(result.stderr)
+    records = json_records(result.stderr)
     assert len(events(records, "s3_unreachable")) == 1 and len(events(records, "s3_recovered")) == 1
     assert "503" in events(records, "s3_unreachable")[0]["reason"]
     assert keys_in(s3, bucket_name) == {"a.txt"}
@@ -959,7 +954,7 @@ def test_slow_answers_are_waited_for(tmp_path, s3, s3_server, bucket_name, make_
             ["once", "-c", str(make_config(folder, bucket_name, s3={"endpoint_url": bad.url}))]
         )
     assert result.returncode == 0, result.stderr
-    assert not events(records_of(result.stderr), "s3_unreachable")
+    assert not events(json_records(result.stderr), "s3_unreachable")
     assert keys_in(s3, bucket_name) == {"a.txt"}
 
 
@@ -971,7 +966,7 @@ def test_clock_skew_says_fix_the_clock(tmp_path, bucket_name, make_config, run_s
         result = run_syncd(["once", "--retry-for", "2s", "-c", str(config)], timeout=60)
     assert result.returncode == 75, result.stderr
     one_line_error(result)
-    skewed = events(records_of(result.stderr), "clock_skewed")
+    skewed = events(json_records(result.stderr), "clock_skewed")
     assert len(skewed) == 1 and "clock" in skewed[0]["hint"] and "RequestTimeTooSkewed" in skewed[0]["reason"]
 
 
@@ -1027,7 +1022,7 @@ def test_hanging_server_times_out_is_retried_and_recovers(
         once_s = time.monotonic() - started
         assert result.returncode == 75, result.stderr
         assert "unreachable" in one_line_error(result)
-        down = events(records_of(result.stderr), "s3_unreachable")
+        down = events(json_records(result.stderr), "s3_unreachable")
         assert len(down) == 1 and "timeout" in down[0]["reason"].lower(), down
 
         daemon = start_daemon(config)

@@ -1,0 +1,115 @@
+"""Large files through the CLI against a real SeaweedFS: multipart uploads, their VersionIds, leftovers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+
+from helpers import json_records, list_versions, wait_until, write
+
+MiB = 1024 * 1024
+
+
+def composite_etag(data: bytes, part_size: int) -> str:
+    """The ETag S3 gives a multipart object: MD5 of the parts' MD5s, then the part count."""
+    parts = [data[i : i + part_size] for i in range(0, len(data), part_size)]
+    return hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f"-{len(parts)}"
+
+
+def test_multipart_upload_lands_whole_with_its_version_logged(
+    tmp_path, s3, bucket_name, make_config, run_syncd
+):
+    folder = tmp_path / "data"
+    data = os.urandom(23 * MiB + 12345)
+    write(folder / "big.bin", data)
+    write(folder / "small.txt", b"small")
+    config = make_config(folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB")
+
+    result = run_syncd(["once", "-c", str(config)])
+
+    assert result.returncode == 0, result.stderr
+    (record,) = [
+        r for r in json_records(result.stderr) if r.get("event") == "uploaded" and r["key"] == "big.bin"
+    ]
+    assert record["parts"] == 5 and record["size"] == len(data)
+    assert record["etag"] == composite_etag(data, 5 * MiB)  # 5 parts, each with the bytes we hashed
+    stored = s3.get_object(Bucket=bucket_name, Key="big.bin")
+    assert stored["Body"].read() == data
+    assert stored["VersionId"] == record["version_id"]  # from CompleteMultipartUpload
+    assert [v["VersionId"] for v in list_versions(s3, bucket_name, "big.bin")] == [record["version_id"]]
+    assert stored["Metadata"]["md5chksum"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert record["md5"] == hashlib.md5(data).hexdigest()
+    assert s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads", []) == []
+
+
+def test_part_size_grows_so_no_file_needs_more_than_10000_parts() -> None:
+    """A sparse 60 GiB file would need 12,288 parts of 5 MiB: syncd picks 7 MiB parts instead."""
+    from syncd.uploader import part_size_for
+
+    assert part_size_for(60 * 1024 * MiB, 5 * MiB) == 7 * MiB
+    assert -(-60 * 1024 * MiB // (7 * MiB)) <= 10_000
+    assert part_size_for(20 * MiB, 16 * MiB) == 16 * MiB
+
+
+def test_leftover_multipart_is_aborted_at_start_but_not_another_clients(
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
+):
+    folder = tmp_path / "data"
+    data = os.urandom(30 * MiB)
+    write(folder / "big.bin", data)
+    slow = make_config(
+        folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB", bandwidth_limit="2MB"
+    )
+    daemon = start_daemon(slow)
+    uploads = wait_until(
+        lambda: (
+            s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads") if daemon.returncode is None else []
+        ),
+        timeout=60,
+    )
+    assert daemon.returncode is None, daemon.tail()
+    (ours,) = uploads
+    daemon.kill()  # mid-upload: its parts stay on the server, its UploadId in syncd's state
+    foreign = s3.create_multipart_upload(Bucket=bucket_name, Key="big.bin")["UploadId"]  # same key, even
+
+    fast = make_config(folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB")
+    result = run_syncd(["once", "-c", str(fast)])
+
+    assert result.returncode == 0, result.stderr
+    aborted = [r for r in json_records(result.stderr) if r.get("event") == "multipart_aborted"]
+    assert [r["upload_id"] for r in aborted] == [ours["UploadId"]]
+    left = {u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads", [])}
+    assert left == {foreign}
+    assert s3.get_object(Bucket=bucket_name, Key="big.bin")["Body"].read() == data
+    s3.abort_multipart_upload(Bucket=bucket_name, Key="big.bin", UploadId=foreign)
+
+
+def test_file_shrinking_during_multipart_is_never_stored_torn(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    """Truncated while its parts are sent: the upload is aborted and the final bytes land afterwards."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    config = make_config(
+        folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB", bandwidth_limit="4MB"
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    big = folder / "big.bin"
+    write(big, os.urandom(20 * MiB))
+    wait_until(lambda: s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads"), timeout=30)
+    final = os.urandom(7 * MiB)
+    with open(big, "r+b") as f:  # shrunk in place, as a log rotation would
+        f.write(final)
+        f.truncate(len(final))
+    wait_until(
+        lambda: s3.get_object(Bucket=bucket_name, Key="big.bin")["Body"].read() == final,
+        timeout=60,
+        interval=0.5,
+    )
+    assert daemon.terminate() == 0
+    for version in list_versions(s3, bucket_name, "big.bin"):  # no torn version ever stored
+        body = s3.get_object(Bucket=bucket_name, Key="big.bin", VersionId=version["VersionId"])["Body"].read()
+        assert body == final
+    assert s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads", []) == []
