@@ -969,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def summary(bench: Bench) -> str:
-    settings = ", ".join(f"{k}={v}" for k, v in bench.syncd_settings.items()) or "defaults (workers 16)"
+    settings = ", ".join(f"{k}={v}" for k, v in bench.syncd_settings.items()) or "defaults (workers 64)"
     head = (
         f"\nsyncd vs peers on one SeaweedFS ({'quick' if bench.args.quick else 'full'} sizes, "
         f"repeat {bench.args.repeat}, medians; syncd {bench.version}, settings: {settings}"

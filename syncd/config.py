@@ -60,7 +60,8 @@ class Config:
     bucket: str
     prefix: str
     s3: S3Settings
-    workers: int = 16
+    workers: int = 64
+    upload_processes: int = 1
     settle: float = 0.5
     stop_timeout: float = 20.0
     state_dir: Path = Path("/var/lib/syncd")
@@ -303,7 +304,8 @@ def parse_config(data: Mapping[str, Any], file: Path) -> Config:
         bucket=bucket,
         prefix=prefix,
         s3=s3,
-        workers=top.int_("workers", 16, minimum=1),
+        workers=top.int_("workers", 64, minimum=1),
+        upload_processes=top.int_("upload_processes", 1, minimum=1),
         settle=parse_duration(top.get("settle", 0.5), top.where("settle")),
         stop_timeout=parse_duration(top.get("stop_timeout", 20), top.where("stop_timeout")),
         state_dir=state_dir,
@@ -387,3 +389,8 @@ def _check_ranges(config: Config, top: _Reader) -> None:
         )
     if config.workers > 512:
         raise ConfigError(f"{top.where('workers')}: at most 512, got {config.workers}")
+    if config.upload_processes > 2:
+        raise ConfigError(
+            f"{top.where('upload_processes')}: 1 or 2 (one helper process for small PUTs), "
+            f"got {config.upload_processes}"
+        )

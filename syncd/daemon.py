@@ -20,6 +20,7 @@ from syncd import scan
 from syncd.bucket import BucketStatus, ensure_private_bucket
 from syncd.config import Config, load_config
 from syncd.errors import ConfigError, SyncdError
+from syncd.helper import Helper, HelperSettings, put_router
 from syncd.lifecycle import ensure_noncurrent_expiry
 from syncd.log import configure_logging, get_logger
 from syncd.metrics import MetricsSink, NullMetrics, metrics_for
@@ -102,6 +103,7 @@ class Pipeline:
         self.bucket: BucketStatus | None = None
         self.workers_wanted = config.workers
         self.worker_tasks: set[asyncio.Task[None]] = set()
+        self.workers_running = 0
         self.scanned_files = 0
         folder_st = os.stat(config.folder)
         self.folder_dev = folder_st.st_dev
@@ -109,10 +111,12 @@ class Pipeline:
         self.folder_ok = True
         self.folder_checked = -FOLDER_CHECK_EVERY
         self.fast: Any = None
+        self.helper: Helper | None = None
+        self.helper_start: asyncio.Task[None] | None = None
         self.flush_handle: asyncio.TimerHandle | None = None
         self.uploader = self._make_uploader(None)
 
-    def _make_uploader(self, fast: Any) -> Uploader:
+    def _make_uploader(self, fast: Any, put_object: Any = None) -> Uploader:
         c = self.config
         settings = UploadSettings(
             root=c.folder,
@@ -134,6 +138,7 @@ class Pipeline:
             multipart_started=lambda upload_id, key, rel: self.state.add_multipart(upload_id, key, rel),
             multipart_ended=self.state.remove_multipart,
             fast=fast,
+            put_object=put_object,
             remote=self._remote_same,
             dry_run=self.dry_run,
         )
@@ -142,6 +147,10 @@ class Pipeline:
     async def prepare(self, *, check_only: bool = False) -> BucketStatus:
         """Bucket exists, is ours, private and (where possible) versioned; waits while S3 is away."""
         c = self.config
+        if c.upload_processes > 1 and not check_only and not self.dry_run:
+            # Started first: its imports run on the other core while this process checks the bucket.
+            self.helper = Helper(HelperSettings(c.s3, c.bucket, c.workers + 8, c.log.format, c.log.level))
+            self.helper_start = asyncio.get_running_loop().create_task(self._start_helper(self.helper))
         status = await self.retrier.call(
             lambda: ensure_private_bucket(
                 self.client,
@@ -186,7 +195,15 @@ class Pipeline:
         if self.fast is None:
             log.info("fastpath_off", reason=why_not(self.client, self.config.bucket))
             return
-        self.uploader = self._make_uploader(self.fast)
+        put_object = self.fast.put_object
+        if self.helper is not None:
+            put_object = put_router(self.helper, put_object)
+        self.uploader = self._make_uploader(self.fast, put_object)
+
+    async def _start_helper(self, helper: Helper) -> None:
+        why = await helper.start()
+        if why is not None:
+            log.warning("helper_unavailable", reason=why, hint="small PUTs are sent by this process")
 
     async def _abort_leftover_multiparts(self) -> None:
         """Abort the multipart uploads this state started and never finished (never other clients')."""
@@ -437,33 +454,34 @@ class Pipeline:
 
     # -- workers ---------------------------------------------------------------------------------------
     def set_workers(self, n: int) -> None:
+        """Start workers up to n; surplus ones (after a reload lowered `workers`) end after their file."""
         self.workers_wanted = n
-        running = sum(1 for t in self.worker_tasks if t.get_name().startswith("worker"))
-        for i in range(running, n):
+        for i in range(self.workers_running, n):
+            self.workers_running += 1
             task = asyncio.get_running_loop().create_task(self.worker(), name=f"worker-{i}")
             self.worker_tasks.add(task)
             task.add_done_callback(self.worker_tasks.discard)
 
-    def _surplus_worker(self) -> bool:
-        running = sum(1 for t in self.worker_tasks if t.get_name().startswith("worker") and not t.done())
-        return running > self.workers_wanted
-
     async def worker(self) -> None:
-        while not self.stopping:
-            if self._surplus_worker():
-                return
-            rel = await self.scheduler.get()
-            try:
-                if self.folder_recently_available():
-                    await self.process(rel)
-                else:
-                    self.settler.add(rel)  # try again when the folder is back
-                    await asyncio.sleep(1)
-            finally:
-                if self.scheduler.done(rel) and not self.stopping:
-                    self.settler.add(rel)
-                if self.on_progress:
-                    self.on_progress(self)
+        try:
+            while not self.stopping and self.workers_running <= self.workers_wanted:
+                await self._work_one()
+        finally:
+            self.workers_running -= 1
+
+    async def _work_one(self) -> None:
+        rel = await self.scheduler.get()
+        try:
+            if self.folder_recently_available():
+                await self.process(rel)
+            else:
+                self.settler.add(rel)  # try again when the folder is back
+                await asyncio.sleep(1)
+        finally:
+            if self.scheduler.done(rel) and not self.stopping:
+                self.settler.add(rel)
+            if self.on_progress:
+                self.on_progress(self)
 
     async def process(self, rel: str) -> None:
         owed_since = None if self.dry_run else self.state.owed_since(rel)
@@ -601,11 +619,13 @@ class Pipeline:
             if interval and self.healthy():
                 self.notifier.watchdog()
             self.folder_available()
+            if self.helper is not None and self.helper_start is not None and self.helper_start.done():
+                await self.helper.check()
             await asyncio.sleep(period)
 
     def healthy(self) -> bool:
-        fast_ok = self.fast is None or getattr(self.fast, "healthy", lambda: True)()
-        return self.watcher.healthy() and fast_ok
+        helper_ok = self.helper is None or self.helper.healthy()
+        return self.watcher.healthy() and helper_ok
 
     async def start_workers(self, group: asyncio.TaskGroup) -> None:
         group.create_task(self.settler.run(), name="settler")
@@ -664,6 +684,11 @@ class Pipeline:
 
     async def close(self) -> None:
         self.watcher.stop()
+        if self.helper_start is not None:
+            self.helper_start.cancel()
+            await asyncio.gather(self.helper_start, return_exceptions=True)
+        if self.helper is not None:
+            await self.helper.stop()
         if self.flush_handle is not None:
             self.flush_handle.cancel()
         self._flush()

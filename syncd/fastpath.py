@@ -12,6 +12,10 @@ tests/test_fastpath.py checks the URL and every header against S3SigV4Auth and t
 Headers outside that set (metadata names that are not plain tokens, non-ASCII content types) are signed by
 S3SigV4Auth itself; SYNCD_FASTPATH_SIGNER=botocore, read when a FastPut is created, signs every PUT that way.
 
+Parts: upload_part sends a part the caller hashed already (Content-MD5, and the payload SHA-256 on http)
+and streams from an async iterable, so a part is re-read from disk as it goes out instead of being held;
+bytes that changed in between are refused by the server (BadDigest).
+
 It reaches into library internals, so it only runs against the versions it was checked with
 (TESTED_VERSIONS); `create()` returns None otherwise and the caller keeps using client.put_object.
 SYNCD_FASTPATH=0 turns it off, SYNCD_FASTPATH=force skips the version check.

@@ -335,6 +335,7 @@ class Uploader:
         multipart_started: Callable[[str, str, str], None],
         multipart_ended: Callable[[str], None],
         fast: FastPut | None = None,
+        put_object: Callable[..., Awaitable[dict[str, Any]]] | None = None,
         remote: Callable[[str, int, str], Awaitable[dict[str, Any] | None]] | None = None,
         dry_run: bool = False,
     ) -> None:
@@ -348,7 +349,7 @@ class Uploader:
         self.multipart_started = multipart_started
         self.multipart_ended = multipart_ended
         self.fast = fast
-        self.put_object: Callable[..., Awaitable[dict[str, Any]]] = (
+        self.put_object: Callable[..., Awaitable[dict[str, Any]]] = put_object or (
             fast.put_object if fast is not None else client.put_object
         )
         self.remote = remote

@@ -6,7 +6,8 @@ import base64
 import hashlib
 import os
 
-from helpers import json_records, list_versions, wait_until, write
+import pytest
+from helpers import bucket_objects, json_records, list_versions, tree, wait_until, write
 
 MiB = 1024 * 1024
 
@@ -17,16 +18,19 @@ def composite_etag(data: bytes, part_size: int) -> str:
     return hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f"-{len(parts)}"
 
 
+@pytest.mark.parametrize("fast_path", ["on", "off"])
 def test_multipart_upload_lands_whole_with_its_version_logged(
-    tmp_path, s3, bucket_name, make_config, run_syncd
+    tmp_path, s3, bucket_name, make_config, run_syncd, syncd_env, fast_path
 ):
+    """Streamed parts (fast path) and parts sent from memory (plain client) give the same object."""
     folder = tmp_path / "data"
     data = os.urandom(23 * MiB + 12345)
     write(folder / "big.bin", data)
     write(folder / "small.txt", b"small")
     config = make_config(folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB")
+    env = dict(syncd_env, SYNCD_FASTPATH="1" if fast_path == "on" else "0")
 
-    result = run_syncd(["once", "-c", str(config)])
+    result = run_syncd(["once", "-c", str(config)], env=env)
 
     assert result.returncode == 0, result.stderr
     (record,) = [
@@ -41,6 +45,25 @@ def test_multipart_upload_lands_whole_with_its_version_logged(
     assert stored["Metadata"]["md5chksum"] == base64.b64encode(hashlib.md5(data).digest()).decode()
     assert record["md5"] == hashlib.md5(data).hexdigest()
     assert s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads", []) == []
+    assert any(r.get("event") == "fastpath_off" for r in json_records(result.stderr)) == (fast_path == "off")
+
+
+def test_files_not_in_the_page_cache_are_read_in_threads_and_land_whole(
+    tmp_path, s3, bucket_name, make_config, run_syncd
+):
+    """Cold files (evicted from the page cache) take the thread path instead of the loop's RWF_NOWAIT read."""
+    folder = tmp_path / "data"
+    for i in range(40):
+        path = write(folder / f"cold{i}.bin", os.urandom(4096 * (i + 1)))
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    config = make_config(folder, bucket_name)
+
+    result = run_syncd(["once", "-c", str(config)])
+
+    assert result.returncode == 0, result.stderr
+    assert bucket_objects(s3, bucket_name) == tree(folder)
 
 
 def test_part_size_grows_so_no_file_needs_more_than_10000_parts() -> None:

@@ -1,0 +1,308 @@
+"""The second upload process (`upload_processes: 2`): small PUTs signed and sent on another core.
+
+A small PUT costs syncd about 0.4 ms of CPU, and most of it (signing, aiohttp, the response) needs nothing
+but the request. The helper is a child process with its own event loop, client and FastPut; the main
+process keeps everything else (watching, the state, scheduling, reading and hashing files, multipart
+uploads, the `uploaded` record) and stays the only writer of the state and the only one talking to
+systemd. It hands each PUT over a pipe and gets the response, or the error rebuilt so that syncd's one
+retry policy sorts it as before.
+
+Lifecycle: the helper ignores SIGTERM and SIGINT (systemd signals the whole cgroup, a terminal the whole
+process group) and ends when the main process closes the pipe after draining its uploads; it dies with
+the main process (PR_SET_PDEATHSIG). The main process pings it every heartbeat: one that stops answering
+is killed, one that exits is reported, and either way its PUTs go to the main process's own FastPut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import botocore.exceptions
+
+from syncd.log import configure_logging, get_logger
+from syncd.s3 import S3Settings, describe, error_code, http_status
+
+log = get_logger()
+FRAME = struct.Struct("!I")
+START_TIMEOUT = 60.0  # seconds for the helper to import, open its client and answer
+HUNG_AFTER = 30.0  # seconds without an answer to a ping before the helper is killed
+STOP_TIMEOUT = 10.0  # seconds for the helper to exit after its pipe is closed
+MAX_RESTARTS = 3  # helpers started again after one died; then the main process sends everything itself
+
+
+@dataclass(frozen=True)
+class HelperSettings:
+    """What the helper needs to open its own client: the main process's settings, nothing secret."""
+
+    s3: S3Settings
+    bucket: str
+    pool: int
+    log_format: str
+    log_level: str
+
+
+class HelperGone(ConnectionError):
+    """The helper exited or was stopped before it answered: send the PUT from the main process."""
+
+
+def _frame(message: Any) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(data)) + data
+
+
+async def _read(reader: asyncio.StreamReader) -> Any:
+    (size,) = FRAME.unpack(await reader.readexactly(FRAME.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """An exception as plain data (the client's exception classes are made at run time: no pickling)."""
+    return {
+        "type": type(exc).__name__,
+        "code": error_code(exc),
+        "status": http_status(exc),
+        "message": describe(exc) if error_code(exc) else str(exc),
+    }
+
+
+def rebuild_error(fields: dict[str, Any]) -> Exception:
+    """The exception for error_fields(): same S3 code and status, or the same botocore transport class."""
+    if fields["code"] or fields["status"]:
+        response = {
+            "Error": {"Code": fields["code"], "Message": fields["message"]},
+            "ResponseMetadata": {"HTTPStatusCode": fields["status"]},
+        }
+        error: Exception = botocore.exceptions.ClientError(response, "PutObject")
+        return error
+    cls = getattr(botocore.exceptions, fields["type"], None)
+    if isinstance(cls, type) and issubclass(cls, botocore.exceptions.BotoCoreError):
+        with contextlib.suppress(Exception):
+            error = cls(endpoint_url="(helper)", error=fields["message"], report=fields["message"])
+            return error
+    return RuntimeError(f"{fields['type']}: {fields['message']}")
+
+
+# -- the main process's side ---------------------------------------------------------------------------
+class Helper:
+    """The main process's handle on one helper process."""
+
+    def __init__(self, settings: HelperSettings) -> None:
+        self.settings = settings
+        self.proc: asyncio.subprocess.Process | None = None
+        self.alive = False
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.next_id = 0
+        self.last_answer = time.monotonic()
+        self.restarts = 0
+        self.answered = 0  # PUTs the helpers sent and answered for
+        self.stopping = False
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> str | None:
+        """Start the helper; None once it is ready, else why it is not used (then PUTs stay here)."""
+        from syncd.seaweed import die_with_parent
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "syncd.helper",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            preexec_fn=die_with_parent(),
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(_frame(self.settings))
+        try:
+            answer = await asyncio.wait_for(_read(self.proc.stdout), START_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError, pickle.UnpicklingError):
+            await self._kill()
+            return f"it did not start (exit code {self.proc.returncode})"
+        except asyncio.CancelledError:  # the pipeline stopped first
+            await asyncio.shield(self._kill())
+            raise
+        if answer[0] != "ready":
+            await self._kill()
+            return str(answer[1])
+        self.alive = True
+        self.last_answer = time.monotonic()
+        self._reader = asyncio.get_running_loop().create_task(self._read_answers(self.proc.stdout))
+        log.info("helper_started", pid=self.proc.pid)
+        return None
+
+    async def put_object(self, **kwargs: Any) -> dict[str, Any]:
+        """client.put_object in the helper; HelperGone when it cannot answer."""
+        if not self.alive or self.proc is None or self.proc.stdin is None:
+            raise HelperGone("the helper process is not running")
+        self.next_id += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = future
+        self.proc.stdin.write(_frame(("put", self.next_id, kwargs)))
+        return await future
+
+    async def _read_answers(self, stdout: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, number, payload = await _read(stdout)
+                self.last_answer = time.monotonic()
+                if kind == "pong":
+                    continue
+                future = self.pending.pop(number, None)
+                if future is None or future.done():
+                    continue
+                if kind == "ok":
+                    self.answered += 1
+                    future.set_result(payload)
+                else:
+                    future.set_exception(rebuild_error(payload))
+        except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError, ValueError):
+            pass
+        finally:
+            self._gone()
+
+    def _gone(self) -> None:
+        was_alive, self.alive = self.alive, False
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(HelperGone("the helper process exited"))
+        self.pending.clear()
+        if was_alive and not self.stopping:
+            code = self.proc.returncode if self.proc is not None else None
+            log.error("helper_exited", exit_code=code, hint="its uploads continue in the main process")
+
+    async def check(self) -> None:
+        """Per heartbeat: ping; kill a helper that stopped answering; start a dead one again (bounded)."""
+        if self.stopping or self.proc is None:
+            return
+        if self.alive and self.proc is not None and self.proc.stdin is not None:
+            if time.monotonic() - self.last_answer > HUNG_AFTER:
+                log.error(
+                    "helper_hung", seconds=HUNG_AFTER, hint="killed; its uploads go on in the main process"
+                )
+                await self._kill()
+                return
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.proc.stdin.write(_frame(("ping", 0, None)))
+            return
+        if self.restarts < MAX_RESTARTS:
+            self.restarts += 1
+            why = await self.start()
+            if why is not None:
+                log.warning("helper_unavailable", reason=why)
+
+    def healthy(self) -> bool:
+        """Not hung: a live helper answered within HUNG_AFTER (a dead one is replaced or done without)."""
+        return not self.alive or time.monotonic() - self.last_answer <= HUNG_AFTER
+
+    async def stop(self) -> None:
+        """Close the pipe (the helper finishes what it has and exits); kill it if it does not."""
+        self.stopping = True
+        if self.proc is None:
+            return
+        if self.proc.stdin is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            await self._kill()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._gone()
+        log.info("helper_stopped", puts=self.answered, exit_code=self.proc.returncode)
+
+    async def _kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+        self._gone()
+
+
+def put_router(
+    helper: Helper, local: Callable[..., Awaitable[dict[str, Any]]]
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """put_object that goes to the helper while it runs and to `local` otherwise (also for a PUT it lost).
+
+    A PUT the helper sent but could not answer for is sent again: at worst one more version of the same
+    bytes, as after any lost response.
+    """
+
+    async def put_object(**kwargs: Any) -> dict[str, Any]:
+        if helper.alive:
+            try:
+                return await helper.put_object(**kwargs)
+            except HelperGone:
+                pass
+        return await local(**kwargs)
+
+    return put_object
+
+
+# -- the helper process --------------------------------------------------------------------------------
+async def _serve() -> int:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**31)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    settings: HelperSettings = await _read(reader)
+    configure_logging(settings.log_format, settings.log_level)
+
+    from syncd.fastpath import FastPut, why_not
+    from syncd.s3 import open_client
+
+    async with open_client(settings.s3, pool=settings.pool) as client:
+        fast = FastPut.create(client, settings.bucket)
+        if fast is None:
+            writer.write(_frame(("unavailable", 0, f"no fast path: {why_not(client, settings.bucket)}")))
+            await writer.drain()
+            return 0
+        writer.write(_frame(("ready", os.getpid(), None)))
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def put(number: int, kwargs: dict[str, Any]) -> None:
+            try:
+                response = await fast.put_object(**kwargs)
+            except Exception as exc:
+                writer.write(_frame(("err", number, error_fields(exc))))
+            else:
+                response = {k: v for k, v in response.items() if k != "ResponseMetadata"}
+                writer.write(_frame(("ok", number, response)))
+
+        while True:
+            try:
+                kind, number, payload = await _read(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break  # the main process closed the pipe: finish and exit
+            if kind == "ping":
+                writer.write(_frame(("pong", 0, None)))
+            elif kind == "put":
+                task = loop.create_task(put(number, payload))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if transport.get_write_buffer_size() > 1 << 20:
+                await writer.drain()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await writer.drain()
+        await fast.close()
+    return 0
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return asyncio.run(_serve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

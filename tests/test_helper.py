@@ -1,0 +1,113 @@
+"""upload_processes: 2: small PUTs sent by a helper process, which lives and dies with the daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import botocore.exceptions
+import pytest
+from helpers import bucket_objects, json_records, list_versions, tree, wait_until, write
+
+from syncd.helper import error_fields, rebuild_error
+from syncd.s3 import ErrorKind, classify, error_code, http_status
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def helper_pid(records: list[dict]) -> int:
+    (started,) = [r for r in records if r.get("event") == "helper_started"]
+    return int(started["pid"])
+
+
+def test_once_with_a_helper_uploads_everything_and_leaves_no_process(
+    tmp_path, s3, bucket_name, make_config, run_syncd
+):
+    folder = tmp_path / "data"
+    for i in range(300):
+        write(folder / f"d{i % 7}/f{i}.bin", os.urandom(1000 + i))
+    # 300 KB at 150 KB/s: long enough for the helper's start-up (about half a second).
+    config = make_config(folder, bucket_name, upload_processes=2, workers=16, bandwidth_limit="150KB")
+
+    result = run_syncd(["once", "-c", str(config)])
+
+    assert result.returncode == 0, result.stderr
+    assert bucket_objects(s3, bucket_name) == tree(folder)
+    records = json_records(result.stderr)
+    logged = {(r["key"], r["version_id"]) for r in records if r.get("event") == "uploaded"}
+    assert logged == {(v["Key"], v["VersionId"]) for v in list_versions(s3, bucket_name)}
+    pid = helper_pid(records)
+    (stopped,) = [r for r in records if r.get("event") == "helper_stopped"]
+    assert stopped["puts"] > 100 and stopped["exit_code"] == 0  # it sent most PUTs, then exited cleanly
+    assert not running(pid)
+
+
+def test_daemon_helper_killed_uploads_go_on_and_sigterm_stops_both(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    daemon = start_daemon(make_config(folder, bucket_name, upload_processes=2))
+    daemon.wait_for_event("helper_started", timeout=60)
+    pid = helper_pid(daemon.records())
+    for i in range(40):
+        write(folder / f"a{i}.txt", b"before %d" % i)
+    wait_until(lambda: len(daemon.uploaded()) == 40, timeout=60)
+
+    os.kill(pid, signal.SIGKILL)
+    daemon.wait_for_event("helper_exited", timeout=30)
+    for i in range(40):
+        write(folder / f"b{i}.txt", b"after %d" % i)
+    wait_until(lambda: len(daemon.uploaded()) == 80, timeout=60)
+    assert bucket_objects(s3, bucket_name) == tree(folder)
+
+    restarted = wait_until(
+        lambda: [r for r in daemon.records() if r.get("event") == "helper_started"][1:], timeout=30
+    )  # the next heartbeat starts a new one
+    new_pid = int(restarted[0]["pid"])
+    write(folder / "c.txt", b"with the new helper")
+    wait_until(lambda: len(daemon.uploaded()) == 81, timeout=60)
+    assert daemon.terminate() == 0
+    assert not running(new_pid)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        botocore.exceptions.ClientError(
+            {"Error": {"Code": "SlowDown", "Message": "slow"}, "ResponseMetadata": {"HTTPStatusCode": 503}},
+            "PutObject",
+        ),
+        botocore.exceptions.ClientError(
+            {
+                "Error": {"Code": "InvalidAccessKeyId", "Message": "no"},
+                "ResponseMetadata": {"HTTPStatusCode": 403},
+            },
+            "PutObject",
+        ),
+        botocore.exceptions.ClientError(
+            {"Error": {"Code": "RequestTimeTooSkewed"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+            "PutObject",
+        ),
+        botocore.exceptions.ClientError(
+            {"Error": {}, "ResponseMetadata": {"HTTPStatusCode": 500}}, "PutObject"
+        ),
+        botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"),
+        botocore.exceptions.ReadTimeoutError(endpoint_url="http://x", error="slow"),
+        botocore.exceptions.SSLError(endpoint_url="http://x", error="bad cert"),
+        botocore.exceptions.ParamValidationError(report="bad key"),
+        ValueError("something else"),
+    ],
+    ids=lambda e: type(e).__name__ + ":" + (error_code(e) or str(http_status(e))),
+)
+def test_errors_from_the_helper_sort_as_they_would_here(exc: Exception) -> None:
+    rebuilt = rebuild_error(error_fields(exc))
+    assert classify(rebuilt) == classify(exc)
+    assert (error_code(rebuilt), http_status(rebuilt)) == (error_code(exc), http_status(exc))
+    assert classify(exc) in ErrorKind
