@@ -201,7 +201,10 @@ class Pipeline:
         self.uploader = self._make_uploader(self.fast, put_object)
 
     async def _start_helper(self, helper: Helper) -> None:
-        why = await helper.start()
+        try:
+            why = await helper.start()
+        except Exception as exc:  # e.g. fork failing (TasksMax)
+            why = describe(exc)
         if why is not None:
             log.warning("helper_unavailable", reason=why, hint="small PUTs are sent by this process")
 
@@ -620,7 +623,7 @@ class Pipeline:
                 self.notifier.watchdog()
             self.folder_available()
             if self.helper is not None and self.helper_start is not None and self.helper_start.done():
-                await self.helper.check()
+                self.helper_start = self.helper.check()  # never awaited here: the heartbeat goes on
             await asyncio.sleep(period)
 
     def healthy(self) -> bool:
@@ -684,6 +687,9 @@ class Pipeline:
 
     async def close(self) -> None:
         self.watcher.stop()
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+        self._flush()  # first: nothing below may keep the last uploads out of the state
         if self.helper_start is not None:
             self.helper_start.cancel()
             await asyncio.gather(self.helper_start, return_exceptions=True)
@@ -752,8 +758,10 @@ class Daemon:
         config = self.config
         while True:
             state = StateStore(config.state_file, config.identity)
-            outcome = await self._run_config(config, state)
-            state.close()
+            try:
+                outcome = await self._run_config(config, state)
+            finally:
+                state.close()  # commits the last group of upload rows, also when the run failed
             if outcome is None:
                 return
             # A reload that changes what is synced: take the new state's lock before letting go of the old.

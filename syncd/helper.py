@@ -34,7 +34,8 @@ from syncd.s3 import S3Settings, describe, error_code, http_status
 
 log = get_logger()
 FRAME = struct.Struct("!I")
-START_TIMEOUT = 60.0  # seconds for the helper to import, open its client and answer
+START_TIMEOUT = 20.0  # seconds for the helper to import, open its client and answer
+PUT_TIMEOUT = 180.0  # seconds for one answer: longer than a PUT can take (connect 10 s, read 120 s)
 HUNG_AFTER = 30.0  # seconds without an answer to a ping before the helper is killed
 STOP_TIMEOUT = 10.0  # seconds for the helper to exit after its pipe is closed
 MAX_RESTARTS = 3  # helpers started again after one died; then the main process sends everything itself
@@ -110,29 +111,29 @@ class Helper:
 
     async def start(self) -> str | None:
         """Start the helper; None once it is ready, else why it is not used (then PUTs stay here)."""
-        from syncd.seaweed import die_with_parent
-
+        # No preexec_fn (not fork-safe with threads running): the helper ends when its stdin closes,
+        # which the kernel does for us when this process dies, however it dies.
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "syncd.helper",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            preexec_fn=die_with_parent(),
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(_frame(self.settings))
         try:
             answer = await asyncio.wait_for(_read(self.proc.stdout), START_TIMEOUT)
-        except (TimeoutError, asyncio.IncompleteReadError, pickle.UnpicklingError):
+        except (TimeoutError, asyncio.IncompleteReadError, pickle.UnpicklingError, EOFError, ValueError):
             await self._kill()
-            return f"it did not start (exit code {self.proc.returncode})"
+            return f"it did not start within {START_TIMEOUT:.0f}s (exit code {self.proc.returncode})"
         except asyncio.CancelledError:  # the pipeline stopped first
             await asyncio.shield(self._kill())
             raise
         if answer[0] != "ready":
             await self._kill()
-            return str(answer[1])
+            self.restarts = MAX_RESTARTS  # it cannot work here: do not try again
+            return str(answer[2])
         self.alive = True
         self.last_answer = time.monotonic()
         self._reader = asyncio.get_running_loop().create_task(self._read_answers(self.proc.stdout))
@@ -144,10 +145,15 @@ class Helper:
         if not self.alive or self.proc is None or self.proc.stdin is None:
             raise HelperGone("the helper process is not running")
         self.next_id += 1
+        number = self.next_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.pending[self.next_id] = future
-        self.proc.stdin.write(_frame(("put", self.next_id, kwargs)))
-        return await future
+        self.pending[number] = future
+        self.proc.stdin.write(_frame(("put", number, kwargs)))
+        try:
+            return await asyncio.wait_for(future, PUT_TIMEOUT)
+        except TimeoutError:  # an answer lost in a helper that still answers pings
+            self.pending.pop(number, None)
+            raise HelperGone(f"no answer from the helper within {PUT_TIMEOUT:.0f}s") from None
 
     async def _read_answers(self, stdout: asyncio.StreamReader) -> None:
         try:
@@ -179,8 +185,18 @@ class Helper:
             code = self.proc.returncode if self.proc is not None else None
             log.error("helper_exited", exit_code=code, hint="its uploads continue in the main process")
 
-    async def check(self) -> None:
-        """Per heartbeat: ping; kill a helper that stopped answering; start a dead one again (bounded)."""
+    def check(self) -> asyncio.Task[None]:
+        """Per heartbeat, in the background (a start may take seconds): ping; kill a helper that stopped
+        answering; start a dead one again (bounded)."""
+        return asyncio.get_running_loop().create_task(self._check())
+
+    async def _check(self) -> None:
+        try:
+            await self._ping_or_restart()
+        except Exception as exc:  # e.g. fork failing (TasksMax): the main process sends the PUTs
+            log.warning("helper_unavailable", reason=describe(exc))
+
+    async def _ping_or_restart(self) -> None:
         if self.stopping or self.proc is None:
             return
         if self.alive and self.proc is not None and self.proc.stdin is not None:

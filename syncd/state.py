@@ -194,17 +194,16 @@ class StateStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic write; it also commits the uploads recorded since the last flush."""
-        if not self.db.in_transaction:
-            self.db.execute("BEGIN IMMEDIATE")
+        """One atomic write. The uploads recorded since the last flush are committed first, so a failing
+        write rolls back only itself."""
+        self.flush()
+        self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
-            self.pending = 0
             raise
         self.db.execute("COMMIT")
-        self.pending = 0
 
     def flush(self) -> None:
         """Commit the uploads recorded since the last flush (see record_upload)."""

@@ -34,6 +34,7 @@ HASH_CHUNK = 4 * MiB
 STREAM_CHUNK = MiB  # a streamed part is re-read from disk and sent in pieces of this size
 STREAM_HOLD = 2 * STREAM_CHUNK  # what a streamed part holds: the piece being sent and the transport's copy
 MAX_PART_LANES = 8  # parts of one file in flight at once
+DIGEST_MISMATCH = ("BadDigest", "XAmzContentSHA256Mismatch")
 HASH_LANES = 2  # threads hashing the parts of one file ahead of their uploads
 SMALL_FILE = 256 * 1024  # read on the loop when cached (_read_cached); reserved up front
 
@@ -264,18 +265,33 @@ class PartChanged(Exception):
     """The file changed between hashing a part and sending it (or while sending it)."""
 
 
-async def _stream_range(fd: int, offset: int, length: int) -> Any:
-    """The part's bytes again, read as they are sent: from the page cache on the loop, else in a thread."""
-    end = offset + length
-    while offset < end:
-        n = min(STREAM_CHUNK, end - offset)
-        chunk = _read_cached(fd, n, offset)
-        if chunk is None:
-            chunk = await asyncio.to_thread(os.pread, fd, n, offset)
-        if len(chunk) != n:
-            raise PartChanged("the file ended early")
-        yield chunk
-        offset += n
+class _PartBody:
+    """A part's bytes read again as they are sent: from the page cache on the loop, else in a thread.
+
+    Reading problems end the request and are kept here, so the caller tells a file that moved on or a
+    failing disk from a network error (which it would retry).
+    """
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd, self.offset, self.length = fd, offset, length
+        self.problem: Exception | None = None
+
+    async def chunks(self) -> Any:
+        offset, end = self.offset, self.offset + self.length
+        while offset < end:
+            n = min(STREAM_CHUNK, end - offset)
+            try:
+                chunk = _read_cached(self.fd, n, offset)
+                if chunk is None:
+                    chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
+            except OSError as exc:
+                self.problem = FileSkipped(exc.strerror or str(exc))
+                raise self.problem from None
+            if len(chunk) != n:
+                self.problem = PartChanged("the file ended early")
+                raise self.problem
+            yield chunk
+            offset += n
 
 
 def _hash_fd(fd: int, size: int) -> str:
@@ -555,9 +571,10 @@ class Uploader:
         self.multipart_started(upload_id, key, rel)
         etags: dict[int, str] = {}
         changed = False
+        skipped: FileSkipped | None = None
 
         async def send(number: int) -> None:
-            nonlocal changed
+            nonlocal changed, skipped
             offset = (number - 1) * part_size
             length = min(part_size, sig.size - offset)
             try:
@@ -568,6 +585,8 @@ class Uploader:
                     etags[number] = await self._buffered_part(f, key, upload_id, number, offset, length)
             except PartChanged:
                 changed = True
+            except FileSkipped as exc:  # raised out of the TaskGroup below, not wrapped in a group
+                skipped, changed = exc, True
 
         try:
             held = STREAM_HOLD if hashes is not None else 2 * part_size
@@ -585,6 +604,8 @@ class Uploader:
                     group.create_task(lane())
             if changed or not self._still(fd, sig):
                 await self._abort(key, upload_id)
+                if skipped is not None:
+                    raise skipped
                 return None, count
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
             response = await self.retrier.call(
@@ -618,19 +639,24 @@ class Uploader:
             async def attempt() -> dict[str, Any]:
                 if not self._still(f.fd, f.sig):
                     raise PartChanged("the file changed")
+                body = _PartBody(f.fd, offset, length)
                 try:
                     return await fast.upload_part(
                         Key=key,
                         UploadId=upload_id,
                         PartNumber=number,
-                        Body=_stream_range(f.fd, offset, length),
+                        Body=body.chunks(),
                         ContentLength=length,
                         ContentMD5=b64(md5_digest),
                         PayloadSHA256=sha256,
                     )
-                except Exception:
-                    # A short read or bytes that no longer match the hashes (BadDigest): the file moved on.
-                    if not self._still(f.fd, f.sig):
+                except Exception as exc:
+                    if body.problem is not None:
+                        raise body.problem from None
+                    # Bytes that no longer match the hashes taken before: the file moved on, even where
+                    # fstat cannot tell (a write within one timestamp tick, a write through a mapping).
+                    # Sending them again would fail the same way: upload the file afresh instead.
+                    if error_code(exc) in DIGEST_MISMATCH or not self._still(f.fd, f.sig):
                         raise PartChanged("the file changed") from None
                     raise
 

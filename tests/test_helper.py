@@ -77,6 +77,16 @@ def test_daemon_helper_killed_uploads_go_on_and_sigterm_stops_both(
     assert not running(new_pid)
 
 
+def test_helper_ends_when_the_daemon_is_killed(tmp_path, bucket_name, make_config, start_daemon):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    daemon = start_daemon(make_config(folder, bucket_name, upload_processes=2))
+    daemon.wait_for_event("helper_started", timeout=60)
+    pid = helper_pid(daemon.records())
+    daemon.kill()  # SIGKILL: no clean stop; the helper sees its pipe close
+    wait_until(lambda: not running(pid), timeout=15)
+
+
 @pytest.mark.parametrize(
     "exc",
     [
