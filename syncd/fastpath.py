@@ -300,6 +300,46 @@ class FastPut:
         url, headers = await self._signed(Key, Body, ContentMD5, ContentType, Metadata)
         return await self._send(url, headers, Body, "PutObject")
 
+    async def put_object_streamed(
+        self,
+        *,
+        Key: str,
+        Body: AsyncIterable[bytes],
+        ContentLength: int,
+        ContentMD5: str,
+        PayloadSHA256: str | None = None,
+        ContentType: str | None = None,
+        Metadata: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """put_object for a body streamed from disk and hashed already, as upload_part does for parts.
+
+        Always signed by FastPut's own signer (botocore's needs the bytes): metadata names must be plain
+        tokens, values and the content type ASCII.
+        """
+        if Metadata:
+            botocore.handlers.validate_ascii_metadata({"Metadata": Metadata})
+            if not self._plain_metadata(Metadata):
+                raise ValueError("streamed PUTs take metadata names that are tokens, distinct without case")
+        if ContentType is not None and not ContentType.isascii():
+            raise ValueError("streamed PUTs take an ASCII content type")
+        payload_hash = self._payload_hash(PayloadSHA256)
+        quoted = quote(Key.encode(), safe="/~")
+        credentials = await self._signer._credentials.get_frozen_credentials()
+        expect = ContentLength >= EXPECT_CONTINUE_MIN
+        headers = self._own_signed(
+            quoted, "", ContentMD5, payload_hash, ContentType, Metadata, credentials, expect
+        )
+        headers["Content-Length"] = str(ContentLength)
+        return await self._send(self._base + quoted, headers, Body, "PutObject")
+
+    def _payload_hash(self, sha256: str | None) -> str:
+        """What X-Amz-Content-SHA256 says for a body hashed by the caller."""
+        if not self._sign_payload:
+            return str(botocore.auth.UNSIGNED_PAYLOAD)
+        if not sha256:
+            raise ValueError("PayloadSHA256 is required: this endpoint signs the payload (http)")
+        return sha256
+
     @property
     def payload_signed(self) -> bool:
         """Whether requests carry the payload's SHA-256 (http, as botocore does) or UNSIGNED-PAYLOAD."""
@@ -325,11 +365,7 @@ class FastPut:
         """
         if Bucket is not None and Bucket != self.bucket:
             raise ValueError(f"this FastPut is for bucket {self.bucket!r}, not {Bucket!r}")
-        payload_hash = botocore.auth.UNSIGNED_PAYLOAD
-        if self._sign_payload:
-            if not PayloadSHA256:
-                raise ValueError("PayloadSHA256 is required: this endpoint signs the payload (http)")
-            payload_hash = PayloadSHA256
+        payload_hash = self._payload_hash(PayloadSHA256)
         url, headers = await self._part_signed(
             Key, UploadId, PartNumber, ContentLength, ContentMD5, payload_hash
         )

@@ -187,6 +187,12 @@ def _read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
+def _read_all_hashed(fd: int, size: int) -> tuple[bytes, str]:
+    """The file's bytes and their MD5 hex, in one thread trip (hashlib releases the GIL)."""
+    body = _read_all(fd, size)
+    return body, hashlib.md5(body).hexdigest()
+
+
 def _read_part(fd: int, length: int, offset: int) -> tuple[bytes, bytes]:
     """One part and its MD5, in one thread trip (hashlib releases the GIL: the loop keeps sending)."""
     data = os.pread(fd, length, offset)
@@ -428,12 +434,25 @@ class Uploader:
             finally:
                 if hashes is not None:
                     await hashes.close()
-        async with self.budget.hold(f.sig.size):
-            body = await asyncio.to_thread(_read_all, f.fd, f.sig.size)
-            return await self._after_read(f, hashlib.md5(body).hexdigest(), body)
+        if self.fast is not None:  # hashed here, then streamed from disk as it is sent
+            async with self.budget.hold(HASH_CHUNK):
+                hashed = await asyncio.to_thread(_hash_range, f.fd, 0, f.sig.size, self.fast.payload_signed)
+            if hashed is None:
+                return Outcome("changed", f.rel, f.key, f.sig)
+            return await self._after_read(f, hashed[0].hex(), None, sha256=hashed[1])
+        # The HTTP layer copies the body once more while sending it: count both copies.
+        async with self.budget.hold(2 * f.sig.size):
+            body, md5 = await asyncio.to_thread(_read_all_hashed, f.fd, f.sig.size)
+            return await self._after_read(f, md5, body)
 
     async def _after_read(
-        self, f: OpenFile, md5: str, body: bytes | None, hashes: PartHashes | None = None
+        self,
+        f: OpenFile,
+        md5: str,
+        body: bytes | None,
+        hashes: PartHashes | None = None,
+        *,
+        sha256: str | None = None,
     ) -> Outcome:
         """Read and hashed: skip, adopt, copy server-side, put or multipart."""
         rel, key, sig, known = f.rel, f.key, f.sig, f.known
@@ -461,6 +480,11 @@ class Uploader:
         if body is not None:
             response = await self._put(key, body, md5, meta, ctype)
             return self._finish(f, "uploaded", md5, response)
+        if sig.size < self.s.multipart_threshold:
+            streamed = await self._put_streamed(f, md5, sha256, meta, ctype)
+            if streamed is None:
+                return Outcome("changed", rel, key, sig)
+            return self._finish(f, "uploaded", md5, streamed)
         completed, parts = await self._multipart(f, meta, ctype, hashes)
         if completed is None:
             return Outcome("changed", rel, key, sig)
@@ -635,33 +659,78 @@ class Uploader:
         md5_digest, sha256 = hashed
         async with self.budget.hold(STREAM_HOLD):
             await self.rate.consume(length)
-
-            async def attempt() -> dict[str, Any]:
-                if not self._still(f.fd, f.sig):
-                    raise PartChanged("the file changed")
-                body = _PartBody(f.fd, offset, length)
-                try:
-                    return await fast.upload_part(
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=body.chunks(),
-                        ContentLength=length,
-                        ContentMD5=b64(md5_digest),
-                        PayloadSHA256=sha256,
-                    )
-                except Exception as exc:
-                    if body.problem is not None:
-                        raise body.problem from None
-                    # Bytes that no longer match the hashes taken before: the file moved on, even where
-                    # fstat cannot tell (a write within one timestamp tick, a write through a mapping).
-                    # Sending them again would fail the same way: upload the file afresh instead.
-                    if error_code(exc) in DIGEST_MISMATCH or not self._still(f.fd, f.sig):
-                        raise PartChanged("the file changed") from None
-                    raise
-
-            response = await self.retrier.call(attempt)
+            response = await self._send_streamed(
+                f,
+                offset,
+                length,
+                lambda chunks: fast.upload_part(
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=chunks,
+                    ContentLength=length,
+                    ContentMD5=b64(md5_digest),
+                    PayloadSHA256=sha256,
+                ),
+            )
         return str(response["ETag"])
+
+    async def _put_streamed(
+        self, f: OpenFile, md5: str, sha256: str | None, meta: dict[str, str], ctype: str
+    ) -> dict[str, Any] | None:
+        """A file below multipart_threshold, hashed already, streamed from disk; None if it changed."""
+        fast = self.fast
+        assert fast is not None
+        content_md5 = b64(bytes.fromhex(md5))
+        async with self.budget.hold(STREAM_HOLD):
+            await self.rate.consume(f.sig.size)
+            try:
+                return await self._send_streamed(
+                    f,
+                    0,
+                    f.sig.size,
+                    lambda chunks: fast.put_object_streamed(
+                        Key=f.key,
+                        Body=chunks,
+                        ContentLength=f.sig.size,
+                        ContentMD5=content_md5,
+                        PayloadSHA256=sha256,
+                        ContentType=ctype,
+                        Metadata=meta,
+                    ),
+                )
+            except PartChanged:
+                return None
+
+    async def _send_streamed(
+        self,
+        f: OpenFile,
+        offset: int,
+        length: int,
+        send: Callable[[Any], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """send(chunks) with retries, each attempt reading the bytes from disk again.
+
+        PartChanged when the file moved on since it was hashed, FileSkipped when the disk fails.
+        """
+
+        async def attempt() -> dict[str, Any]:
+            if not self._still(f.fd, f.sig):
+                raise PartChanged("the file changed")
+            body = _PartBody(f.fd, offset, length)
+            try:
+                return await send(body.chunks())
+            except Exception as exc:
+                if body.problem is not None:
+                    raise body.problem from None
+                # Bytes that no longer match the hashes taken before: the file moved on, even where
+                # fstat cannot tell (a write within one timestamp tick, a write through a mapping).
+                # Sending them again would fail the same way: upload the file afresh instead.
+                if error_code(exc) in DIGEST_MISMATCH or not self._still(f.fd, f.sig):
+                    raise PartChanged("the file changed") from None
+                raise
+
+        return await self.retrier.call(attempt)
 
     async def _buffered_part(
         self, f: OpenFile, key: str, upload_id: str, number: int, offset: int, length: int

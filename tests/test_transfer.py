@@ -48,6 +48,27 @@ def test_multipart_upload_lands_whole_with_its_version_logged(
     assert any(r.get("event") == "fastpath_off" for r in json_records(result.stderr)) == (fast_path == "off")
 
 
+def test_files_between_small_and_multipart_are_streamed_whole(
+    tmp_path, s3, bucket_name, make_config, run_syncd
+):
+    """Above 256 KiB and below multipart_threshold: hashed first, then sent from disk in one PUT."""
+    folder = tmp_path / "data"
+    sizes = {"a.bin": 256 * 1024 + 1, "b.bin": MiB, "c.bin": 3 * MiB + 7}
+    for name, size in sizes.items():
+        write(folder / name, os.urandom(size))
+    config = make_config(folder, bucket_name, max_inflight="4MiB")
+
+    result = run_syncd(["once", "-c", str(config)])
+
+    assert result.returncode == 0, result.stderr
+    assert bucket_objects(s3, bucket_name) == tree(folder)
+    for name in sizes:
+        data = (folder / name).read_bytes()
+        head = s3.head_object(Bucket=bucket_name, Key=name)
+        assert head["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'  # one PUT, not multipart
+        assert head["Metadata"]["md5chksum"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
 def test_files_not_in_the_page_cache_are_read_in_threads_and_land_whole(
     tmp_path, s3, bucket_name, make_config, run_syncd
 ):
