@@ -30,13 +30,16 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 * 1024**3
-HASH_CHUNK = 4 * MiB
+HASH_CHUNK = MiB
 STREAM_CHUNK = MiB  # a streamed part is re-read from disk and sent in pieces of this size
 STREAM_HOLD = 2 * STREAM_CHUNK  # what a streamed part holds: the piece being sent and the transport's copy
 MAX_PART_LANES = 8  # parts of one file in flight at once
 DIGEST_MISMATCH = ("BadDigest", "XAmzContentSHA256Mismatch")
-HASH_LANES = 2  # threads hashing the parts of one file ahead of their uploads
-SMALL_FILE = 256 * 1024  # read on the loop when cached (_read_cached); reserved up front
+HASH_LANES = 1  # threads hashing parts ahead of their uploads (the other core hashes the whole file)
+SMALL_FILE = 256 * 1024  # read on the loop when cached (_read_cached), sent from memory
+# Copies of a small file's bytes held while it is sent: the body, the HTTP layer's, and with
+# upload_processes: 2 the frame to the helper and the helper's own.
+SMALL_COPIES = 4
 
 
 class ByteBudget:
@@ -389,8 +392,8 @@ class Uploader:
         """Bring the bucket up to date with this one file; raises FileSkipped or the S3 error.
 
         Opening is metadata work done on the loop, like the settler's stat. Small files (most of a tree)
-        are read and hashed there too when the page cache holds them, under a small reservation of the
-        byte budget taken beforehand; larger ones reserve their real size and are read in threads.
+        are read and hashed there too when the page cache holds them, under a reservation of the byte
+        budget for every copy of them; larger ones are hashed in threads and streamed from disk.
         """
         started = time.monotonic()
         key = self.key_for(rel)
@@ -399,19 +402,15 @@ class Uploader:
         known_sig = known.sig if known is not None and known.key == key else None
         fd = -1
         try:  # every way out closes the fd: returns included, not only exceptions
-            async with self.budget.hold(SMALL_FILE):
-                fd, st = _open(path, self.s.follow_symlinks)
-                if self.s.follow_symlinks and not _opened_inside(fd, self.s.root):
-                    raise FileSkipped("a symlink that points outside the folder")
-                sig = Signature.of(st)
-                if (
-                    known is not None
-                    and known_sig is not None
-                    and sig.same_as(known_sig, self.s.ignore_inode)
-                ):
-                    return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
-                f = OpenFile(rel, key, path, fd, sig, known, started)
-                if sig.size <= SMALL_FILE:
+            fd, st = _open(path, self.s.follow_symlinks)
+            if self.s.follow_symlinks and not _opened_inside(fd, self.s.root):
+                raise FileSkipped("a symlink that points outside the folder")
+            sig = Signature.of(st)
+            if known is not None and known_sig is not None and sig.same_as(known_sig, self.s.ignore_inode):
+                return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
+            f = OpenFile(rel, key, path, fd, sig, known, started)
+            if sig.size <= SMALL_FILE:
+                async with self.budget.hold(SMALL_COPIES * sig.size):
                     body = _read_cached(fd, sig.size)
                     if body is None:
                         body = await asyncio.to_thread(_read_all, fd, sig.size)
