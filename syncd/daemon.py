@@ -20,8 +20,10 @@ from syncd import scan
 from syncd.bucket import BucketStatus, ensure_private_bucket
 from syncd.config import Config, load_config
 from syncd.errors import ConfigError, SyncdError
+from syncd.files import FileSkipped
 from syncd.helper import Helper, HelperSettings, put_router
 from syncd.lifecycle import ensure_noncurrent_expiry
+from syncd.limits import ByteBudget, RateLimit
 from syncd.log import configure_logging, get_logger
 from syncd.metrics import MetricsSink, NullMetrics, metrics_for
 from syncd.notify import Notifier, watchdog_interval
@@ -31,7 +33,7 @@ from syncd.s3 import ErrorKind, classify, describe, error_code, open_client
 from syncd.scheduler import Scheduler
 from syncd.settle import Settler
 from syncd.state import Counts, Signature, StateLock, StateStore
-from syncd.uploader import ByteBudget, FileSkipped, Outcome, RateLimit, Uploader, UploadSettings
+from syncd.uploader import Outcome, Uploader, UploadSettings
 from syncd.watcher import Watcher
 
 log = get_logger()

@@ -1,25 +1,42 @@
-"""Upload one file: put_object or multipart, Content-MD5 on every request, torn-read detection.
+"""Upload one file: skip, adopt, copy, put_object or multipart, Content-MD5 on every request.
 
 The uploader never trusts a file to hold still: it compares fstat before and after reading and the path's
-stat after the upload, and reports `changed` so the daemon settles and uploads the file again.
+stat after the upload, and reports `changed` so the daemon settles and uploads the file again. How files
+are read and hashed (never blocking the loop on a disk) is files.py's; the memory and bandwidth limits are
+limits.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import mimetypes
 import os
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from syncd.files import (
+    HASH_CHUNK,
+    STREAM_CHUNK,
+    FileSkipped,
+    PartBody,
+    PartChanged,
+    PartHashes,
+    hash_file,
+    hash_range,
+    open_file,
+    opened_inside,
+    read_all,
+    read_all_hashed,
+    read_cached,
+    read_part,
+)
 from syncd.keys import KeyTooLong, key_for_path
+from syncd.limits import ByteBudget, RateLimit
 from syncd.retry import Retrier
 from syncd.s3 import error_code
 from syncd.state import FileRecord, Signature
@@ -30,68 +47,13 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 * 1024**3
-HASH_CHUNK = MiB
-STREAM_CHUNK = MiB  # a streamed part is re-read from disk and sent in pieces of this size
 STREAM_HOLD = 2 * STREAM_CHUNK  # what a streamed part holds: the piece being sent and the transport's copy
 MAX_PART_LANES = 8  # parts of one file in flight at once
 DIGEST_MISMATCH = ("BadDigest", "XAmzContentSHA256Mismatch")
-HASH_LANES = 1  # threads hashing parts ahead of their uploads (the other core hashes the whole file)
-SMALL_FILE = 256 * 1024  # read on the loop when cached (_read_cached), sent from memory
+SMALL_FILE = 256 * 1024  # read on the loop when cached (read_cached), sent from memory
 # Copies of a small file's bytes held while it is sent: the body, the HTTP layer's, and with
 # upload_processes: 2 the frame to the helper and the helper's own.
 SMALL_COPIES = 4
-
-
-class ByteBudget:
-    """One bound on bytes held in memory for uploads, whatever the number of workers and parts."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.cond = asyncio.Condition()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, n: int) -> Any:
-        n = min(max(n, 1), self.limit)
-        async with self.cond:
-            await self.cond.wait_for(lambda: self.used + n <= self.limit)
-            self.used += n
-        try:
-            yield
-        finally:
-            async with self.cond:
-                self.used -= n
-                self.cond.notify_all()
-
-
-class RateLimit:
-    """A token bucket over bytes sent (bandwidth_limit); None means unlimited."""
-
-    def __init__(self, bytes_per_s: int | None) -> None:
-        self.rate = bytes_per_s
-        self.allowance = float(bytes_per_s or 0)
-        self.stamp = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def consume(self, n: int) -> None:
-        if not self.rate:
-            return
-        async with self.lock:
-            now = time.monotonic()
-            self.allowance = min(float(self.rate), self.allowance + (now - self.stamp) * self.rate)
-            self.stamp = now
-            self.allowance -= n
-            if self.allowance < 0:
-                await asyncio.sleep(-self.allowance / self.rate)
-
-
-class FileSkipped(Exception):
-    """This file cannot be uploaded as it is (special file, unreadable, key too long); `reason` says why."""
-
-    def __init__(self, reason: str, *, gone: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.gone = gone
 
 
 @dataclass(frozen=True)
@@ -152,198 +114,6 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def _open(path: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:
-    """Open without ever blocking or following a swapped-in symlink; refuse anything but a regular file."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise FileSkipped("vanished before it could be read", gone=True) from None
-    except PermissionError:
-        raise FileSkipped("permission denied") from None
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP: a symlink where a file was
-            raise FileSkipped("is a symlink (follow_symlinks is off)") from None
-        raise FileSkipped(exc.strerror or str(exc)) from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise FileSkipped("not a regular file (FIFO, socket, device or directory)")
-    return fd, st
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    """The file's bytes (fewer if it shrank: the caller compares the length with the size)."""
-    chunks = []
-    offset = 0
-    try:
-        while offset < size:
-            chunk = os.pread(fd, min(size - offset, 8 * MiB), offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-    except OSError as exc:  # EIO from a failing disk: one record, the file stays owed
-        raise FileSkipped(exc.strerror or str(exc)) from None
-    return b"".join(chunks)
-
-
-def _read_all_hashed(fd: int, size: int) -> tuple[bytes, str]:
-    """The file's bytes and their MD5 hex, in one thread trip (hashlib releases the GIL)."""
-    body = _read_all(fd, size)
-    return body, hashlib.md5(body).hexdigest()
-
-
-def _read_part(fd: int, length: int, offset: int) -> tuple[bytes, bytes]:
-    """One part and its MD5, in one thread trip (hashlib releases the GIL: the loop keeps sending)."""
-    data = os.pread(fd, length, offset)
-    return data, hashlib.md5(data).digest()
-
-
-def _hash_range(fd: int, offset: int, length: int, sha256: bool) -> tuple[bytes, str | None] | None:
-    """MD5 digest (and SHA-256 hex) of one part read from disk; None if the file ended early."""
-    md5 = hashlib.md5()
-    sha = hashlib.sha256() if sha256 else None
-    end = offset + length
-    while offset < end:
-        chunk = os.pread(fd, min(HASH_CHUNK, end - offset), offset)
-        if not chunk:
-            return None
-        md5.update(chunk)
-        if sha is not None:
-            sha.update(chunk)
-        offset += len(chunk)
-    return md5.digest(), sha.hexdigest() if sha is not None else None
-
-
-class PartHashes:
-    """MD5 (and SHA-256) of every part of one file, worked out in threads ahead of the parts' uploads.
-
-    Started together with the whole-file MD5 that CreateMultipartUpload's metadata needs: one core hashes
-    the file while the other hashes parts, and a part's upload later only re-reads and sends it. Each
-    hashing thread holds HASH_CHUNK of the byte budget while it reads.
-    """
-
-    def __init__(self, fd: int, size: int, part_size: int, sha256: bool, budget: ByteBudget) -> None:
-        self.part_size = part_size
-        self.count = -(-size // part_size)
-        loop = asyncio.get_running_loop()
-        self._results: dict[int, asyncio.Future[tuple[bytes, str | None] | None]] = {
-            n: loop.create_future() for n in range(1, self.count + 1)
-        }
-        self._numbers = iter(range(1, self.count + 1))
-        self._stopped = False
-        self._args = (fd, size, sha256, budget)
-        self._lanes = [loop.create_task(self._lane()) for _ in range(min(HASH_LANES, self.count))]
-
-    async def _lane(self) -> None:
-        fd, size, sha256, budget = self._args
-        for n in self._numbers:
-            if self._stopped:
-                return
-            offset = (n - 1) * self.part_size
-            length = min(self.part_size, size - offset)
-            result = self._results[n]
-            try:
-                async with budget.hold(HASH_CHUNK):
-                    result.set_result(await asyncio.to_thread(_hash_range, fd, offset, length, sha256))
-            except OSError as exc:
-                result.set_exception(FileSkipped(exc.strerror or str(exc)))
-
-    async def get(self, number: int) -> tuple[bytes, str | None]:
-        """Part `number`'s MD5 digest and SHA-256 hex; PartChanged if the file ended early."""
-        hashed = await self._results[number]
-        if hashed is None:
-            raise PartChanged("the file ended early")
-        return hashed
-
-    async def close(self) -> None:
-        """Stop hashing and wait for the threads still reading (the caller closes the fd afterwards)."""
-        self._stopped = True
-        await asyncio.gather(*self._lanes, return_exceptions=True)
-        for result in self._results.values():
-            if not result.done():
-                result.cancel()
-            elif not result.cancelled():
-                result.exception()  # retrieved: an unread failure is not logged as "never retrieved"
-
-
-class PartChanged(Exception):
-    """The file changed between hashing a part and sending it (or while sending it)."""
-
-
-class _PartBody:
-    """A part's bytes read again as they are sent: from the page cache on the loop, else in a thread.
-
-    Reading problems end the request and are kept here, so the caller tells a file that moved on or a
-    failing disk from a network error (which it would retry).
-    """
-
-    def __init__(self, fd: int, offset: int, length: int) -> None:
-        self.fd, self.offset, self.length = fd, offset, length
-        self.problem: Exception | None = None
-
-    async def chunks(self) -> Any:
-        offset, end = self.offset, self.offset + self.length
-        while offset < end:
-            n = min(STREAM_CHUNK, end - offset)
-            try:
-                chunk = _read_cached(self.fd, n, offset)
-                if chunk is None:
-                    chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
-            except OSError as exc:
-                self.problem = FileSkipped(exc.strerror or str(exc))
-                raise self.problem from None
-            if len(chunk) != n:
-                self.problem = PartChanged("the file ended early")
-                raise self.problem
-            yield chunk
-            offset += n
-
-
-def _hash_fd(fd: int, size: int) -> str:
-    md5 = hashlib.md5()
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(HASH_CHUNK, size - offset), offset)
-        if not chunk:
-            break
-        md5.update(chunk)
-        offset += len(chunk)
-    return md5.hexdigest()
-
-
-def _read_cached(fd: int, size: int, offset: int = 0) -> bytes | None:
-    """All `size` bytes at offset if the page cache holds them, else None: RWF_NOWAIT never waits for a disk.
-
-    Small files are read on the event loop this way (a trip to a worker thread cost more CPU than the
-    PUT's signing and sending, mostly in GIL hand-offs); cold files, and filesystems that cannot answer
-    without waiting (EOPNOTSUPP), are read in a thread instead.
-    """
-    if size == 0:
-        return b""
-    nowait = getattr(os, "RWF_NOWAIT", None)
-    if nowait is None:
-        return None
-    buf = bytearray(size)
-    try:
-        n = os.preadv(fd, [buf], offset, nowait)
-    except OSError:
-        return None
-    return bytes(buf) if n == size else None
-
-
-def _opened_inside(fd: int, root: Path) -> bool:
-    """What fd really is (also a link swapped in after the walk's check) lies inside root."""
-    try:
-        real = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return True  # no /proc: the walk's and the settler's checks stand
-    return real.startswith(str(root) + os.sep)
-
-
 class Uploader:
     """Turns a path into a new object version, using one shared client, retrier and byte budget."""
 
@@ -402,8 +172,8 @@ class Uploader:
         known_sig = known.sig if known is not None and known.key == key else None
         fd = -1
         try:  # every way out closes the fd: returns included, not only exceptions
-            fd, st = _open(path, self.s.follow_symlinks)
-            if self.s.follow_symlinks and not _opened_inside(fd, self.s.root):
+            fd, st = open_file(path, self.s.follow_symlinks)
+            if self.s.follow_symlinks and not opened_inside(fd, self.s.root):
                 raise FileSkipped("a symlink that points outside the folder")
             sig = Signature.of(st)
             if known is not None and known_sig is not None and sig.same_as(known_sig, self.s.ignore_inode):
@@ -411,9 +181,9 @@ class Uploader:
             f = OpenFile(rel, key, path, fd, sig, known, started)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
-                    body = _read_cached(fd, sig.size)
+                    body = read_cached(fd, sig.size)
                     if body is None:
-                        body = await asyncio.to_thread(_read_all, fd, sig.size)
+                        body = await asyncio.to_thread(read_all, fd, sig.size)
                     return await self._after_read(f, hashlib.md5(body).hexdigest(), body)
             return await self._upload_large(f)
         finally:
@@ -428,20 +198,20 @@ class Uploader:
                 hashes = PartHashes(f.fd, f.sig.size, part_size, self.fast.payload_signed, self.budget)
             try:
                 async with self.budget.hold(HASH_CHUNK):
-                    md5 = await asyncio.to_thread(_hash_fd, f.fd, f.sig.size)
+                    md5 = await asyncio.to_thread(hash_file, f.fd, f.sig.size)
                 return await self._after_read(f, md5, None, hashes)
             finally:
                 if hashes is not None:
                     await hashes.close()
         if self.fast is not None:  # hashed here, then streamed from disk as it is sent
             async with self.budget.hold(HASH_CHUNK):
-                hashed = await asyncio.to_thread(_hash_range, f.fd, 0, f.sig.size, self.fast.payload_signed)
+                hashed = await asyncio.to_thread(hash_range, f.fd, 0, f.sig.size, self.fast.payload_signed)
             if hashed is None:
                 return Outcome("changed", f.rel, f.key, f.sig)
             return await self._after_read(f, hashed[0].hex(), None, sha256=hashed[1])
         # The HTTP layer copies the body once more while sending it: count both copies.
         async with self.budget.hold(2 * f.sig.size):
-            body, md5 = await asyncio.to_thread(_read_all_hashed, f.fd, f.sig.size)
+            body, md5 = await asyncio.to_thread(read_all_hashed, f.fd, f.sig.size)
             return await self._after_read(f, md5, body)
 
     async def _after_read(
@@ -716,7 +486,7 @@ class Uploader:
         async def attempt() -> dict[str, Any]:
             if not self._still(f.fd, f.sig):
                 raise PartChanged("the file changed")
-            body = _PartBody(f.fd, offset, length)
+            body = PartBody(f.fd, offset, length)
             try:
                 return await send(body.chunks())
             except Exception as exc:
@@ -737,7 +507,7 @@ class Uploader:
         """Without the fast path: read and hash the part in a thread, send it from memory."""
         # The HTTP layer copies a part's bytes once more while sending it: count both copies.
         async with self.budget.hold(2 * length):
-            data, md5_digest = await asyncio.to_thread(_read_part, f.fd, length, offset)
+            data, md5_digest = await asyncio.to_thread(read_part, f.fd, length, offset)
             if len(data) != length:
                 raise PartChanged("the file ended early")
             await self.rate.consume(length)

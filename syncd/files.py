@@ -1,0 +1,223 @@
+"""Reading files for upload without blocking the event loop on a disk, and hashing them.
+
+Small files are read on the loop only when the page cache holds them (RWF_NOWAIT); everything else is read
+in threads. Large files are hashed part by part ahead of their upload and then read again as they are sent,
+so no part is ever held whole; a file that changed in between shows as PartChanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from syncd.limits import ByteBudget
+
+MiB = 1024 * 1024
+HASH_CHUNK = MiB  # read size when hashing
+STREAM_CHUNK = MiB  # a streamed body is re-read from disk and sent in pieces of this size
+HASH_LANES = 1  # threads hashing parts ahead of their uploads (the other core hashes the whole file)
+
+
+class FileSkipped(Exception):
+    """This file cannot be uploaded as it is (special file, unreadable, key too long); `reason` says why."""
+
+    def __init__(self, reason: str, *, gone: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.gone = gone
+
+
+def open_file(path: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:
+    """Open without ever blocking or following a swapped-in symlink; refuse anything but a regular file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileSkipped("vanished before it could be read", gone=True) from None
+    except PermissionError:
+        raise FileSkipped("permission denied") from None
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: a symlink where a file was
+            raise FileSkipped("is a symlink (follow_symlinks is off)") from None
+        raise FileSkipped(exc.strerror or str(exc)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FileSkipped("not a regular file (FIFO, socket, device or directory)")
+    return fd, st
+
+
+def read_all(fd: int, size: int) -> bytes:
+    """The file's bytes (fewer if it shrank: the caller compares the length with the size)."""
+    chunks = []
+    offset = 0
+    try:
+        while offset < size:
+            chunk = os.pread(fd, min(size - offset, 8 * MiB), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError as exc:  # EIO from a failing disk: one record, the file stays owed
+        raise FileSkipped(exc.strerror or str(exc)) from None
+    return b"".join(chunks)
+
+
+def read_all_hashed(fd: int, size: int) -> tuple[bytes, str]:
+    """The file's bytes and their MD5 hex, in one thread trip (hashlib releases the GIL)."""
+    body = read_all(fd, size)
+    return body, hashlib.md5(body).hexdigest()
+
+
+def read_part(fd: int, length: int, offset: int) -> tuple[bytes, bytes]:
+    """One part and its MD5, in one thread trip (hashlib releases the GIL: the loop keeps sending)."""
+    data = os.pread(fd, length, offset)
+    return data, hashlib.md5(data).digest()
+
+
+def hash_range(fd: int, offset: int, length: int, sha256: bool) -> tuple[bytes, str | None] | None:
+    """MD5 digest (and SHA-256 hex) of one part read from disk; None if the file ended early."""
+    md5 = hashlib.md5()
+    sha = hashlib.sha256() if sha256 else None
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(HASH_CHUNK, end - offset), offset)
+        if not chunk:
+            return None
+        md5.update(chunk)
+        if sha is not None:
+            sha.update(chunk)
+        offset += len(chunk)
+    return md5.digest(), sha.hexdigest() if sha is not None else None
+
+
+class PartHashes:
+    """MD5 (and SHA-256) of every part of one file, worked out in threads ahead of the parts' uploads.
+
+    Started together with the whole-file MD5 that CreateMultipartUpload's metadata needs: one core hashes
+    the file while the other hashes parts, and a part's upload later only re-reads and sends it. Each
+    hashing thread holds HASH_CHUNK of the byte budget while it reads.
+    """
+
+    def __init__(self, fd: int, size: int, part_size: int, sha256: bool, budget: ByteBudget) -> None:
+        self.part_size = part_size
+        self.count = -(-size // part_size)
+        loop = asyncio.get_running_loop()
+        self._results: dict[int, asyncio.Future[tuple[bytes, str | None] | None]] = {
+            n: loop.create_future() for n in range(1, self.count + 1)
+        }
+        self._numbers = iter(range(1, self.count + 1))
+        self._stopped = False
+        self._args = (fd, size, sha256, budget)
+        self._lanes = [loop.create_task(self._lane()) for _ in range(min(HASH_LANES, self.count))]
+
+    async def _lane(self) -> None:
+        fd, size, sha256, budget = self._args
+        for n in self._numbers:
+            if self._stopped:
+                return
+            offset = (n - 1) * self.part_size
+            length = min(self.part_size, size - offset)
+            result = self._results[n]
+            try:
+                async with budget.hold(HASH_CHUNK):
+                    result.set_result(await asyncio.to_thread(hash_range, fd, offset, length, sha256))
+            except OSError as exc:
+                result.set_exception(FileSkipped(exc.strerror or str(exc)))
+
+    async def get(self, number: int) -> tuple[bytes, str | None]:
+        """Part `number`'s MD5 digest and SHA-256 hex; PartChanged if the file ended early."""
+        hashed = await self._results[number]
+        if hashed is None:
+            raise PartChanged("the file ended early")
+        return hashed
+
+    async def close(self) -> None:
+        """Stop hashing and wait for the threads still reading (the caller closes the fd afterwards)."""
+        self._stopped = True
+        await asyncio.gather(*self._lanes, return_exceptions=True)
+        for result in self._results.values():
+            if not result.done():
+                result.cancel()
+            elif not result.cancelled():
+                result.exception()  # retrieved: an unread failure is not logged as "never retrieved"
+
+
+class PartChanged(Exception):
+    """The file changed between hashing a part and sending it (or while sending it)."""
+
+
+class PartBody:
+    """A part's bytes read again as they are sent: from the page cache on the loop, else in a thread.
+
+    Reading problems end the request and are kept here, so the caller tells a file that moved on or a
+    failing disk from a network error (which it would retry).
+    """
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd, self.offset, self.length = fd, offset, length
+        self.problem: Exception | None = None
+
+    async def chunks(self) -> Any:
+        offset, end = self.offset, self.offset + self.length
+        while offset < end:
+            n = min(STREAM_CHUNK, end - offset)
+            try:
+                chunk = read_cached(self.fd, n, offset)
+                if chunk is None:
+                    chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
+            except OSError as exc:
+                self.problem = FileSkipped(exc.strerror or str(exc))
+                raise self.problem from None
+            if len(chunk) != n:
+                self.problem = PartChanged("the file ended early")
+                raise self.problem
+            yield chunk
+            offset += n
+
+
+def hash_file(fd: int, size: int) -> str:
+    md5 = hashlib.md5()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(HASH_CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        md5.update(chunk)
+        offset += len(chunk)
+    return md5.hexdigest()
+
+
+def read_cached(fd: int, size: int, offset: int = 0) -> bytes | None:
+    """All `size` bytes at offset if the page cache holds them, else None: RWF_NOWAIT never waits for a disk.
+
+    Small files are read on the event loop this way (a trip to a worker thread cost more CPU than the
+    PUT's signing and sending, mostly in GIL hand-offs); cold files, and filesystems that cannot answer
+    without waiting (EOPNOTSUPP), are read in a thread instead.
+    """
+    if size == 0:
+        return b""
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        return None
+    buf = bytearray(size)
+    try:
+        n = os.preadv(fd, [buf], offset, nowait)
+    except OSError:
+        return None
+    return bytes(buf) if n == size else None
+
+
+def opened_inside(fd: int, root: Path) -> bool:
+    """What fd really is (also a link swapped in after the walk's check) lies inside root."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True  # no /proc: the walk's and the settler's checks stand
+    return real.startswith(str(root) + os.sep)
