@@ -17,8 +17,6 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-import watchfiles
-
 from syncd.log import get_logger
 
 log = get_logger()
@@ -153,6 +151,8 @@ class Watcher:
 
     async def _watch(self) -> None:
         """One awatch session; returns on stop, or for a restart (restart(), the watch limit cleared)."""
+        import watchfiles  # here, not at the top: `syncd once` never watches (about 20 ms of its start)
+
         stream = watchfiles.awatch(
             self.root,
             watch_filter=None,
