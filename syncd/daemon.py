@@ -532,7 +532,9 @@ class Pipeline:
             self.flush_handle = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
 
     def _flush(self) -> None:
-        self.flush_handle = None
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()  # a no-op when the timer itself is calling
+            self.flush_handle = None
         self.state.flush()
 
     def _record(self, outcome: Outcome, owed_since: float | None) -> None:
@@ -689,17 +691,13 @@ class Pipeline:
 
     async def close(self) -> None:
         self.watcher.stop()
-        if self.flush_handle is not None:
-            self.flush_handle.cancel()
         self._flush()  # first: nothing below may keep the last uploads out of the state
         if self.helper_start is not None:
             self.helper_start.cancel()
             await asyncio.gather(self.helper_start, return_exceptions=True)
         if self.helper is not None:
             await self.helper.stop()
-        if self.flush_handle is not None:
-            self.flush_handle.cancel()
-        self._flush()
+        self._flush()  # what finished while the helper stopped
         if self.fast is not None:
             await self.fast.close()
             self.fast = None

@@ -144,6 +144,11 @@ _clock: Callable[[], float] = time.time
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
 
 
+def _quote_key(key: str) -> str:
+    """The key as it goes into the URL path and the canonical request (botocore's quoting for S3)."""
+    return quote(key.encode(), safe="/~")
+
+
 def _trim(value: str) -> str:
     """SigV4's Trimall, exactly as SigV4Auth._header_value does it."""
     return " ".join(value.split())
@@ -322,15 +327,31 @@ class FastPut:
                 raise ValueError("streamed PUTs take metadata names that are tokens, distinct without case")
         if ContentType is not None and not ContentType.isascii():
             raise ValueError("streamed PUTs take an ASCII content type")
-        payload_hash = self._payload_hash(PayloadSHA256)
-        quoted = quote(Key.encode(), safe="/~")
-        credentials = await self._signer._credentials.get_frozen_credentials()
-        expect = ContentLength >= EXPECT_CONTINUE_MIN
-        headers = self._own_signed(
-            quoted, "", ContentMD5, payload_hash, ContentType, Metadata, credentials, expect
+        quoted = _quote_key(Key)
+        headers = await self._streamed_headers(
+            quoted, "", ContentLength, ContentMD5, PayloadSHA256, ContentType, Metadata
         )
-        headers["Content-Length"] = str(ContentLength)
         return await self._send(self._base + quoted, headers, Body, "PutObject")
+
+    async def _streamed_headers(
+        self,
+        quoted: str,
+        query: str,
+        length: int,
+        md5: str,
+        sha256: str | None,
+        content_type: str | None,
+        metadata: dict[str, str] | None,
+    ) -> dict[str, str]:
+        """Signed headers for a body hashed by the caller and streamed: Content-Length is given."""
+        credentials = await self._signer._credentials.get_frozen_credentials()
+        expect = length >= EXPECT_CONTINUE_MIN
+        payload_hash = self._payload_hash(sha256)
+        headers = self._own_signed(
+            quoted, query, md5, payload_hash, content_type, metadata, credentials, expect
+        )
+        headers["Content-Length"] = str(length)
+        return headers
 
     def _payload_hash(self, sha256: str | None) -> str:
         """What X-Amz-Content-SHA256 says for a body hashed by the caller."""
@@ -365,23 +386,19 @@ class FastPut:
         """
         if Bucket is not None and Bucket != self.bucket:
             raise ValueError(f"this FastPut is for bucket {self.bucket!r}, not {Bucket!r}")
-        payload_hash = self._payload_hash(PayloadSHA256)
         url, headers = await self._part_signed(
-            Key, UploadId, PartNumber, ContentLength, ContentMD5, payload_hash
+            Key, UploadId, PartNumber, ContentLength, ContentMD5, PayloadSHA256
         )
         return await self._send(url, headers, Body, "UploadPart")
 
     async def _part_signed(
-        self, key: str, upload_id: str, number: int, length: int, md5: str, payload_hash: str
+        self, key: str, upload_id: str, number: int, length: int, md5: str, sha256: str | None
     ) -> tuple[str, dict[str, str]]:
         """The URL and headers of an UploadPart, as botocore sends them (Content-Length given: streamed)."""
-        quoted = quote(key.encode(), safe="/~")
+        quoted = _quote_key(key)
         upload_id = quote(upload_id, safe="-_.~")
         query = f"partNumber={number}&uploadId={upload_id}"  # canonical: sorted by name
-        credentials = await self._signer._credentials.get_frozen_credentials()
-        expect = length >= EXPECT_CONTINUE_MIN
-        headers = self._own_signed(quoted, query, md5, payload_hash, None, None, credentials, expect)
-        headers["Content-Length"] = str(length)
+        headers = await self._streamed_headers(quoted, query, length, md5, sha256, None, None)
         return f"{self._base}{quoted}?uploadId={upload_id}&partNumber={number}", headers
 
     async def _signed(
@@ -401,7 +418,7 @@ class FastPut:
         if metadata:
             botocore.handlers.validate_ascii_metadata({"Metadata": metadata})
             own = own and self._plain_metadata(metadata)
-        quoted = quote(key.encode(), safe="/~")
+        quoted = _quote_key(key)
         # Always sent: the server checks the bytes it received against it (BadDigest), on http and https.
         md5 = content_md5 or base64.b64encode(hashlib.md5(body).digest()).decode()
         own = own and md5.isascii() and (content_type is None or content_type.isascii())

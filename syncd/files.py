@@ -53,13 +53,13 @@ def open_file(path: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def read_all(fd: int, size: int) -> bytes:
-    """The file's bytes (fewer if it shrank: the caller compares the length with the size)."""
+def read_all(fd: int, size: int, offset: int = 0) -> bytes:
+    """`size` bytes at offset (fewer if the file shrank: the caller compares the length with the size)."""
     chunks = []
-    offset = 0
+    end = offset + size
     try:
-        while offset < size:
-            chunk = os.pread(fd, min(size - offset, 8 * MiB), offset)
+        while offset < end:
+            chunk = os.pread(fd, min(end - offset, 8 * MiB), offset)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -69,31 +69,36 @@ def read_all(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_all_hashed(fd: int, size: int) -> tuple[bytes, str]:
-    """The file's bytes and their MD5 hex, in one thread trip (hashlib releases the GIL)."""
-    body = read_all(fd, size)
-    return body, hashlib.md5(body).hexdigest()
+async def read_soon(fd: int, size: int, offset: int = 0) -> bytes:
+    """read_all(), on the loop when the page cache holds the bytes (read_cached), else in a thread."""
+    cached = read_cached(fd, size, offset)
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(read_all, fd, size, offset)
 
 
-def read_part(fd: int, length: int, offset: int) -> tuple[bytes, bytes]:
-    """One part and its MD5, in one thread trip (hashlib releases the GIL: the loop keeps sending)."""
-    data = os.pread(fd, length, offset)
+def read_hashed(fd: int, size: int, offset: int = 0) -> tuple[bytes, bytes]:
+    """read_all() and the MD5 digest of what it read, in one thread trip (hashlib releases the GIL)."""
+    data = read_all(fd, size, offset)
     return data, hashlib.md5(data).digest()
 
 
 def hash_range(fd: int, offset: int, length: int, sha256: bool) -> tuple[bytes, str | None] | None:
-    """MD5 digest (and SHA-256 hex) of one part read from disk; None if the file ended early."""
+    """MD5 digest (and SHA-256 hex) of a range read from disk; None if the file ended early."""
     md5 = hashlib.md5()
     sha = hashlib.sha256() if sha256 else None
     end = offset + length
-    while offset < end:
-        chunk = os.pread(fd, min(HASH_CHUNK, end - offset), offset)
-        if not chunk:
-            return None
-        md5.update(chunk)
-        if sha is not None:
-            sha.update(chunk)
-        offset += len(chunk)
+    try:
+        while offset < end:
+            chunk = os.pread(fd, min(HASH_CHUNK, end - offset), offset)
+            if not chunk:
+                return None
+            md5.update(chunk)
+            if sha is not None:
+                sha.update(chunk)
+            offset += len(chunk)
+    except OSError as exc:  # as in read_all
+        raise FileSkipped(exc.strerror or str(exc)) from None
     return md5.digest(), sha.hexdigest() if sha is not None else None
 
 
@@ -128,8 +133,8 @@ class PartHashes:
             try:
                 async with budget.hold(HASH_CHUNK):
                     result.set_result(await asyncio.to_thread(hash_range, fd, offset, length, sha256))
-            except OSError as exc:
-                result.set_exception(FileSkipped(exc.strerror or str(exc)))
+            except FileSkipped as exc:
+                result.set_exception(exc)
 
     async def get(self, number: int) -> tuple[bytes, str | None]:
         """Part `number`'s MD5 digest and SHA-256 hex; PartChanged if the file ended early."""
@@ -169,29 +174,15 @@ class PartBody:
         while offset < end:
             n = min(STREAM_CHUNK, end - offset)
             try:
-                chunk = read_cached(self.fd, n, offset)
-                if chunk is None:
-                    chunk = await asyncio.to_thread(os.pread, self.fd, n, offset)
-            except OSError as exc:
-                self.problem = FileSkipped(exc.strerror or str(exc))
-                raise self.problem from None
+                chunk = await read_soon(self.fd, n, offset)
+            except FileSkipped as exc:
+                self.problem = exc
+                raise
             if len(chunk) != n:
                 self.problem = PartChanged("the file ended early")
                 raise self.problem
             yield chunk
             offset += n
-
-
-def hash_file(fd: int, size: int) -> str:
-    md5 = hashlib.md5()
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(HASH_CHUNK, size - offset), offset)
-        if not chunk:
-            break
-        md5.update(chunk)
-        offset += len(chunk)
-    return md5.hexdigest()
 
 
 def read_cached(fd: int, size: int, offset: int = 0) -> bytes | None:

@@ -26,14 +26,11 @@ from syncd.files import (
     PartBody,
     PartChanged,
     PartHashes,
-    hash_file,
     hash_range,
     open_file,
     opened_inside,
-    read_all,
-    read_all_hashed,
-    read_cached,
-    read_part,
+    read_hashed,
+    read_soon,
 )
 from syncd.keys import KeyTooLong, key_for_path
 from syncd.limits import ByteBudget, RateLimit
@@ -50,7 +47,7 @@ MAX_COPY_SIZE = 5 * 1024**3
 STREAM_HOLD = 2 * STREAM_CHUNK  # what a streamed part holds: the piece being sent and the transport's copy
 MAX_PART_LANES = 8  # parts of one file in flight at once
 DIGEST_MISMATCH = ("BadDigest", "XAmzContentSHA256Mismatch")
-SMALL_FILE = 256 * 1024  # read on the loop when cached (read_cached), sent from memory
+SMALL_FILE = 256 * 1024  # read on the loop when cached (read_soon), sent from memory
 # Copies of a small file's bytes held while it is sent: the body, the HTTP layer's, and with
 # upload_processes: 2 the frame to the helper and the helper's own.
 SMALL_COPIES = 4
@@ -181,9 +178,7 @@ class Uploader:
             f = OpenFile(rel, key, path, fd, sig, known, started)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
-                    body = read_cached(fd, sig.size)
-                    if body is None:
-                        body = await asyncio.to_thread(read_all, fd, sig.size)
+                    body = await read_soon(fd, sig.size)
                     return await self._after_read(f, hashlib.md5(body).hexdigest(), body)
             return await self._upload_large(f)
         finally:
@@ -191,28 +186,29 @@ class Uploader:
                 os.close(fd)
 
     async def _upload_large(self, f: OpenFile) -> Outcome:
-        if f.sig.size >= self.s.multipart_threshold:
-            hashes = None
-            if self.fast is not None and not self.dry_run:
-                part_size = part_size_for(f.sig.size, self.s.multipart_chunksize)
-                hashes = PartHashes(f.fd, f.sig.size, part_size, self.fast.payload_signed, self.budget)
-            try:
-                async with self.budget.hold(HASH_CHUNK):
-                    md5 = await asyncio.to_thread(hash_file, f.fd, f.sig.size)
-                return await self._after_read(f, md5, None, hashes)
-            finally:
-                if hashes is not None:
-                    await hashes.close()
-        if self.fast is not None:  # hashed here, then streamed from disk as it is sent
+        """Hash the file in a thread, then stream it from disk; without the fast path a file below
+        multipart_threshold is read and sent from memory."""
+        multipart = f.sig.size >= self.s.multipart_threshold
+        if self.fast is None and not multipart:
+            # The HTTP layer copies the body once more while sending it: count both copies.
+            async with self.budget.hold(2 * f.sig.size):
+                body, digest = await asyncio.to_thread(read_hashed, f.fd, f.sig.size)
+                return await self._after_read(f, digest.hex(), body)
+        hashes = None
+        if multipart and self.fast is not None and not self.dry_run:
+            part_size = part_size_for(f.sig.size, self.s.multipart_chunksize)
+            hashes = PartHashes(f.fd, f.sig.size, part_size, self.fast.payload_signed, self.budget)
+        # A single streamed PUT signs its payload hash too (http); a multipart upload's parts have theirs.
+        sha256 = not multipart and self.fast is not None and self.fast.payload_signed
+        try:
             async with self.budget.hold(HASH_CHUNK):
-                hashed = await asyncio.to_thread(hash_range, f.fd, 0, f.sig.size, self.fast.payload_signed)
+                hashed = await asyncio.to_thread(hash_range, f.fd, 0, f.sig.size, sha256)
             if hashed is None:
                 return Outcome("changed", f.rel, f.key, f.sig)
-            return await self._after_read(f, hashed[0].hex(), None, sha256=hashed[1])
-        # The HTTP layer copies the body once more while sending it: count both copies.
-        async with self.budget.hold(2 * f.sig.size):
-            body, md5 = await asyncio.to_thread(read_all_hashed, f.fd, f.sig.size)
-            return await self._after_read(f, md5, body)
+            return await self._after_read(f, hashed[0].hex(), None, hashes, sha256=hashed[1])
+        finally:
+            if hashes is not None:
+                await hashes.close()
 
     async def _after_read(
         self,
@@ -507,7 +503,7 @@ class Uploader:
         """Without the fast path: read and hash the part in a thread, send it from memory."""
         # The HTTP layer copies a part's bytes once more while sending it: count both copies.
         async with self.budget.hold(2 * length):
-            data, md5_digest = await asyncio.to_thread(read_part, f.fd, length, offset)
+            data, md5_digest = await asyncio.to_thread(read_hashed, f.fd, length, offset)
             if len(data) != length:
                 raise PartChanged("the file ended early")
             await self.rate.consume(length)
