@@ -14,6 +14,11 @@ from typing import Any
 import pytest
 import yaml
 from helpers import Daemon, S3TestServer, s3_client
+from hypothesis import HealthCheck, settings
+
+# Property tests check results, not speed: a loaded CI machine must not fail them on a slow example.
+settings.register_profile("syncd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("syncd")
 
 # Environment that would make the tests depend on the developer's machine rather than on the fixtures.
 FOREIGN_ENV = (

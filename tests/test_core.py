@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -280,19 +279,23 @@ def test_ctrl_c_in_once_exits_130(tmp_path, bucket_name, make_config, syncd_env)
     folder = folder_with(tmp_path)
     write(folder / "big.bin", os.urandom(3_000_000))
     config = make_config(folder, bucket_name, bandwidth_limit="200KB")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "once", "--no-progress", "-c", str(config)],
-        env=syncd_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "once.stderr"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "once", "--no-progress", "-c", str(config)],
+            env=syncd_env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
     try:
-        time.sleep(3)  # startup done, the upload is held back by the bandwidth limit
-        assert proc.poll() is None
+        # Started and uploading (held back by the bandwidth limit), however slow the machine is.
+        wait_until(lambda: '"bucket_ready"' in log.read_text() or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, log.read_text()
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     finally:
         proc.kill()
+    err = log.read_text()
     assert proc.returncode == 130, err
     assert "Traceback" not in err

@@ -158,13 +158,14 @@ def test_large_file_rewritten_during_upload_ends_with_final_bytes(
     folder = tmp_path / "data"
     folder.mkdir()
     config = make_config(
-        folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB", bandwidth_limit="8MB"
+        folder, bucket_name, multipart_threshold="5MiB", multipart_chunksize="5MiB", bandwidth_limit="3MB"
     )
     daemon = start_daemon(config)
     daemon.wait_for_event("ready", timeout=60)
     big = folder / "big.bin"
     write(big, os.urandom(24 * MiB))
-    time.sleep(1.5)  # settled and uploading (about 3 s at 8 MB/s)
+    # Its multipart upload has started: parts are being sent (about 8 s at 3 MB/s).
+    wait_until(lambda: s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads"), timeout=30)
     final = os.urandom(24 * MiB)
     with open(big, "r+b") as f:  # rewritten in place while its parts are being sent
         f.write(final)

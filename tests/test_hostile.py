@@ -343,6 +343,8 @@ def test_follow_symlinks_refuses_links_out_made_while_running(
     os.symlink(folder / "real.txt", folder / "late-in.txt")
     settle_after(daemon, folder)
 
+    # late-in.txt is copied concurrently with the sentinel's upload: wait for it, not for the order.
+    wait_until(lambda: keys_in(s3, bucket_name) == {"real.txt", "late-in.txt", "zz-sentinel.txt"}, timeout=30)
     objects = bucket_objects(s3, bucket_name)
     assert b"not for the bucket" not in objects.values(), sorted(objects)
     assert set(objects) == {"real.txt", "late-in.txt", "zz-sentinel.txt"}
@@ -376,6 +378,8 @@ def test_fifo_and_socket_never_block(tmp_path, s3, bucket_name, make_config, run
         write(folder / "after.txt", b"after")
         settle_after(daemon, folder)
         late.close()
+        # after.txt and the sentinel are uploaded concurrently: wait for both, then nothing else is there.
+        wait_until(lambda: keys_in(s3, bucket_name) >= {"after.txt", "zz-sentinel.txt"}, timeout=30)
         assert keys_in(s3, bucket_name) == {"a.txt", "after.txt", "zz-sentinel.txt"}
         assert daemon.terminate() == 0
     finally:
@@ -655,7 +659,7 @@ def test_folder_moved_away_pauses_and_resumes_when_it_is_back(
     daemon.wait_for_event("folder_available", start=start, timeout=20)
     wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt", "while-away.txt"}, timeout=20)
     write(folder / "after.txt", b"after")
-    wait_until(lambda: "after.txt" in keys_in(s3, bucket_name), timeout=15)
+    wait_until(lambda: "after.txt" in keys_in(s3, bucket_name), timeout=30)
     assert not list_delete_markers(s3, bucket_name)
     assert not events(daemon.records(), "deleted")
     assert daemon.terminate() == 0
@@ -676,8 +680,8 @@ def test_folder_replaced_by_a_new_directory_is_watched_afresh(
     time.sleep(2)  # past the rescan that the event on the folder itself asks for
     write(folder / "new.txt", b"in the new folder")
     try:
-        wait_until(lambda: "new.txt" in keys_in(s3, bucket_name), timeout=12)
-        daemon.wait_for_event("delete_guard_tripped", timeout=10)  # all tracked files "gone" at once
+        wait_until(lambda: "new.txt" in keys_in(s3, bucket_name), timeout=30)
+        daemon.wait_for_event("delete_guard_tripped", timeout=30)  # all tracked files "gone" at once
         assert not list_delete_markers(s3, bucket_name)
     finally:
         daemon.terminate()
@@ -801,7 +805,7 @@ def test_changes_after_a_remount_are_watched(tmp_path, s3, bucket_name, make_con
     time.sleep(1)  # after the rescan that follows folder_available
     write(folder / "after-remount.txt", b"after")
     try:
-        wait_until(lambda: "after-remount.txt" in keys_in(s3, bucket_name), timeout=12)
+        wait_until(lambda: "after-remount.txt" in keys_in(s3, bucket_name), timeout=30)
     finally:
         daemon.terminate()
 
@@ -857,7 +861,7 @@ def test_watch_limit_falls_back_to_rescans(tmp_path, s3, bucket_name, make_confi
         write(folder / f"d{i:02d}" / "late.txt", b"late")  # about half of these dirs are not watched
     expected |= {f"d{i:02d}/late.txt" for i in range(40)}
     try:
-        wait_until(lambda: keys_in(s3, bucket_name) == expected, timeout=12)
+        wait_until(lambda: keys_in(s3, bucket_name) == expected, timeout=30)
     finally:
         daemon.terminate()
 
@@ -934,9 +938,9 @@ def test_a_short_outage_late_in_a_long_once_is_retried(
         upstream=s3_server.endpoint_url,
         only=lambda method, path: method == "PUT" and "big.bin" in path,
     ) as bad:
-        # About 2 s of bandwidth limit before the PUT, which is answered SlowDown once.
-        config = make_config(folder, bucket_name, bandwidth_limit="100KB", s3={"endpoint_url": bad.url})
-        result = run_syncd(["once", "--retry-for", "1s", "-c", str(config)], timeout=60)
+        # About 5 s of bandwidth limit before the PUT (past --retry-for), which is answered SlowDown once.
+        config = make_config(folder, bucket_name, bandwidth_limit="50KB", s3={"endpoint_url": bad.url})
+        result = run_syncd(["once", "--retry-for", "3s", "-c", str(config)], timeout=60)
     assert result.returncode == 0, result.stderr
     assert keys_in(s3, bucket_name) == {"big.bin"}
 

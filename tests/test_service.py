@@ -271,7 +271,9 @@ def test_status_shows_the_running_daemon_then_not_running(
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    out = wait_until(lambda: first_if(status(), lambda text: "status: watching" in text), timeout=15)
+    # The upload rows are committed up to 0.2 s after their records are logged: wait for all three.
+    shown = ("status: watching", "uploaded: 3 files, last upload", "owed: 0")
+    out = wait_until(lambda: first_if(status(), lambda text: all(s in text for s in shown)), timeout=30)
     assert f"daemon: running (PID {daemon.pid})" in out
     assert "uploaded: 3 files, last upload" in out
     assert "owed: 0" in out
