@@ -329,7 +329,7 @@ async def verify(config: Config, *, repair: bool) -> int:
         state.close()
         lock.release()
     if repair and problems:
-        from syncd.cli import run_once
+        from syncd.commands import run_once
 
         return await run_once(config, dry_run=False, retry_for=600, progress=False)
     return EXIT_SOME_FAILED if problems else EXIT_OK

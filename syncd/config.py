@@ -15,7 +15,6 @@ import yaml
 from syncd.errors import ConfigError
 from syncd.excludes import Excludes
 from syncd.keys import normalize_prefix
-from syncd.s3 import S3Settings
 
 DEFAULT_CONFIG = "/etc/syncd/config.yaml"
 MiB = 1024 * 1024
@@ -38,6 +37,19 @@ _SIZE_UNITS = {
     "tib": 1024**4,
 }
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach the server; credentials come only from the standard AWS chain.
+
+    Here rather than in s3.py so that reading the config (and starting the CLI) imports no AWS library.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    checksum: str = "when_required"
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,15 @@ class UnavailableError(SyncdError):
     """The server stayed unreachable longer than we were allowed to wait."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+def first_syncd_error(exc: BaseException) -> SyncdError | None:
+    """The first of our own errors in exc (an ExceptionGroup from a TaskGroup included), else None."""
+    if isinstance(exc, SyncdError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_syncd_error(inner)
+            if found is not None:
+                return found
+    return None

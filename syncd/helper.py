@@ -29,8 +29,9 @@ from typing import Any
 
 import botocore.exceptions
 
+from syncd.config import S3Settings
 from syncd.log import configure_logging, get_logger
-from syncd.s3 import S3Settings, describe, error_code, http_status
+from syncd.s3 import describe, error_code, http_status
 
 log = get_logger()
 FRAME = struct.Struct("!I")

@@ -7,7 +7,6 @@ import contextlib
 import enum
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
@@ -15,17 +14,8 @@ import aiohttp
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
+from syncd.config import S3Settings
 from syncd.errors import CredentialsError
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """How to reach the server; credentials come only from the standard AWS chain."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    checksum: str = "when_required"
 
 
 class ErrorKind(enum.Enum):

@@ -275,6 +275,23 @@ def test_once_exits_1_when_a_file_cannot_be_uploaded(tmp_path, s3, bucket_name, 
     assert bucket_objects(s3, bucket_name) == {"fine.txt": b"fine"}
 
 
+def test_ctrl_c_while_the_aws_libraries_load_exits_130(
+    tmp_path, bucket_name, make_config, syncd_env, run_syncd
+):
+    # The AWS libraries take a few hundred milliseconds to import: a Ctrl-C then is as likely as any.
+    # A stand-in aioboto3 on PYTHONPATH raises KeyboardInterrupt exactly there.
+    fake = tmp_path / "fake-modules" / "aioboto3"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = dict(syncd_env, PYTHONPATH=os.pathsep.join([str(fake.parent), syncd_env.get("PYTHONPATH", "")]))
+    config = make_config(folder_with(tmp_path), bucket_name)
+
+    result = run_syncd(["once", "-c", str(config)], env=env)
+
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == "syncd: interrupted"
+
+
 def test_ctrl_c_in_once_exits_130(tmp_path, bucket_name, make_config, syncd_env):
     folder = folder_with(tmp_path)
     write(folder / "big.bin", os.urandom(3_000_000))

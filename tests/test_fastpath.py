@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from syncd import fastpath
+from syncd.config import S3Settings
 from syncd.fastpath import TESTED_VERSIONS, FastPut, installed_versions, why_not
-from syncd.s3 import ErrorKind, S3Settings, boto_config, classify, error_code, http_status
+from syncd.s3 import ErrorKind, boto_config, classify, error_code, http_status
 
 T = TypeVar("T")
 SPECIAL_KEYS = [

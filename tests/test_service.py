@@ -21,10 +21,11 @@ import pytest
 import yaml
 from helpers import bucket_objects, list_delete_markers, s3_client, tree, wait_until, write
 
+from syncd.config import S3Settings
 from syncd.errors import ConfigError
 from syncd.lifecycle import RULE_ID, ensure_noncurrent_expiry
 from syncd.metrics import Metrics, NullMetrics, metrics_for, parse_listen
-from syncd.s3 import S3Settings, open_client
+from syncd.s3 import open_client
 from syncd.seaweed import Identity, SeaweedServer
 
 Record = dict[str, Any]
