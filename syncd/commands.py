@@ -204,30 +204,35 @@ async def run_check(config: Config) -> int:
 
 
 async def _lifecycle_warnings(client: Any, config: Config) -> list[str]:
-    """Lifecycle rules that expire or delete history (reported by `check`)."""
-    from syncd.s3 import error_code
+    """Lifecycle rules that expire or delete history under syncd's prefix (reported by `check`)."""
+    from syncd.s3 import describe, error_code
 
     try:
         response = await client.get_bucket_lifecycle_configuration(Bucket=config.bucket)
     except Exception as exc:
-        if error_code(exc) in (
-            "NoSuchLifecycleConfiguration",
-            "NoSuchBucket",
-            "NotImplemented",
-            "AccessDenied",
-        ):
+        if error_code(exc) in ("NoSuchLifecycleConfiguration", "NoSuchBucket", "NotImplemented"):
             return []
-        return []
+        return [f"could not read the bucket's lifecycle rules ({describe(exc)}): check them yourself"]
     warnings = []
     for rule in response.get("Rules", []):
-        if rule.get("Status") != "Enabled":
-            continue
+        scope = _rule_prefix(rule)
+        if rule.get("Status") != "Enabled" or not (
+            scope.startswith(config.prefix) or config.prefix.startswith(scope)
+        ):
+            continue  # off, or only for keys outside syncd's prefix
         name = rule.get("ID") or "(unnamed)"
+        under = f" under {scope!r}" if scope else ""
         if "NoncurrentVersionExpiration" in rule:
             days = rule["NoncurrentVersionExpiration"].get("NoncurrentDays")
-            warnings.append(f"lifecycle rule {name} deletes old versions after {days} days")
+            warnings.append(f"lifecycle rule {name} deletes old versions after {days} days{under}")
         # ExpiredObjectDeleteMarker only removes delete markers that have no versions left: no history.
         expiration = {k: v for k, v in rule.get("Expiration", {}).items() if k != "ExpiredObjectDeleteMarker"}
         if expiration:
-            warnings.append(f"lifecycle rule {name} expires current objects: {expiration}")
+            warnings.append(f"lifecycle rule {name} expires current objects{under}: {expiration}")
     return warnings
+
+
+def _rule_prefix(rule: dict[str, Any]) -> str:
+    """The key prefix a lifecycle rule applies to ("" for the whole bucket), in any of its three forms."""
+    filter_ = rule.get("Filter", {})
+    return str(filter_.get("Prefix") or filter_.get("And", {}).get("Prefix") or rule.get("Prefix") or "")

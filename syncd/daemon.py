@@ -183,7 +183,7 @@ class Pipeline:
             )
             self.metrics.set_s3_up(True)
             await self.retrier.call(
-                lambda: ensure_noncurrent_expiry(self.client, c.bucket, c.keep_versions_days)
+                lambda: ensure_noncurrent_expiry(self.client, c.bucket, c.prefix, c.keep_versions_days)
             )
             await self._abort_leftover_multiparts()
             if not self.dry_run:

@@ -1,5 +1,7 @@
 """keep_versions_days: one lifecycle rule that expires old versions, merged into the bucket's own rules.
 
+The rule covers syncd's prefix only (other data in the bucket keeps its history), and its ID names the
+prefix, so syncd instances backing up to different prefixes of one bucket each keep their own rule.
 PutBucketLifecycleConfiguration replaces the whole configuration, so the current rules are read first and
 written back unchanged next to ours; when they cannot be read, nothing is written. Without
 keep_versions_days the bucket is left alone (a rule set earlier stays until the admin removes it).
@@ -7,6 +9,7 @@ keep_versions_days the bucket is left alone (a rule set earlier stays until the 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import botocore.exceptions
@@ -15,21 +18,30 @@ from syncd.log import get_logger
 from syncd.s3 import ErrorKind, classify, credentials_error, describe, error_code
 
 log = get_logger()
-RULE_ID = "syncd-keep-versions"
+RULE_ID = "syncd-keep-versions"  # the rule of an empty prefix (the whole bucket)
 NO_CONFIGURATION = frozenset({"NoSuchLifecycleConfiguration"})
 UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "501", "405"})
 
 
-def noncurrent_rule(days: int) -> dict[str, Any]:
+def rule_id(prefix: str) -> str:
+    """Our rule's ID for `prefix`: readable when the prefix is short and plain, else a hash (IDs hold 255)."""
+    if not prefix:
+        return RULE_ID
+    if len(prefix) <= 200 and prefix.isascii() and prefix.isprintable():
+        return f"{RULE_ID}:{prefix}"
+    return f"{RULE_ID}:{hashlib.sha256(prefix.encode()).hexdigest()[:16]}"
+
+
+def noncurrent_rule(days: int, prefix: str) -> dict[str, Any]:
     return {
-        "ID": RULE_ID,
-        "Filter": {"Prefix": ""},
+        "ID": rule_id(prefix),
+        "Filter": {"Prefix": prefix},
         "Status": "Enabled",
         "NoncurrentVersionExpiration": {"NoncurrentDays": days},
     }
 
 
-async def ensure_noncurrent_expiry(client: Any, bucket: str, days: int | None) -> str:
+async def ensure_noncurrent_expiry(client: Any, bucket: str, prefix: str, days: int | None) -> str:
     """Make old versions expire `days` after they stop being current; other rules are kept as they are.
 
     Returns "set" (written now), "unchanged" (already so, or days is None), "unsupported" (the server has
@@ -39,16 +51,18 @@ async def ensure_noncurrent_expiry(client: Any, bucket: str, days: int | None) -
     """
     if days is None:
         return "unchanged"
+    wanted = noncurrent_rule(days, prefix)
+    name = wanted["ID"]
     try:
         current = await _current(client, bucket)
-        rules = [r for r in current.get("Rules", []) if r.get("ID") != RULE_ID]
-        ours = [r for r in current.get("Rules", []) if r.get("ID") == RULE_ID]
-        if len(ours) == 1 and _is_wanted(ours[0], days):
-            log.debug("lifecycle_unchanged", bucket=bucket, rule=RULE_ID, noncurrent_days=days)
+        rules = [r for r in current.get("Rules", []) if r.get("ID") != name]
+        ours = [r for r in current.get("Rules", []) if r.get("ID") == name]
+        if len(ours) == 1 and _is_wanted(ours[0], wanted):
+            log.debug("lifecycle_unchanged", bucket=bucket, rule=name, noncurrent_days=days)
             return "unchanged"
         request: dict[str, Any] = {
             "Bucket": bucket,
-            "LifecycleConfiguration": {"Rules": [*rules, noncurrent_rule(days)]},
+            "LifecycleConfiguration": {"Rules": [*rules, wanted]},
         }
         if "TransitionDefaultMinimumObjectSize" in current:  # AWS: part of the configuration, keep it
             request["TransitionDefaultMinimumObjectSize"] = current["TransitionDefaultMinimumObjectSize"]
@@ -59,7 +73,9 @@ async def ensure_noncurrent_expiry(client: Any, bucket: str, days: int | None) -
         if classify(exc) is ErrorKind.CREDENTIALS:
             raise credentials_error(exc) from exc
         raise
-    log.info("lifecycle_set", bucket=bucket, rule=RULE_ID, noncurrent_days=days, other_rules=len(rules))
+    log.info(
+        "lifecycle_set", bucket=bucket, rule=name, prefix=prefix, noncurrent_days=days, other_rules=len(rules)
+    )
     return "set"
 
 
@@ -73,15 +89,16 @@ async def _current(client: Any, bucket: str) -> dict[str, Any]:
     return response
 
 
-def _is_wanted(rule: dict[str, Any], days: int) -> bool:
-    """Our rule as we would write it (servers may echo an empty Filter back in either form)."""
+def _is_wanted(rule: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """The rule as we would write it (servers may echo an empty Filter back in either form)."""
+    prefix = wanted["Filter"]["Prefix"]
     filter_ = rule.get("Filter", {})
     return (
-        rule.get("ID") == RULE_ID
+        rule.get("ID") == wanted["ID"]
         and rule.get("Status") == "Enabled"
-        and filter_ in ({}, {"Prefix": ""})
+        and (filter_ == {"Prefix": prefix} or (not prefix and filter_ == {}))
         and not rule.get("Prefix")
-        and rule.get("NoncurrentVersionExpiration", {}).get("NoncurrentDays") == days
+        and rule.get("NoncurrentVersionExpiration") == wanted["NoncurrentVersionExpiration"]
         and set(rule) <= {"ID", "Filter", "Status", "NoncurrentVersionExpiration", "Prefix"}
     )
 
@@ -113,4 +130,4 @@ def _not_set(exc: botocore.exceptions.ClientError, bucket: str) -> str:
     return "refused"
 
 
-__all__ = ["RULE_ID", "ensure_noncurrent_expiry", "noncurrent_rule"]
+__all__ = ["RULE_ID", "ensure_noncurrent_expiry", "noncurrent_rule", "rule_id"]

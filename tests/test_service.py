@@ -23,7 +23,7 @@ from helpers import bucket_objects, list_delete_markers, s3_client, tree, wait_u
 
 from syncd.config import S3Settings
 from syncd.errors import ConfigError
-from syncd.lifecycle import RULE_ID, ensure_noncurrent_expiry
+from syncd.lifecycle import RULE_ID, ensure_noncurrent_expiry, rule_id
 from syncd.metrics import Metrics, NullMetrics, metrics_for, parse_listen
 from syncd.s3 import open_client
 from syncd.seaweed import Identity, SeaweedServer
@@ -687,9 +687,9 @@ def test_ensure_noncurrent_expiry_merges_and_is_idempotent(s3, s3_server, bucket
     s3.create_bucket(Bucket=bucket_name)
     settings = S3Settings(endpoint_url=s3_server.endpoint_url, region="us-east-1")
 
-    async def ensure(days: int | None) -> str:
+    async def ensure(days: int | None, prefix: str = "") -> str:
         async with open_client(settings, pool=2) as client:
-            return await ensure_noncurrent_expiry(client, bucket_name, days)
+            return await ensure_noncurrent_expiry(client, bucket_name, prefix, days)
 
     assert asyncio.run(ensure(None)) == "unchanged"
     assert rules_by_id(s3, bucket_name) == {}  # without keep_versions_days the bucket is left alone
@@ -707,3 +707,48 @@ def test_ensure_noncurrent_expiry_merges_and_is_idempotent(s3, s3_server, bucket
     assert rules[RULE_ID]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 7}
     assert asyncio.run(ensure(None)) == "unchanged"
     assert set(rules_by_id(s3, bucket_name)) == {RULE_ID, "tmp-files"}
+
+    # Another prefix has its own rule, limited to its keys; neither replaces the other.
+    assert asyncio.run(ensure(3, "photos/")) == "set"
+    assert asyncio.run(ensure(3, "photos/")) == "unchanged"
+    rules = rules_by_id(s3, bucket_name)
+    assert set(rules) == {RULE_ID, "tmp-files", "syncd-keep-versions:photos/"}
+    assert rules["syncd-keep-versions:photos/"]["Filter"] == {"Prefix": "photos/"}
+    assert rules["syncd-keep-versions:photos/"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 3}
+    assert rules[RULE_ID]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 7}
+
+
+def test_lifecycle_rule_ids_fit_whatever_the_prefix():
+    assert rule_id("") == RULE_ID
+    assert rule_id("host-a/") == "syncd-keep-versions:host-a/"
+    long_or_odd = ["x/" * 150, "фото/", "tab\there/"]
+    ids = [rule_id(p) for p in long_or_odd]
+    assert all(i.startswith("syncd-keep-versions:") and len(i) <= 255 and i.isascii() for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_keep_versions_days_per_prefix_leaves_the_rest_of_the_bucket_alone(
+    tmp_path, s3, bucket_name, make_config, run_syncd
+):
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    host_a = make_config(folder, bucket_name, prefix="host-a/", keep_versions_days=30)
+    assert run_syncd(["once", "-c", str(host_a)]).returncode == 0
+    other = tmp_path / "other"
+    write(other / "b.txt", b"b")
+    host_b = make_config(
+        other, bucket_name, prefix="host-b/", keep_versions_days=5, state_dir=str(tmp_path / "sb")
+    )
+    assert run_syncd(["once", "-c", str(host_b)]).returncode == 0
+
+    rules = rules_by_id(s3, bucket_name)
+    assert set(rules) == {"syncd-keep-versions:host-a/", "syncd-keep-versions:host-b/"}  # none bucket-wide
+    assert rules["syncd-keep-versions:host-a/"]["Filter"] == {"Prefix": "host-a/"}
+    assert rules["syncd-keep-versions:host-a/"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+    assert rules["syncd-keep-versions:host-b/"]["Filter"] == {"Prefix": "host-b/"}
+    assert rules["syncd-keep-versions:host-b/"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 5}
+
+    result = run_syncd(["check", "-c", str(host_a)])  # only the rule that reaches host-a/'s keys
+    assert result.returncode == 0, result.stderr
+    assert "lifecycle rule syncd-keep-versions:host-a/ deletes old versions after 30 days" in result.stdout
+    assert "host-b/" not in result.stdout, result.stdout
