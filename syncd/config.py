@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -159,25 +160,56 @@ def default_state_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "syncd"
 
 
+# Every key the config may hold, per section: unknown keys (typos) are reported before anything else,
+# since a misspelt key otherwise shows up as a confusing "missing required key" or as a silent default.
+KEYS: dict[str, frozenset[str]] = {
+    "": frozenset(
+        {
+            "folder", "bucket", "prefix", "s3", "workers", "upload_processes", "settle", "max_delay",
+            "stop_timeout", "state_dir", "rescan_interval", "ignore_inode", "multipart_threshold",
+            "multipart_chunksize", "max_inflight", "bandwidth_limit", "follow_symlinks", "exclude",
+            "default_excludes", "on_delete", "delete_guard", "keep_versions_days", "log", "metrics",
+        }
+    ),
+    "s3.": frozenset({"endpoint_url", "region", "profile", "checksum"}),
+    "log.": frozenset({"format", "level"}),
+    "metrics.": frozenset({"listen"}),
+}  # fmt: skip
+
+
+def _check_keys(data: Mapping[str, Any], file: Path) -> None:
+    """All unknown keys in one line, each with the valid key it most looks like."""
+    unknown = []
+    for section, known in KEYS.items():
+        mapping = data.get(section[:-1]) if section else data
+        if not isinstance(mapping, Mapping):
+            continue  # a section that is no mapping is reported when it is read
+        for key in sorted(str(k) for k in mapping if k not in known):
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            unknown.append(f"{section}{key}" + (f" (did you mean {section}{close[0]}?)" if close else ""))
+    if unknown:
+        noun = "unknown key" if len(unknown) == 1 else "unknown keys"
+        raise ConfigError(f"{file}: {noun} {', '.join(unknown)}; see config.example.yaml for the valid keys")
+
+
 class _Reader:
-    """Reads one mapping, remembering which keys were used so unknown ones can be reported."""
+    """Reads one mapping of the config; each message names the file and the key."""
 
     def __init__(self, data: Mapping[str, Any], file: Path, section: str = "") -> None:
         self.data = data
         self.file = file
         self.section = section
-        self.used: set[str] = set()
 
     def where(self, key: str) -> str:
         return f"{self.file}: {self.section}{key}"
 
     def get(self, key: str, default: Any = None) -> Any:
-        self.used.add(key)
+        assert key in KEYS[self.section], f"{self.section}{key} is missing from config.KEYS"
         value = self.data.get(key, default)
         return default if value is None else value
 
     def required(self, key: str, hint: str) -> Any:
-        self.used.add(key)
+        assert key in KEYS[self.section], f"{self.section}{key} is missing from config.KEYS"
         if self.data.get(key) in (None, ""):
             raise ConfigError(f"{self.where(key)}: missing required key; {hint}")
         return self.data[key]
@@ -214,13 +246,6 @@ class _Reader:
             raise ConfigError(f"{self.where(key)}: expected a mapping of keys, got {value!r}")
         return _Reader(value, self.file, f"{self.section}{key}.")
 
-    def check_unknown(self) -> None:
-        unknown = sorted(str(k) for k in self.data if k not in self.used)
-        if unknown:
-            raise ConfigError(
-                f"{self.where(unknown[0])}: unknown key (typo?); see config.example.yaml for the valid keys"
-            )
-
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate the config file; raise ConfigError naming the file and key on any problem."""
@@ -248,6 +273,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def parse_config(data: Mapping[str, Any], file: Path) -> Config:
+    _check_keys(data, file)
     top = _Reader(data, file)
     folder = _parse_folder(top, file)
     bucket = _parse_bucket(top)
@@ -269,14 +295,12 @@ def parse_config(data: Mapping[str, Any], file: Path) -> Config:
             f"{s3r.where('endpoint_url')}: expected a URL like https://s3.us-west-004.backblazeb2.com, "
             f"got {s3.endpoint_url!r}"
         )
-    s3r.check_unknown()
 
     logr = top.section_reader("log")
     log = LogSettings(
         format=logr.choice("format", "auto", ("json", "console", "auto")),
         level=logr.choice("level", "info", ("debug", "info", "warning", "error")),
     )
-    logr.check_unknown()
 
     metricsr = top.section_reader("metrics")
     metrics = MetricsSettings(listen=metricsr.str_("listen"))
@@ -284,7 +308,6 @@ def parse_config(data: Mapping[str, Any], file: Path) -> Config:
         raise ConfigError(
             f"{metricsr.where('listen')}: expected HOST:PORT like 127.0.0.1:9464, got {metrics.listen!r}"
         )
-    metricsr.check_unknown()
 
     state_dir_raw = top.str_("state_dir")
     state_dir = Path(state_dir_raw).expanduser() if state_dir_raw else default_state_dir()
@@ -342,7 +365,6 @@ def parse_config(data: Mapping[str, Any], file: Path) -> Config:
         keep_versions_days=keep_days,
         metrics=metrics,
     )
-    top.check_unknown()
     _check_ranges(config, top)
     return config
 

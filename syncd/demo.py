@@ -71,6 +71,8 @@ def run_demo(directory: str | None, port: int | None) -> int:
   look at it (in another terminal):
     export AWS_SHARED_CREDENTIALS_FILE={creds}
     {me} versions -c {config_path} {sample}
+    {me} restore -c {config_path} {sample} --to {base / "restored-hello.txt"}
+        (add --version ID from `versions`, or --at TIME, for an older version)
     {me} status -c {config_path}
     aws --endpoint-url {server.endpoint_url} s3 ls --recursive s3://{DEMO_BUCKET}/   (if awscli is installed)
   Ctrl-C stops syncd and the server.
@@ -83,6 +85,7 @@ def run_demo(directory: str | None, port: int | None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        print("syncd demo: stopping the server ...", file=sys.stderr, flush=True)
         server.stop()
         print(f"syncd demo: stopped; the demo files stay in {base}", file=sys.stderr)
     return EXIT_OK

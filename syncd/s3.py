@@ -110,7 +110,15 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
+NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for the service, in its "
+    "EnvironmentFile), set s3.profile, or put them in the shared credentials file"
+)
+
+
 def credentials_error(exc: BaseException) -> CredentialsError:
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return CredentialsError(f"{NO_CREDENTIALS} ({describe(exc)})")
     return CredentialsError(
         f"the server rejected the credentials ({error_code(exc) or type(exc).__name__}); "
         "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the s3.profile or the shared credentials file"
@@ -154,4 +162,7 @@ async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[Any
         region_name=settings.region,
         config=boto_config(settings, pool),
     ) as client:
+        # Found once here, so every command (versions, restore, verify too) says what is missing.
+        if await session.get_credentials() is None:
+            raise CredentialsError(NO_CREDENTIALS)
         yield client

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from helpers import bucket_objects, json_records, list_versions, tree, wait_until, write
+
+from syncd.config import KEYS, Config, load_config
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 
@@ -205,6 +208,12 @@ def test_dry_run_lists_and_uploads_nothing(tmp_path, s3, bucket_name, make_confi
         ("folder: {folder}/file.txt\nbucket: b-okay\n", "not a directory"),
         ("folder: {folder}\nbucket: b-okay\nsettle: soon\n", "settle"),
         ("folder: {folder}\nbucket: b-okay\ns3: {{endpont_url: x}}\n", "s3.endpont_url"),
+        # A misspelt required key is named as the typo, not as a missing key; all typos in one line.
+        ("folder: {folder}\nbukcet: b-okay\n", "unknown key bukcet (did you mean bucket?)"),
+        (
+            "folder: {folder}\nbucket: b-okay\nworkrs: 3\ns3: {{endpoint: x}}\n",
+            "unknown keys workrs (did you mean workers?), s3.endpoint (did you mean s3.endpoint_url?)",
+        ),
         ("folder: [unclosed\n", "YAML"),
     ],
 )
@@ -219,6 +228,22 @@ def test_config_errors_exit_2_with_one_line_naming_the_key(tmp_path, run_syncd, 
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and str(config) in lines[0], lines
         assert "Traceback" not in result.stderr
+
+
+def test_config_example_is_valid_and_shows_every_key(tmp_path):
+    example = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    folder = folder_with(tmp_path)
+    config = load_config_text(example.replace("folder: /srv/data", f"folder: {folder}"), tmp_path)
+    assert config.folder == folder and config.bucket
+    for section, keys in KEYS.items():  # commented-out keys count: the example documents them all
+        for key in keys:
+            assert re.search(rf"^ *#? *{key}:", example, re.M), f"{section}{key} missing from the example"
+
+
+def load_config_text(text: str, tmp_path: Path) -> Config:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return load_config(path)
 
 
 def test_missing_config_file_exits_2(tmp_path, run_syncd):
@@ -250,6 +275,21 @@ def test_wrong_secret_exits_4_without_leaking_it(
         assert result.returncode == 4, (command, result.stderr)
         assert "definitely-wrong-secret" not in result.stderr + result.stdout
         assert s3_server.admin.secret_key not in result.stderr + result.stdout
+
+
+def test_no_credentials_exits_4_naming_what_to_set(tmp_path, bucket_name, make_config, run_syncd, syncd_env):
+    folder = folder_with(tmp_path)
+    env = {k: v for k, v in syncd_env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    config = make_config(folder, bucket_name)
+    for command in (["once"], ["check"], ["run"], ["versions", str(folder / "a.txt")], ["verify"]):
+        result = run_syncd([*command, "-c", str(config)], env=env, timeout=60)
+        assert result.returncode == 4, (command, result.stderr)
+        assert (
+            result.stderr.strip().splitlines()[-1].startswith("syncd: error: no AWS credentials found: set")
+        ), (
+            command,
+            result.stderr,
+        )
 
 
 def test_second_writer_exits_5_naming_the_pid(tmp_path, bucket_name, make_config, start_daemon, run_syncd):
