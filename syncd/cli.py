@@ -1,4 +1,4 @@
-"""The command line: subcommands, exit codes, and the only place that prints for humans."""
+"""The command line: arguments, exit codes and error lines; what each subcommand does is in commands.py."""
 
 from __future__ import annotations
 
