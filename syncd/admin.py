@@ -187,7 +187,8 @@ async def restore(
                 ok = await _restore_one(client, config, chosen, dest, force, retrier)
                 restored += ok
                 failures += not ok
-    print(f"restored {restored} files" + (f", {failures} not restored" if failures else ""))
+    noun = "file" if restored == 1 else "files"
+    print(f"restored {restored} {noun}" + (f", {failures} not restored" if failures else ""))
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
