@@ -1,6 +1,6 @@
 """`python -m syncd`: the same entry point as the `syncd` script."""
 
 if __name__ == "__main__":
-    from syncd.cli import main
+    from syncd.cli import entry
 
-    raise SystemExit(main())
+    entry()

@@ -683,7 +683,11 @@ class Pipeline:
                 await self.queue_owed()
                 await self.reconcile("once")
                 while len(self.settler) or len(self.scheduler) or self.gone_batch or self.deleting:
-                    await asyncio.sleep(0.05)
+                    if len(self.scheduler):  # wake when the last upload ends, not up to 50 ms later
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.scheduler.wait_idle(), 0.05)
+                    else:  # waiting for files to settle or deletions to be sent: look again soon
+                        await asyncio.sleep(0.05)
                 self.stopping = True
                 raise _Stop()
         finally:

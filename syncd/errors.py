@@ -11,6 +11,7 @@ EXIT_LOCKED = 5
 EXIT_INTERNAL = 70
 EXIT_UNAVAILABLE = 75
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141  # as a shell reports a command ended by SIGPIPE (`syncd versions ... | head`)
 
 
 class SyncdError(Exception):
