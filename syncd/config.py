@@ -209,10 +209,10 @@ class _Reader:
         return default if value is None else value
 
     def required(self, key: str, hint: str) -> Any:
-        assert key in KEYS[self.section], f"{self.section}{key} is missing from config.KEYS"
-        if self.data.get(key) in (None, ""):
+        value = self.get(key)
+        if value in (None, ""):
             raise ConfigError(f"{self.where(key)}: missing required key; {hint}")
-        return self.data[key]
+        return value
 
     def str_(self, key: str, default: str | None = None) -> str | None:
         value = self.get(key, default)

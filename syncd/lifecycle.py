@@ -98,7 +98,8 @@ def _is_wanted(rule: dict[str, Any], wanted: dict[str, Any]) -> bool:
         and rule.get("Status") == "Enabled"
         and (filter_ == {"Prefix": prefix} or (not prefix and filter_ == {}))
         and not rule.get("Prefix")
-        and rule.get("NoncurrentVersionExpiration") == wanted["NoncurrentVersionExpiration"]
+        and rule.get("NoncurrentVersionExpiration", {}).get("NoncurrentDays")
+        == wanted["NoncurrentVersionExpiration"]["NoncurrentDays"]
         and set(rule) <= {"ID", "Filter", "Status", "NoncurrentVersionExpiration", "Prefix"}
     )
 
