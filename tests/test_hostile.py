@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 from badserver import BadServer, free_port
-from helpers import Daemon, bucket_objects, json_records, list_delete_markers, list_versions, wait_until
+from helpers import (
+    Daemon,
+    bucket_objects,
+    json_records,
+    list_delete_markers,
+    list_versions,
+    skip_or_fail,
+    wait_until,
+)
 
 from syncd.seaweed import die_with_parent
 
@@ -439,7 +447,7 @@ UNPRIVILEGED = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"
 def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make_config, syncd_env):
     """Root reads everything, so `once` runs as nobody (setpriv) over a folder nobody owns."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv (util-linux) to run syncd as an unprivileged user")
+        skip_or_fail("needs root and setpriv (util-linux) to run syncd as an unprivileged user")
     base = Path(tempfile.mkdtemp(prefix="syncd-hostile-", dir="/tmp"))  # tmp_path is root-only (0700)
     try:
         folder = base / "data"
@@ -719,7 +727,7 @@ class LoopDisk:
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 self.close()
-                pytest.skip(f"cannot make a loop disk here: {' '.join(command[:1])}: {result.stderr.strip()}")
+                skip_or_fail(f"cannot make a loop disk here: {command[0]}: {result.stderr.strip()}")
         self.device = result.stdout.strip()
         self.mounted: list[Path] = []
 
@@ -747,7 +755,7 @@ class LoopDisk:
 @pytest.fixture
 def loop_disk(tmp_path: Path) -> Iterator[LoopDisk]:
     if os.geteuid() != 0 or not all(map(shutil.which, ("mount", "losetup", "mkfs.ext4"))):
-        pytest.skip("needs root, mount, losetup and mkfs.ext4")
+        skip_or_fail("needs root, mount, losetup (Debian: mount) and mkfs.ext4 (e2fsprogs)")
     disk = LoopDisk(tmp_path / "disk.img")
     yield disk
     disk.close()
@@ -825,7 +833,7 @@ def limited_watches(limit: int) -> list[str]:
         text=True,
     )
     if probe.returncode != 0:
-        pytest.skip(f"cannot lower the inotify watch limit in a user namespace: {probe.stderr.strip()}")
+        skip_or_fail(f"cannot lower the inotify watch limit in a user namespace: {probe.stderr.strip()}")
     script = f'echo {limit} > /proc/sys/user/max_inotify_watches && exec "$@"'
     return ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh"]
 
