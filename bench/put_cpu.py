@@ -1,4 +1,4 @@
-"""Client CPU per small PUT: plain client.put_object vs syncd.fastpath.FastPut, in one process.
+"""Client CPU per small PUT: plain client.put_object vs syncd.s3.fastpath.FastPut, in one process.
 
 Starts its own SeaweedFS on free loopback ports (syncd.seaweed.SeaweedServer when it exists, else `weed mini`
 by hand), PUTs N x 16 KiB objects with 64 concurrent tasks through each path in turn (plain, fast, plain,
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syncd.fastpath import FastPut, why_not
-from syncd.s3 import S3Settings, open_client
+from syncd.s3.client import S3Settings, open_client
+from syncd.s3.fastpath import FastPut, why_not
 
 BODY_SIZE = 16 * 1024
 ACCESS_KEY = "BENCHADMINKEY"

@@ -17,10 +17,10 @@ from typing import Any
 from syncd.config import Config
 from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, SyncdError
 from syncd.keys import key_for_path, rel_path_for_key
-from syncd.remote import Version, list_current, list_versions
-from syncd.retry import Outage, Retrier
-from syncd.s3 import describe, open_client
-from syncd.state import StateLock, StateStore
+from syncd.s3.client import describe, open_client
+from syncd.s3.listing import Version, list_current, list_versions
+from syncd.s3.retry import Outage, Retrier
+from syncd.sync.state import StateLock, StateStore
 
 
 def _when(ts: float | None) -> str:
@@ -282,8 +282,8 @@ def _expected_md5(meta: dict[str, str], etag: str) -> str | None:
 
 async def verify(config: Config, *, repair: bool) -> int:
     """Compare bucket, state and folder; report differences; --repair uploads them again."""
-    from syncd import scan
-    from syncd.state import Signature
+    from syncd.sync import scan
+    from syncd.sync.state import Signature
 
     lock = StateLock(config.state_file)
     if repair:

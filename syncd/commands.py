@@ -110,10 +110,10 @@ def _human(n: float) -> str:
 
 
 async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress: bool) -> int:
-    from syncd.daemon import Pipeline, run_stopping_cleanly
     from syncd.notify import Notifier
-    from syncd.s3 import open_client
-    from syncd.state import StateLock, StateStore
+    from syncd.s3.client import open_client
+    from syncd.sync.pipeline import Pipeline, run_stopping_cleanly
+    from syncd.sync.state import StateLock, StateStore
 
     started = time.monotonic()
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -172,9 +172,9 @@ def args_duration(seconds: float) -> str:
 
 
 async def run_check(config: Config) -> int:
-    from syncd.bucket import ensure_private_bucket
-    from syncd.retry import Outage, Retrier
-    from syncd.s3 import open_client
+    from syncd.s3.bucket import ensure_private_bucket
+    from syncd.s3.client import open_client
+    from syncd.s3.retry import Outage, Retrier
 
     async with open_client(config.s3, pool=4) as client:
         retrier = Retrier(Outage(), give_up_after=30)
@@ -205,7 +205,7 @@ async def run_check(config: Config) -> int:
 
 async def _lifecycle_warnings(client: Any, config: Config) -> list[str]:
     """Lifecycle rules that expire or delete history under syncd's prefix (reported by `check`)."""
-    from syncd.s3 import describe, error_code
+    from syncd.s3.client import describe, error_code
 
     try:
         response = await client.get_bucket_lifecycle_configuration(Bucket=config.bucket)

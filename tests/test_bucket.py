@@ -17,9 +17,9 @@ import botocore.exceptions
 import pytest
 import structlog
 
-from syncd.bucket import BucketStatus, _bucket_url, _probe_anonymous, ensure_private_bucket
 from syncd.errors import BucketError, CredentialsError
-from syncd.s3 import ErrorKind, S3Settings, classify, open_client
+from syncd.s3.bucket import BucketStatus, _bucket_url, _probe_anonymous, ensure_private_bucket
+from syncd.s3.client import ErrorKind, S3Settings, classify, open_client
 
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 

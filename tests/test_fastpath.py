@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from syncd import fastpath
 from syncd.config import S3Settings
-from syncd.fastpath import TESTED_VERSIONS, FastPut, installed_versions, why_not
-from syncd.s3 import ErrorKind, boto_config, classify, error_code, http_status
+from syncd.s3 import fastpath
+from syncd.s3.client import ErrorKind, boto_config, classify, error_code, http_status
+from syncd.s3.fastpath import TESTED_VERSIONS, FastPut, installed_versions, why_not
 
 T = TypeVar("T")
 SPECIAL_KEYS = [
@@ -89,7 +89,7 @@ def md5_b64(body: bytes) -> str:
 
 @contextlib.asynccontextmanager
 async def open_s3(endpoint_url: str, access_key: str, secret_key: str, **settings: Any) -> AsyncIterator[Any]:
-    """A client configured exactly as syncd's (syncd.s3.boto_config), with explicit keys."""
+    """A client configured exactly as syncd's (syncd.s3.client.boto_config), with explicit keys."""
     s = S3Settings(endpoint_url=endpoint_url, region="us-east-1", **settings)
     session = aioboto3.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
     async with session.client(
@@ -136,7 +136,7 @@ def test_installed_versions_are_the_tested_ones() -> None:
     """Fails (never skips) on an upgrade: FastPut reads botocore/aiobotocore/aiohttp internals."""
     found = installed_versions()
     assert found == TESTED_VERSIONS, (
-        f"installed {found} but syncd.fastpath.TESTED_VERSIONS is {TESTED_VERSIONS}. FastPut now turns "
+        f"installed {found} but syncd.s3.fastpath.TESTED_VERSIONS is {TESTED_VERSIONS}. FastPut now turns "
         "itself off (create() returns None). Re-check the internals it uses (client._request_signer, "
         "_ruleset_resolver._builtins, _endpoint.http_session._get_session, S3SigV4Auth's reads of the "
         "request and its _should_sha256_sign_payload, botocore.auth._host_from_url, the SigV4 canonical "

@@ -9,8 +9,8 @@ import botocore.exceptions
 import pytest
 from helpers import bucket_objects, json_records, list_versions, tree, wait_until, write
 
-from syncd.helper import error_fields, rebuild_error
-from syncd.s3 import ErrorKind, classify, error_code, http_status
+from syncd.s3.client import ErrorKind, classify, error_code, http_status
+from syncd.s3.helper import error_fields, rebuild_error
 
 
 def running(pid: int) -> bool:

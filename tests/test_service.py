@@ -23,9 +23,9 @@ from helpers import bucket_objects, list_delete_markers, s3_client, tree, wait_u
 
 from syncd.config import S3Settings
 from syncd.errors import ConfigError
-from syncd.lifecycle import RULE_ID, ensure_noncurrent_expiry, rule_id
 from syncd.metrics import Metrics, NullMetrics, metrics_for, parse_listen
-from syncd.s3 import open_client
+from syncd.s3.client import open_client
+from syncd.s3.lifecycle import RULE_ID, ensure_noncurrent_expiry, rule_id
 from syncd.seaweed import Identity, SeaweedServer
 
 Record = dict[str, Any]

@@ -89,7 +89,7 @@ def test_files_not_in_the_page_cache_are_read_in_threads_and_land_whole(
 
 def test_part_size_grows_so_no_file_needs_more_than_10000_parts() -> None:
     """A sparse 60 GiB file would need 12,288 parts of 5 MiB: syncd picks 7 MiB parts instead."""
-    from syncd.uploader import part_size_for
+    from syncd.sync.uploader import part_size_for
 
     assert part_size_for(60 * 1024 * MiB, 5 * MiB) == 7 * MiB
     assert -(-60 * 1024 * MiB // (7 * MiB)) <= 10_000

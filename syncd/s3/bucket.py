@@ -16,7 +16,7 @@ import botocore.exceptions
 
 from syncd.errors import BucketError, ConfigError
 from syncd.log import get_logger
-from syncd.s3 import ErrorKind, classify, credentials_error, describe, error_code, http_status
+from syncd.s3.client import ErrorKind, classify, credentials_error, describe, error_code, http_status
 
 log = get_logger()
 

@@ -260,7 +260,7 @@ class FastPut:
                 if member.serialization.get("location") == "header"
             }
             self._outputs[name] = (shape, members)
-        # With one attempt per request (syncd.s3.boto_config) the client's standard retry handler marks every
+        # With one attempt per request (client.boto_config) the client's standard retry handler marks every
         # parsed response, success or error, as MaxAttemptsReached.
         retries = client.meta.config.retries or {}
         one_attempt = (

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from syncd.errors import UnavailableError
 from syncd.log import get_logger
-from syncd.s3 import ErrorKind, classify, describe
+from syncd.s3.client import ErrorKind, classify, describe
 
 T = TypeVar("T")
 log = get_logger()

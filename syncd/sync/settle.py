@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from syncd.log import get_logger
-from syncd.scan import inside
-from syncd.state import Signature
+from syncd.sync.scan import inside
+from syncd.sync.state import Signature
 
 log = get_logger()
 

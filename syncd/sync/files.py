@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from syncd.limits import ByteBudget
+from syncd.sync.limits import ByteBudget
 
 MiB = 1024 * 1024
 HASH_CHUNK = MiB  # read size when hashing

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncd.files import (
+from syncd.keys import KeyTooLong, key_for_path
+from syncd.s3.client import error_code
+from syncd.s3.retry import Retrier
+from syncd.sync.files import (
     HASH_CHUNK,
     STREAM_CHUNK,
     FileSkipped,
@@ -32,14 +35,11 @@ from syncd.files import (
     read_hashed,
     read_soon,
 )
-from syncd.keys import KeyTooLong, key_for_path
-from syncd.limits import ByteBudget, RateLimit
-from syncd.retry import Retrier
-from syncd.s3 import error_code
-from syncd.state import FileRecord, Signature
+from syncd.sync.limits import ByteBudget, RateLimit
+from syncd.sync.state import FileRecord, Signature
 
 if TYPE_CHECKING:
-    from syncd.fastpath import FastPut
+    from syncd.s3.fastpath import FastPut
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000

@@ -31,7 +31,7 @@ import botocore.exceptions
 
 from syncd.config import S3Settings
 from syncd.log import configure_logging, get_logger
-from syncd.s3 import describe, error_code, http_status
+from syncd.s3.client import describe, error_code, http_status
 
 log = get_logger()
 FRAME = struct.Struct("!I")
@@ -117,7 +117,7 @@ class Helper:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "syncd.helper",
+            "syncd.s3.helper",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -275,8 +275,8 @@ async def _serve() -> int:
     settings: HelperSettings = await _read(reader)
     configure_logging(settings.log_format, settings.log_level)
 
-    from syncd.fastpath import FastPut, why_not
-    from syncd.s3 import open_client
+    from syncd.s3.client import open_client
+    from syncd.s3.fastpath import FastPut, why_not
 
     async with open_client(settings.s3, pool=settings.pool) as client:
         fast = FastPut.create(client, settings.bucket)

@@ -6,8 +6,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.retry import Retrier
-from syncd.s3 import error_code
+from syncd.s3.client import error_code
+from syncd.s3.retry import Retrier
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import botocore.exceptions
 
 from syncd.log import get_logger
-from syncd.s3 import ErrorKind, classify, credentials_error, describe, error_code
+from syncd.s3.client import ErrorKind, classify, credentials_error, describe, error_code
 
 log = get_logger()
 RULE_ID = "syncd-keep-versions"  # the rule of an empty prefix (the whole bucket)
