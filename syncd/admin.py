@@ -1,26 +1,21 @@
-"""The admin's commands: status, versions, restore, verify. Output is for humans, on stdout."""
+"""The admin's read-only commands: status, versions, verify, check. Output is for humans, on stdout."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import datetime as dt
-import hashlib
 import os
-import stat
-import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from syncd.config import Config
-from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, SyncdError
-from syncd.keys import key_for_path, rel_path_for_key
-from syncd.s3.client import describe, open_client
-from syncd.s3.listing import Version, list_current, list_versions
+from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
+from syncd.keys import key_for_path
+from syncd.s3.client import open_client
+from syncd.s3.listing import RemoteObject, list_current, list_versions
 from syncd.s3.retry import Outage, Retrier
-from syncd.sync.state import StateLock, StateStore
+from syncd.sync.state import FileRecord, StateLock, StateStore
 
 
 def _when(ts: float | None) -> str:
@@ -31,7 +26,7 @@ def _when(ts: float | None) -> str:
     return f"{moment} ({ago} s ago)"
 
 
-def _show(rel: str) -> str:
+def show(rel: str) -> str:
     """A path for a terminal: undecodable bytes shown as escapes, never raw."""
     return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
@@ -57,7 +52,7 @@ def status(config: Config) -> int:
     print(f"owed: {counts.owed:,}")
     print(f"failed: {counts.failed:,}")
     for failure in failures:
-        print(f"  {_show(failure.path)}: {failure.reason}")
+        print(f"  {show(failure.path)}: {failure.reason}")
     return EXIT_OK
 
 
@@ -91,7 +86,7 @@ async def versions(config: Config, raw_path: str) -> int:
             if v.key == key
         ]
     if not found:
-        print(f"no versions of {_show(rel)} (key {key}) in bucket {config.bucket}")
+        print(f"no versions of {show(rel)} (key {key}) in bucket {config.bucket}")
         return EXIT_SOME_FAILED
     found.sort(key=lambda v: v.modified, reverse=True)
     print(f"{'VERSION ID':<40} {'SIZE':>12}  {'MODIFIED (UTC)':<19}  NOTES")
@@ -110,227 +105,130 @@ async def versions(config: Config, raw_path: str) -> int:
     return EXIT_OK
 
 
-def parse_time(raw: str) -> dt.datetime:
-    try:
-        moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--at {raw!r}: expected an ISO 8601 time like 2026-11-20T14:00 or 2026-11-20T14:00:00Z"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time, as the admin typed it
-    return moment
+@dataclass
+class Comparison:
+    """What verify found: the state's records, the bucket's objects, and each (path, problem)."""
+
+    records: dict[str, FileRecord]
+    remote: dict[str, RemoteObject]
+    problems: list[tuple[str, str]]
+    deleted_locally: int
 
 
-def _pick(versions_of_key: list[Version], version_id: str | None, at: dt.datetime | None) -> Version | None:
-    """The version to restore: the given ID, the newest at `at`, or the newest that is not a deletion."""
-    ordered = sorted(versions_of_key, key=lambda v: v.modified, reverse=True)
-    if version_id is not None:
-        return next((v for v in ordered if v.version_id == version_id), None)
-    if at is not None:
-        candidate = next((v for v in ordered if v.modified <= at), None)
-        return None if candidate is None or candidate.delete_marker else candidate
-    return next((v for v in ordered if not v.delete_marker), None)
-
-
-async def restore(
-    config: Config,
-    raw_paths: list[str],
-    *,
-    version_id: str | None,
-    at: str | None,
-    to: str | None,
-    force: bool,
-) -> int:
-    moment = parse_time(at) if at else None
-    retrier = Retrier(Outage(), give_up_after=120)
-    failures = 0
-    restored = 0
-    async with open_client(config.s3, pool=8) as client:
-        for raw in raw_paths:
-            rel = rel_from_user_path(config, raw)
-            file_key = key_for_path(config.prefix, rel) if rel else None
-            dir_prefix = (key_for_path(config.prefix, rel) + "/") if rel else config.prefix
-            listing = await list_versions(client, config.bucket, file_key or dir_prefix, retrier)
-            by_key: dict[str, list[Version]] = {}
-            for v in listing:
-                if v.key == file_key or v.key.startswith(dir_prefix):
-                    by_key.setdefault(v.key, []).append(v)
-            is_file = file_key is not None and file_key in by_key
-            if version_id is not None and not is_file:
-                raise ConfigError(f"{raw}: --version needs a single file that has versions in the bucket")
-            if not by_key:
-                print(
-                    f"{_show(rel) or '.'}: nothing in bucket {config.bucket} under {file_key or dir_prefix}",
-                    file=sys.stderr,
-                )
-                failures += 1
-                continue
-            keys = [file_key] if is_file and file_key else sorted(k for k in by_key if k != file_key)
-            for key in keys:
-                assert key is not None
-                chosen = _pick(by_key[key], version_id, moment)
-                if chosen is None:
-                    if version_id is not None:
-                        print(f"{raw}: no version {version_id}", file=sys.stderr)
-                        failures += 1
-                    elif is_file:
-                        print(f"{raw}: did not exist at {at} (or only as a deletion)", file=sys.stderr)
-                        failures += 1
-                    continue  # in a directory: this file did not exist at that time
-                key_rel = rel_path_for_key(config.prefix, key)
-                if key_rel is None:
-                    print(f"{key}: not a key syncd wrote (cannot map it to a path); skipped", file=sys.stderr)
-                    failures += 1
-                    continue
-                dest = _destination(config, rel, key_rel, is_file, to)
-                ok = await _restore_one(client, config, chosen, dest, force, retrier)
-                restored += ok
-                failures += not ok
-    noun = "file" if restored == 1 else "files"
-    print(f"restored {restored} {noun}" + (f", {failures} not restored" if failures else ""))
-    return EXIT_SOME_FAILED if failures else EXIT_OK
-
-
-def _destination(config: Config, asked_rel: str, key_rel: str, is_file: bool, to: str | None) -> Path:
-    if to is None:
-        return config.folder / key_rel
-    target = Path(to)
-    if is_file:
-        return target / Path(key_rel).name if target.is_dir() else target
-    inner = key_rel[len(asked_rel) + 1 :] if asked_rel else key_rel
-    return target / inner
-
-
-async def _restore_one(
-    client: Any, config: Config, v: Version, dest: Path, force: bool, retrier: Retrier
-) -> bool:
-    """Download to a temp name beside dest, check the MD5, set mtime, then rename into place."""
-    if (dest.exists() or dest.is_symlink()) and not force:
-        print(f"{dest}: exists; not overwritten (use --force)", file=sys.stderr)
-        return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".syncd-restore-", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        try:
-            response = await retrier.call(
-                lambda: client.get_object(Bucket=config.bucket, Key=v.key, VersionId=v.version_id)
-            )
-            md5 = hashlib.md5()
-            with os.fdopen(fd, "wb") as out:
-                os.fchmod(out.fileno(), _mode_for(dest))
-                # Not `async with Body as b`: aiobotocore's __aenter__ returns the raw aiohttp response.
-                body = response["Body"]
-                async with body:
-                    while chunk := await body.read(1024 * 1024):
-                        md5.update(chunk)
-                        await asyncio.to_thread(out.write, chunk)
-                out.flush()
-                os.fsync(out.fileno())
-        except SyncdError:
-            raise
-        except Exception as exc:
-            print(f"{dest}: download failed: {describe(exc)}", file=sys.stderr)
-            return False
-        meta = response.get("Metadata", {})
-        expected = _expected_md5(meta, str(response.get("ETag", "")).strip('"'))
-        if expected is not None and expected != md5.hexdigest():
-            print(
-                f"{dest}: MD5 mismatch (got {md5.hexdigest()}, expected {expected}); not restored",
-                file=sys.stderr,
-            )
-            return False
-        millis = meta.get("src_last_modified_millis")
-        if millis and millis.isdigit():
-            ns = int(millis) * 1_000_000
-            os.utime(tmp, ns=(ns, ns))
-        if force:
-            os.replace(tmp, dest)
-        else:
-            try:
-                os.link(tmp, dest)  # atomic no-clobber: never overwrite a file that appeared meanwhile
-            except FileExistsError:
-                print(f"{dest}: exists; not overwritten (use --force)", file=sys.stderr)
-                return False
-        print(f"restored {_show(str(dest))} (version {v.version_id}, {v.size:,} bytes)")
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _mode_for(dest: Path) -> int:
-    """As a copy would: the mode of the file being replaced, else 0666 less the umask (not mkstemp's 0600)."""
-    with contextlib.suppress(OSError):
-        st = os.lstat(dest)
-        if stat.S_ISREG(st.st_mode):
-            return stat.S_IMODE(st.st_mode)
-    umask = os.umask(0o077)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _expected_md5(meta: dict[str, str], etag: str) -> str | None:
-    if meta.get("md5chksum"):
-        with contextlib.suppress(ValueError):
-            return base64.b64decode(meta["md5chksum"]).hex()
-    if len(etag) == 32 and "-" not in etag:
-        return etag
-    return None
-
-
-async def verify(config: Config, *, repair: bool) -> int:
-    """Compare bucket, state and folder; report differences; --repair uploads them again."""
+async def compare(config: Config, state: StateStore) -> Comparison:
+    """Bucket, state and folder side by side; unchanged files are judged by their stat, never read."""
     from syncd.sync import scan
     from syncd.sync.state import Signature
 
-    lock = StateLock(config.state_file)
-    if repair:
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock.acquire()
-    state = StateStore(config.state_file, config.identity, readonly=not repair)
+    async with open_client(config.s3, pool=4) as client:
+        retrier = Retrier(Outage(), give_up_after=120)
+        remote = await list_current(client, config.bucket, config.prefix, retrier)
+    records: dict[str, FileRecord] = {}
+    for rel in state.signatures():
+        rec = state.get(rel)
+        assert rec is not None
+        records[rel] = rec
+    problems: list[tuple[str, str]] = []
+    walk = scan.WalkOptions(config.folder, config.excludes(), config.follow_symlinks)
+    local = dict(await asyncio.to_thread(lambda: list(scan.walk(walk))))
+    for rel, rec in records.items():
+        obj = remote.get(rec.key)
+        if obj is None:
+            problems.append((rel, "missing in the bucket"))
+        elif obj.size != rec.sig.size or (rec.etag and obj.etag != rec.etag):
+            problems.append((rel, "different in the bucket"))
+        elif rel in local and not Signature.of(local[rel]).same_as(rec.sig, config.ignore_inode):
+            problems.append((rel, "changed locally, not uploaded yet"))
+    for rel in local:
+        if rel not in records:
+            key = key_for_path(config.prefix, rel)
+            problems.append((rel, "not uploaded" if key not in remote else "in the bucket, not in the state"))
+    deleted_locally = sum(1 for rel in records if rel not in local)
+    return Comparison(records, remote, problems, deleted_locally)
+
+
+def print_problems(found: Comparison) -> None:
+    for rel, reason in sorted(found.problems):
+        print(f"{show(rel)}: {reason}")
+    print(
+        f"verify: {len(found.records):,} tracked, {len(found.remote):,} objects, "
+        f"{len(found.problems)} problems, {found.deleted_locally} deleted locally (kept in the bucket)"
+    )
+
+
+async def verify(config: Config) -> int:
+    """Compare bucket, state and folder; report differences (`--repair` is once.py's verify_repair)."""
+    state = StateStore(config.state_file, config.identity, readonly=True)
     try:
-        async with open_client(config.s3, pool=4) as client:
-            remote = await list_current(
-                client, config.bucket, config.prefix, Retrier(Outage(), give_up_after=120)
-            )
-        records = {rel: state.get(rel) for rel in state.signatures()}
-        problems: list[tuple[str, str]] = []
-        walk = scan.WalkOptions(config.folder, config.excludes(), config.follow_symlinks)
-        local = dict(await asyncio.to_thread(lambda: list(scan.walk(walk))))
-        for rel, rec in records.items():
-            assert rec is not None
-            obj = remote.get(rec.key)
-            if obj is None:
-                problems.append((rel, "missing in the bucket"))
-            elif obj.size != rec.sig.size or (rec.etag and obj.etag != rec.etag):
-                problems.append((rel, "different in the bucket"))
-            elif rel in local and not Signature.of(local[rel]).same_as(rec.sig, config.ignore_inode):
-                problems.append((rel, "changed locally, not uploaded yet"))
-        for rel in local:
-            if rel not in records:
-                key = key_for_path(config.prefix, rel)
-                problems.append(
-                    (rel, "not uploaded" if key not in remote else "in the bucket, not in the state")
-                )
-        deleted_locally = sum(1 for rel in records if rel not in local)
-        for rel, reason in sorted(problems):
-            print(f"{_show(rel)}: {reason}")
-        print(
-            f"verify: {len(records):,} tracked, {len(remote):,} objects, {len(problems)} problems, "
-            f"{deleted_locally} deleted locally (kept in the bucket)"
-        )
-        if repair and problems:
-            fix = [rel for rel, reason in problems if reason != "in the bucket, not in the state"]
-            state.forget(fix)
-            state.mark_owed(fix)
-            print(f"verify: {len(fix)} files queued for upload; uploading now")
+        found = await compare(config, state)
     finally:
         state.close()
-        lock.release()
-    if repair and problems:
-        from syncd.commands import run_once
+    print_problems(found)
+    return EXIT_SOME_FAILED if found.problems else EXIT_OK
 
-        return await run_once(config, dry_run=False, retry_for=600, progress=False)
-    return EXIT_SOME_FAILED if problems else EXIT_OK
+
+async def check(config: Config) -> int:
+    from syncd.s3.bucket import ensure_private_bucket
+    from syncd.s3.client import open_client
+    from syncd.s3.retry import Outage, Retrier
+
+    async with open_client(config.s3, pool=4) as client:
+        retrier = Retrier(Outage(), give_up_after=30)
+        status = await retrier.call(
+            lambda: ensure_private_bucket(
+                client,
+                config.bucket,
+                region=config.s3.region,
+                endpoint_url=config.s3.endpoint_url,
+                check_only=True,
+            )
+        )
+        lifecycle = await _lifecycle_warnings(client, config)
+    print(f"config {config.path}: ok (folder {config.folder})")
+    print("credentials: accepted")
+    if not status.exists:
+        print(f"bucket {config.bucket}: does not exist yet; syncd run creates it private")
+    else:
+        privacy = "private" if status.private else "NOT private now (syncd run makes it private)"
+        owner = "ours" if status.owner_proven else "accessible (ownership not provable with this key)"
+        print(f"bucket {config.bucket}: {owner}, {privacy}, versioning {status.versioning}")
+        if status.versioning != "Enabled":
+            print("  warning: an unversioned bucket keeps no history; overwrites destroy old bytes")
+    for line in lifecycle:
+        print(f"  warning: {line}")
+    return EXIT_OK
+
+
+async def _lifecycle_warnings(client: Any, config: Config) -> list[str]:
+    """Lifecycle rules that expire or delete history under syncd's prefix (reported by `check`)."""
+    from syncd.s3.client import describe, error_code
+
+    try:
+        response = await client.get_bucket_lifecycle_configuration(Bucket=config.bucket)
+    except Exception as exc:
+        if error_code(exc) in ("NoSuchLifecycleConfiguration", "NoSuchBucket", "NotImplemented"):
+            return []
+        return [f"could not read the bucket's lifecycle rules ({describe(exc)}): check them yourself"]
+    warnings = []
+    for rule in response.get("Rules", []):
+        scope = _rule_prefix(rule)
+        if rule.get("Status") != "Enabled" or not (
+            scope.startswith(config.prefix) or config.prefix.startswith(scope)
+        ):
+            continue  # off, or only for keys outside syncd's prefix
+        name = rule.get("ID") or "(unnamed)"
+        under = f" under {scope!r}" if scope else ""
+        if "NoncurrentVersionExpiration" in rule:
+            days = rule["NoncurrentVersionExpiration"].get("NoncurrentDays")
+            warnings.append(f"lifecycle rule {name} deletes old versions after {days} days{under}")
+        # ExpiredObjectDeleteMarker only removes delete markers that have no versions left: no history.
+        expiration = {k: v for k, v in rule.get("Expiration", {}).items() if k != "ExpiredObjectDeleteMarker"}
+        if expiration:
+            warnings.append(f"lifecycle rule {name} expires current objects{under}: {expiration}")
+    return warnings
+
+
+def _rule_prefix(rule: dict[str, Any]) -> str:
+    """The key prefix a lifecycle rule applies to ("" for the whole bucket), in any of its three forms."""
+    filter_ = rule.get("Filter", {})
+    return str(filter_.get("Prefix") or filter_.get("And", {}).get("Prefix") or rule.get("Prefix") or "")

@@ -1,4 +1,8 @@
-"""The command line: arguments, exit codes and error lines; what each subcommand does is in commands.py."""
+"""The command line: arguments, dispatch, exit codes and error lines.
+
+What each subcommand does is in once.py (once, verify --repair), admin.py (status, versions, verify,
+check), restore.py, daemon.py (run) and demo.py.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,20 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from syncd import __version__
-from syncd.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, first_syncd_error
+from syncd.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PIPE_CLOSED,
+    ConfigError,
+    first_syncd_error,
+)
+
+if TYPE_CHECKING:
+    from syncd.config import Config
 
 # Only light modules are imported here: the AWS libraries take a few hundred milliseconds to import, and
 # they are imported inside main()'s try, so a Ctrl-C while syncd starts is an exit 130 and no traceback.
@@ -86,14 +100,72 @@ def entry() -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        from syncd.commands import dispatch
-
         return dispatch(args)
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException as exc:
         return report(exc)
+
+
+def default_config_path() -> str:
+    from syncd.config import DEFAULT_CONFIG
+
+    return os.environ.get("SYNCD_CONFIG") or DEFAULT_CONFIG
+
+
+def load(args: argparse.Namespace) -> Config:
+    from syncd.config import load_config
+    from syncd.log import configure_logging
+
+    config = load_config(args.config or default_config_path())
+    configure_logging(config.log.format, config.log.level)
+    return config
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand; the AWS libraries are imported here, inside main()'s try."""
+    import asyncio
+
+    command = args.command
+    if command == "demo":
+        from syncd.demo import run_demo
+
+        return run_demo(args.dir, args.port)
+    config = load(args)
+    if command == "run":
+        from syncd.daemon import Daemon
+
+        asyncio.run(Daemon(config).main())
+        return EXIT_OK
+    if command == "once":
+        from syncd.config import parse_duration
+        from syncd.once import run_once
+
+        retry_for = parse_duration(args.retry_for, "--retry-for")
+        progress = sys.stdout.isatty() and not args.no_progress and not args.dry_run
+        return asyncio.run(run_once(config, dry_run=args.dry_run, retry_for=retry_for, progress=progress))
+    if command == "verify" and args.repair:
+        from syncd.once import verify_repair
+
+        return asyncio.run(verify_repair(config))
+    if command == "restore":
+        from syncd.restore import restore
+
+        return asyncio.run(
+            restore(config, args.paths, version_id=args.version_id, at=args.at, to=args.to, force=args.force)
+        )
+    from syncd import admin
+
+    if command == "check":
+        return asyncio.run(admin.check(config))
+    if command == "status":
+        return admin.status(config)
+    if command == "versions":
+        return asyncio.run(admin.versions(config, args.path))
+    if command == "verify":
+        return asyncio.run(admin.verify(config))
+    raise ConfigError(f"unknown command {command!r}")
 
 
 def report(exc: BaseException) -> int:

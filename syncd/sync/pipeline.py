@@ -23,7 +23,9 @@ from syncd.s3.lifecycle import ensure_noncurrent_expiry
 from syncd.s3.listing import RemoteObject, list_current
 from syncd.s3.retry import Outage, Retrier
 from syncd.sync import scan
+from syncd.sync.deletions import Deletions
 from syncd.sync.files import FileSkipped
+from syncd.sync.folder import Folder
 from syncd.sync.limits import ByteBudget, RateLimit
 from syncd.sync.queue import Scheduler
 from syncd.sync.settle import Settler
@@ -33,8 +35,6 @@ from syncd.sync.watcher import Watcher
 
 log = get_logger()
 FLUSH_AFTER = 0.2  # seconds an upload may wait in the state's group commit
-FOLDER_CHECK_EVERY = 0.5  # seconds between the workers' checks that the folder is still there
-DELETE_BATCH_QUIET = 2.0  # seconds without a new deletion before a batch is judged by the delete guard
 
 
 @dataclass
@@ -44,7 +44,6 @@ class Stats:
     unchanged: int = 0
     failed: int = 0
     skipped: int = 0
-    deleted: int = 0
     bytes: int = 0
     last_upload: float | None = None
     to_upload: list[str] = field(default_factory=list)  # dry-run: what would be uploaded
@@ -80,33 +79,27 @@ class Pipeline:
         self.excludes = config.excludes()
         self.walk_opts = scan.WalkOptions(config.folder, self.excludes, config.follow_symlinks)
         self.scheduler = Scheduler()
+        self.watcher = Watcher(config.folder, self._on_watch_events, self._on_watch_restart)
+        self.rescan_now = asyncio.Event()
+        self.folder = Folder(config.folder, self.watcher, self.rescan_now)
+        self.deletions = Deletions(config, client, state, self.retrier, self.folder, dry_run=dry_run)
         self.settler = Settler(
             config.folder,
             config.settle,
             config.max_delay,
             release=self.scheduler.put,
             on_dir=self._on_dir,
-            on_gone=self._on_gone,
+            on_gone=self.deletions.note_gone,
             on_skip=self._on_skip,
             follow_symlinks=config.follow_symlinks,
         )
-        self.watcher = Watcher(config.folder, self._on_watch_events, self._on_watch_restart)
         self.remote: dict[str, RemoteObject] | None = None
-        self.gone_batch: set[str] = set()
-        self.gone_event = asyncio.Event()
-        self.deleting = False
-        self.rescan_now = asyncio.Event()
         self.stopping = False
         self.bucket: BucketStatus | None = None
         self.workers_wanted = config.workers
         self.worker_tasks: set[asyncio.Task[None]] = set()
         self.workers_running = 0
         self.scanned_files = 0
-        folder_st = os.stat(config.folder)
-        self.folder_dev = folder_st.st_dev
-        self.folder_ino = folder_st.st_ino
-        self.folder_ok = True
-        self.folder_checked = -FOLDER_CHECK_EVERY
         self.fast: Any = None
         self.helper: Helper | None = None
         self.helper_start: asyncio.Task[None] | None = None
@@ -277,115 +270,10 @@ class Pipeline:
         if not self.dry_run:
             self.state.forget_owed(rel)
 
-    def _on_gone(self, rel: str) -> None:
-        if self.dry_run:
-            return
-        if self.config.on_delete == "keep" or self.state.get(rel) is None:
-            self.state.forget_owed(rel)
-            return
-        self.gone_batch.add(rel)
-        self.gone_event.set()
-
-    async def deletions(self) -> None:
-        """Propagate deletions in batches, refusing a batch the delete guard calls a disaster."""
-        while True:
-            await self.gone_event.wait()
-            while True:
-                self.gone_event.clear()
-                try:
-                    await asyncio.wait_for(self.gone_event.wait(), DELETE_BATCH_QUIET)
-                except TimeoutError:
-                    break
-            taken = set(self.gone_batch)
-            batch = {rel for rel in taken if not os.path.lexists(os.path.join(self.config.folder, rel))}
-            self.deleting = True
-            try:
-                await self._judge_deletions(batch)
-            finally:
-                self.gone_batch -= taken  # judged, or back on disk; later arrivals wait for the next round
-                self.deleting = False
-            if self.gone_batch:
-                self.gone_event.set()
-
-    async def _judge_deletions(self, batch: set[str]) -> None:
-        """Delete markers for a batch of vanished files, unless the guard calls it a disaster."""
-        if not batch or not self.folder_available():
-            return
-        tracked = max(self.state.counts().files, 1)
-        limit = min(self.config.delete_guard_percent / 100 * tracked, self.config.delete_guard_files)
-        if len(batch) > limit:
-            log.critical(
-                "delete_guard_tripped",
-                count=len(batch),
-                tracked=tracked,
-                limit=int(limit),
-                hint="nothing was deleted in the bucket; if this is intended, raise delete_guard",
-            )
-            for rel in batch:
-                self.state.forget_owed(rel)
-            return
-        for rel in sorted(batch):
-            await self._delete(rel)
-
-    async def _delete(self, rel: str) -> None:
-        rec = self.state.get(rel)
-        if rec is None:
-            return
-        try:
-            response = await self.retrier.call(
-                lambda: self.client.delete_object(Bucket=self.config.bucket, Key=rec.key)
-            )
-        except Exception as exc:
-            log.error("delete_failed", path=rel, key=rec.key, reason=describe(exc))
-            return
-        self.state.forget([rel])
-        self.stats.deleted += 1
-        log.info("deleted", path=rel, key=rec.key, version_id=response.get("VersionId"))
-
-    def folder_recently_available(self) -> bool:
-        """folder_available(), looked at most every FOLDER_CHECK_EVERY seconds: the workers ask per file.
-
-        A file read from a folder that went away in between vanishes or fails to open; deletions are
-        judged with a fresh look, so a stale answer costs one retry, never a delete.
-        """
-        now = time.monotonic()
-        if now - self.folder_checked >= FOLDER_CHECK_EVERY or not self.folder_ok:
-            self.folder_checked = now
-            return self.folder_available()
-        return True
-
-    def folder_available(self) -> bool:
-        """The folder exists and is still on the device it was on (an unmounted mountpoint is not)."""
-        try:
-            st = os.stat(self.config.folder)
-        except OSError:
-            available = False
-        else:
-            available = st.st_dev == self.folder_dev
-            if available and st.st_ino != self.folder_ino:
-                # A new directory at the folder's path: the watches are on the old one.
-                self.folder_ino = st.st_ino
-                log.warning("folder_replaced", folder=str(self.config.folder))
-                self.watcher.restart()
-                self.rescan_now.set()
-        if available != self.folder_ok:
-            self.folder_ok = available
-            if available:
-                log.info("folder_available", folder=str(self.config.folder))
-                self.watcher.restart()  # an unmount removed every watch on the disk
-                self.rescan_now.set()
-            else:
-                log.error(
-                    "folder_unavailable",
-                    folder=str(self.config.folder),
-                    hint="uploads and deletions are paused until the folder (or its mount) is back",
-                )
-        return available
-
     # -- reconcile ------------------------------------------------------------------------------------
     async def reconcile(self, reason: str) -> int:
         """Walk the folder, owe each file whose stat differs from the state; never read unchanged files."""
-        if not self.folder_available():
+        if not self.folder.available():
             return 0
         started = time.monotonic()
         known = self.state.signatures()
@@ -397,11 +285,11 @@ class Pipeline:
             if self.remote is None and any(rel not in known for rel, _st in batch):
                 await self._load_remote_index()
             owed += self._feed(batch, known)
-        if not self.folder_available():
+        if not self.folder.available():
             return owed  # went away during the walk: the "missing" files are not deletions
         for rel in known:
             if not os.path.lexists(os.path.join(self.config.folder, rel)) and not self.excludes.excluded(rel):
-                self._on_gone(rel)
+                self.deletions.note_gone(rel)
         log.info(
             "scan_done",
             reason=reason,
@@ -472,7 +360,7 @@ class Pipeline:
     async def _work_one(self) -> None:
         rel = await self.scheduler.get()
         try:
-            if self.folder_recently_available():
+            if self.folder.recently_available():
                 await self.process(rel)
             else:
                 self.settler.add(rel)  # try again when the folder is back
@@ -490,7 +378,7 @@ class Pipeline:
         except FileSkipped as exc:
             if exc.gone:
                 log.info("vanished", path=rel, reason=exc.reason)
-                self._on_gone(rel)
+                self.deletions.note_gone(rel)
                 return
             self.stats.skipped += 1
             self.metrics.failed()
@@ -601,7 +489,7 @@ class Pipeline:
         c = counts or self.state.counts()
         if self.outage.down:
             return f"waiting for S3 ({self.outage.reason}): {c.owed} owed"
-        if not self.folder_ok:
+        if not self.folder.ok:
             return f"folder {self.config.folder} unavailable: paused, {c.owed} owed"
         last = f", last {int(time.time() - c.last_upload)} s ago" if c.last_upload else ""
         return f"watching {self.config.folder}: {c.owed} owed, {c.files:,} uploaded, {c.failed} failed{last}"
@@ -620,7 +508,7 @@ class Pipeline:
             self.state.set_meta("status", text)
             if interval and self.healthy():
                 self.notifier.watchdog()
-            self.folder_available()
+            self.folder.available()
             if self.helper is not None and self.helper_start is not None and self.helper_start.done():
                 self.helper_start = self.helper.check()  # never awaited here: the heartbeat goes on
             await asyncio.sleep(period)
@@ -631,7 +519,7 @@ class Pipeline:
 
     async def start_workers(self, group: asyncio.TaskGroup) -> None:
         group.create_task(self.settler.run(), name="settler")
-        group.create_task(self.deletions(), name="deletions")
+        group.create_task(self.deletions.run(), name="deletions")
         self.set_workers(self.workers_wanted)
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None]) -> None:
@@ -677,7 +565,7 @@ class Pipeline:
                 await self.start_workers(group)
                 await self.queue_owed()
                 await self.reconcile("once")
-                while len(self.settler) or len(self.scheduler) or self.gone_batch or self.deleting:
+                while len(self.settler) or len(self.scheduler) or self.deletions.busy:
                     if len(self.scheduler):  # wake when the last upload ends, not up to 50 ms later
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.scheduler.wait_idle(), 0.05)

@@ -1,0 +1,193 @@
+"""`syncd restore`: get files back from the bucket, a version or a moment, checked against their MD5."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import stat
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from syncd.admin import rel_from_user_path, show
+from syncd.config import Config
+from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, SyncdError
+from syncd.keys import key_for_path, rel_path_for_key
+from syncd.s3.client import describe, open_client
+from syncd.s3.listing import Version, list_versions
+from syncd.s3.retry import Outage, Retrier
+
+
+def parse_time(raw: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"--at {raw!r}: expected an ISO 8601 time like 2026-11-20T14:00 or 2026-11-20T14:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # local time, as the admin typed it
+    return moment
+
+
+def _pick(versions_of_key: list[Version], version_id: str | None, at: dt.datetime | None) -> Version | None:
+    """The version to restore: the given ID, the newest at `at`, or the newest that is not a deletion."""
+    ordered = sorted(versions_of_key, key=lambda v: v.modified, reverse=True)
+    if version_id is not None:
+        return next((v for v in ordered if v.version_id == version_id), None)
+    if at is not None:
+        candidate = next((v for v in ordered if v.modified <= at), None)
+        return None if candidate is None or candidate.delete_marker else candidate
+    return next((v for v in ordered if not v.delete_marker), None)
+
+
+async def restore(
+    config: Config,
+    raw_paths: list[str],
+    *,
+    version_id: str | None,
+    at: str | None,
+    to: str | None,
+    force: bool,
+) -> int:
+    moment = parse_time(at) if at else None
+    retrier = Retrier(Outage(), give_up_after=120)
+    failures = 0
+    restored = 0
+    async with open_client(config.s3, pool=8) as client:
+        for raw in raw_paths:
+            rel = rel_from_user_path(config, raw)
+            file_key = key_for_path(config.prefix, rel) if rel else None
+            dir_prefix = (key_for_path(config.prefix, rel) + "/") if rel else config.prefix
+            listing = await list_versions(client, config.bucket, file_key or dir_prefix, retrier)
+            by_key: dict[str, list[Version]] = {}
+            for v in listing:
+                if v.key == file_key or v.key.startswith(dir_prefix):
+                    by_key.setdefault(v.key, []).append(v)
+            is_file = file_key is not None and file_key in by_key
+            if version_id is not None and not is_file:
+                raise ConfigError(f"{raw}: --version needs a single file that has versions in the bucket")
+            if not by_key:
+                print(
+                    f"{show(rel) or '.'}: nothing in bucket {config.bucket} under {file_key or dir_prefix}",
+                    file=sys.stderr,
+                )
+                failures += 1
+                continue
+            keys = [file_key] if is_file and file_key else sorted(k for k in by_key if k != file_key)
+            for key in keys:
+                assert key is not None
+                chosen = _pick(by_key[key], version_id, moment)
+                if chosen is None:
+                    if version_id is not None:
+                        print(f"{raw}: no version {version_id}", file=sys.stderr)
+                        failures += 1
+                    elif is_file:
+                        print(f"{raw}: did not exist at {at} (or only as a deletion)", file=sys.stderr)
+                        failures += 1
+                    continue  # in a directory: this file did not exist at that time
+                key_rel = rel_path_for_key(config.prefix, key)
+                if key_rel is None:
+                    print(f"{key}: not a key syncd wrote (cannot map it to a path); skipped", file=sys.stderr)
+                    failures += 1
+                    continue
+                dest = _destination(config, rel, key_rel, is_file, to)
+                ok = await _restore_one(client, config, chosen, dest, force, retrier)
+                restored += ok
+                failures += not ok
+    noun = "file" if restored == 1 else "files"
+    print(f"restored {restored} {noun}" + (f", {failures} not restored" if failures else ""))
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _destination(config: Config, asked_rel: str, key_rel: str, is_file: bool, to: str | None) -> Path:
+    if to is None:
+        return config.folder / key_rel
+    target = Path(to)
+    if is_file:
+        return target / Path(key_rel).name if target.is_dir() else target
+    inner = key_rel[len(asked_rel) + 1 :] if asked_rel else key_rel
+    return target / inner
+
+
+async def _restore_one(
+    client: Any, config: Config, v: Version, dest: Path, force: bool, retrier: Retrier
+) -> bool:
+    """Download to a temp name beside dest, check the MD5, set mtime, then rename into place."""
+    if (dest.exists() or dest.is_symlink()) and not force:
+        print(f"{dest}: exists; not overwritten (use --force)", file=sys.stderr)
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".syncd-restore-", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            response = await retrier.call(
+                lambda: client.get_object(Bucket=config.bucket, Key=v.key, VersionId=v.version_id)
+            )
+            md5 = hashlib.md5()
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), _mode_for(dest))
+                # Not `async with Body as b`: aiobotocore's __aenter__ returns the raw aiohttp response.
+                body = response["Body"]
+                async with body:
+                    while chunk := await body.read(1024 * 1024):
+                        md5.update(chunk)
+                        await asyncio.to_thread(out.write, chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except SyncdError:
+            raise
+        except Exception as exc:
+            print(f"{dest}: download failed: {describe(exc)}", file=sys.stderr)
+            return False
+        meta = response.get("Metadata", {})
+        expected = _expected_md5(meta, str(response.get("ETag", "")).strip('"'))
+        if expected is not None and expected != md5.hexdigest():
+            print(
+                f"{dest}: MD5 mismatch (got {md5.hexdigest()}, expected {expected}); not restored",
+                file=sys.stderr,
+            )
+            return False
+        millis = meta.get("src_last_modified_millis")
+        if millis and millis.isdigit():
+            ns = int(millis) * 1_000_000
+            os.utime(tmp, ns=(ns, ns))
+        if force:
+            os.replace(tmp, dest)
+        else:
+            try:
+                os.link(tmp, dest)  # atomic no-clobber: never overwrite a file that appeared meanwhile
+            except FileExistsError:
+                print(f"{dest}: exists; not overwritten (use --force)", file=sys.stderr)
+                return False
+        print(f"restored {show(str(dest))} (version {v.version_id}, {v.size:,} bytes)")
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _mode_for(dest: Path) -> int:
+    """As a copy would: the mode of the file being replaced, else 0666 less the umask (not mkstemp's 0600)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(dest)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _expected_md5(meta: dict[str, str], etag: str) -> str | None:
+    if meta.get("md5chksum"):
+        with contextlib.suppress(ValueError):
+            return base64.b64decode(meta["md5chksum"]).hex()
+    if len(etag) == 32 and "-" not in etag:
+        return etag
+    return None
