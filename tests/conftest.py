@@ -1,4 +1,10 @@
-"""Fixtures the whole suite shares: one real SeaweedFS per session, S3 clients, configs, syncd processes."""
+"""Fixtures the whole suite shares: real S3 servers (SeaweedFS, Ceph RGW) per session, S3 clients, configs,
+syncd processes.
+
+`s3_server` is SeaweedFS unless a test (or its module) is marked `@pytest.mark.servers("seaweedfs", "rgw")`:
+then it runs once per named server, and `s3`, `s3_other`, `syncd_env`, `make_config`, `run_syncd` and
+`start_daemon` all follow that server.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,16 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import Daemon, S3TestServer, s3_client
+from helpers import Daemon, RgwTestServer, S3TestServer, TestServer, s3_client
 from hypothesis import HealthCheck, settings
+from rgw import RgwUnavailable
 
 # Property tests check results, not speed: a loaded CI machine must not fail them on a slow example.
 settings.register_profile("syncd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,20 +65,72 @@ def hermetic_aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
         yield
 
 
+SERVER_FIXTURES = {"seaweedfs": "seaweedfs_server", "rgw": "rgw_server"}
+STARTUP_SECONDS: dict[str, float] = {}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`@pytest.mark.servers("seaweedfs", "rgw")`: run the test once per named server (ids [seaweedfs], [rgw])."""
+    marker = metafunc.definition.get_closest_marker("servers")
+    if marker is None or "s3_server" not in metafunc.fixturenames:
+        return
+    unknown = set(marker.args) - set(SERVER_FIXTURES)
+    if unknown or not marker.args:
+        raise pytest.UsageError(f"servers(...) takes some of {sorted(SERVER_FIXTURES)}, not {marker.args}")
+    metafunc.parametrize("s3_server", marker.args, indirect=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for kind, seconds in STARTUP_SECONDS.items():
+        terminalreporter.write_line(f"{kind} started in {seconds:.1f} s")
+
+
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3TestServer]:
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3TestServer]:
+    """The session's SeaweedFS (`weed mini`), users `admin` and `other`."""
     server = S3TestServer(tmp_path_factory.mktemp("seaweed"))
+    began = time.monotonic()
     with server:
+        STARTUP_SECONDS["seaweedfs"] = time.monotonic() - began
         yield server
 
 
+@pytest.fixture(scope="session")
+def rgw_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RgwTestServer]:
+    """The session's Ceph RGW (one mon, one memstore OSD, radosgw), users `admin` and `other`.
+
+    Started at its first use (~3 s), stopped at the end of the session. Where RGW is not installed the
+    tests that use it skip with the reason; with CI=true they fail instead.
+    """
+    server = RgwTestServer(tmp_path_factory.mktemp("rgw"))
+    try:
+        server.start()
+    except RgwUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"Ceph RGW must run in CI: {exc}", pytrace=False)
+        pytest.skip(f"Ceph RGW unavailable: {exc}")
+    STARTUP_SECONDS["rgw"] = server.startup_seconds
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def s3(s3_server: S3TestServer) -> Any:
+def s3_server(request: pytest.FixtureRequest) -> TestServer:
+    """The server this test runs against: SeaweedFS, or each of those named by @pytest.mark.servers."""
+    kind = getattr(request, "param", "seaweedfs")
+    server: TestServer = request.getfixturevalue(SERVER_FIXTURES[kind])
+    return server
+
+
+@pytest.fixture
+def s3(s3_server: TestServer) -> Any:
     return s3_client(s3_server, s3_server.admin)
 
 
 @pytest.fixture
-def s3_other(s3_server: S3TestServer) -> Any:
+def s3_other(s3_server: TestServer) -> Any:
     return s3_client(s3_server, s3_server.other)
 
 
@@ -80,7 +140,7 @@ def bucket_name() -> str:
 
 
 @pytest.fixture
-def syncd_env(s3_server: S3TestServer, tmp_path: Path) -> dict[str, str]:
+def syncd_env(s3_server: TestServer, tmp_path: Path) -> dict[str, str]:
     """The environment for a syncd subprocess: admin's keys, nothing from the developer's AWS setup."""
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
     env.update(
@@ -116,7 +176,7 @@ def yaml_ready(value: Any) -> Any:
 
 
 @pytest.fixture
-def make_config(s3_server: S3TestServer, tmp_path: Path) -> Callable[..., Path]:
+def make_config(s3_server: TestServer, tmp_path: Path) -> Callable[..., Path]:
     """make_config(folder, bucket, **overrides) -> path of a YAML config for this server (settle 0.2 s)."""
     counter = itertools.count(1)
 

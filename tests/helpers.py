@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 import boto3
 import pytest
 from botocore.config import Config
+from rgw import RgwServer
 
 from syncd.seaweed import Identity, SeaweedServer, die_with_parent
 
@@ -40,13 +41,29 @@ def skip_or_fail(reason: str) -> NoReturn:
 class S3TestServer(SeaweedServer):
     """The session's SeaweedFS with two users: `admin` (the one syncd runs as) and `other` (someone else)."""
 
+    kind = "seaweedfs"
+
     def __init__(self, data_dir: Path) -> None:
         self.admin = Identity.generate("admin")
         self.other = Identity.generate("other")
         super().__init__(data_dir, [self.admin, self.other])
 
 
-def s3_client(server: SeaweedServer, identity: Identity) -> Any:
+class RgwTestServer(RgwServer):
+    """The session's Ceph RGW with the same two users as S3TestServer: `admin` and `other`."""
+
+    kind = "rgw"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.admin = Identity.generate("admin")
+        self.other = Identity.generate("other")
+        super().__init__(data_dir, [self.admin, self.other])
+
+
+TestServer = S3TestServer | RgwTestServer
+
+
+def s3_client(server: SeaweedServer | RgwServer, identity: Identity) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=server.endpoint_url,

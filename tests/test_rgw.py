@@ -1,0 +1,58 @@
+"""The Ceph RGW fixture itself, and what RGW answers differently from SeaweedFS that syncd must handle."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import botocore.exceptions
+import pytest
+from helpers import RgwTestServer, s3_client
+
+from syncd.seaweed import Identity
+
+
+def anonymous_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_users_are_separate_accounts_and_versioning_gives_version_ids(
+    rgw_server: RgwTestServer, bucket_name: str
+) -> None:
+    admin = s3_client(rgw_server, rgw_server.admin)
+    other = s3_client(rgw_server, rgw_server.other)
+    admin.create_bucket(Bucket=bucket_name)
+    admin.put_bucket_versioning(Bucket=bucket_name, VersioningConfiguration={"Status": "Enabled"})
+    first = admin.put_object(Bucket=bucket_name, Key="k", Body=b"one")["VersionId"]
+    second = admin.put_object(Bucket=bucket_name, Key="k", Body=b"two")["VersionId"]
+    assert first and second and first != second
+    assert admin.list_buckets()["Owner"]["ID"] != other.list_buckets()["Owner"]["ID"]
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        other.get_object(Bucket=bucket_name, Key="k")
+    assert caught.value.response["Error"]["Code"] == "AccessDenied"
+    assert anonymous_status(f"{rgw_server.endpoint_url}/{bucket_name}") == 403
+
+
+def test_wrong_secret_is_refused(rgw_server: RgwTestServer) -> None:
+    wrong = Identity(rgw_server.admin.name, rgw_server.admin.access_key, "not-the-secret")
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        s3_client(rgw_server, wrong).list_buckets()
+    assert caught.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+
+def test_a_read_only_subuser_reads_but_cannot_write(rgw_server: RgwTestServer, bucket_name: str) -> None:
+    admin = s3_client(rgw_server, rgw_server.admin)
+    admin.create_bucket(Bucket=bucket_name)
+    admin.put_object(Bucket=bucket_name, Key="k", Body=b"bytes")
+    reader = Identity.generate("reader")
+    rgw_server.create_subuser(rgw_server.admin, reader, "read")
+    readonly: Any = s3_client(rgw_server, reader)
+    assert readonly.get_object(Bucket=bucket_name, Key="k")["Body"].read() == b"bytes"
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        readonly.put_object(Bucket=bucket_name, Key="k", Body=b"other bytes")
+    assert caught.value.response["Error"]["Code"] == "AccessDenied"
