@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import Daemon, RgwTestServer, S3TestServer, TestServer, s3_client
+from helpers import Daemon, RgwTestServer, S3TestServer, TestServer, s3_client, skip_or_fail
 from hypothesis import HealthCheck, settings
 from rgw import RgwUnavailable
 
@@ -70,7 +70,7 @@ STARTUP_SECONDS: dict[str, float] = {}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """`@pytest.mark.servers("seaweedfs", "rgw")`: run the test once per named server (ids [seaweedfs], [rgw])."""
+    """`@pytest.mark.servers("seaweedfs", "rgw")`: run the test once per named server (ids like [rgw])."""
     marker = metafunc.definition.get_closest_marker("servers")
     if marker is None or "s3_server" not in metafunc.fixturenames:
         return
@@ -106,9 +106,7 @@ def rgw_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RgwTestServ
     try:
         server.start()
     except RgwUnavailable as exc:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"Ceph RGW must run in CI: {exc}", pytrace=False)
-        pytest.skip(f"Ceph RGW unavailable: {exc}")
+        skip_or_fail(f"Ceph RGW unavailable: {exc}")
     STARTUP_SECONDS["rgw"] = server.startup_seconds
     try:
         yield server
