@@ -80,6 +80,24 @@ def settle_after(daemon: Daemon, folder: Path, name: str = "zz-sentinel.txt") ->
     daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("path") == name, start=start)
 
 
+def wait_for_new_watch(daemon: Daemon, start: int) -> None:
+    """After a watcher restart (from record `start` on): the new watches are up and their rescan is done.
+
+    A file written after this reaches syncd through the watcher; the one rescan that might have found it
+    instead is over (no other is due: rescan_interval is 15 minutes in these tests).
+    """
+    restarted = daemon.wait_for_event("rescan_requested", reason="watcher restarted", start=start)
+    after = daemon.records().index(restarted)
+    daemon.wait_for_event("scan_done", start=after)
+
+
+def found_by_the_watcher(daemon: Daemon, path: str, start: int) -> None:
+    """`path` (written after record `start`) was uploaded with no rescan in between: the watcher saw it."""
+    upload = daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("path") == path, start=start)
+    between = daemon.records()[start : daemon.records().index(upload)]
+    assert not events(between, "scan_done"), between
+
+
 class WrappedDaemon(Daemon):
     """helpers.Daemon, but `syncd run` started through a wrapper command (unshare, setpriv)."""
 
@@ -416,12 +434,14 @@ def test_files_swapped_for_a_fifo_or_deleted_while_queued(
     """One worker, busy with a rate-limited file: the files queued behind it change before their turn."""
     folder = tmp_path / "data"
     write(folder / "big.bin", os.urandom(600_000))
-    config = make_config(folder, bucket_name, workers=1, bandwidth_limit="100KB")
+    config = make_config(folder, bucket_name, workers=1, bandwidth_limit="100KB", log={"level": "debug"})
     daemon = start_daemon(config)
-    daemon.wait_for_event("scan_done", timeout=60)  # big.bin is in the worker: ~5 s of rate limiting
+    daemon.wait_for_event("scan_done", timeout=60)  # big.bin is in the worker: ~6 s of rate limiting
     write(folder / "swap.txt", b"soon a fifo")
     write(folder / "vanish.txt", b"soon gone")
-    time.sleep(2.5)  # watched, settled and queued behind big.bin
+    for name in ("swap.txt", "vanish.txt"):  # watched, settled and queued behind big.bin
+        daemon.wait_for_event("settled", path=name)
+    assert not daemon.uploaded(), "big.bin was done before the others were queued: nothing waited"
     os.unlink(folder / "swap.txt")
     os.mkfifo(folder / "swap.txt")
     os.unlink(folder / "vanish.txt")
@@ -542,14 +562,15 @@ def test_excludes(tmp_path, s3, bucket_name, make_config, run_syncd, overrides, 
 def test_on_delete_keep_leaves_the_object(tmp_path, s3, bucket_name, make_config, start_daemon):
     folder = tmp_path / "data"
     write(folder / "a.txt", b"a")
-    daemon = start_daemon(make_config(folder, bucket_name))
+    daemon = start_daemon(make_config(folder, bucket_name, log={"level": "debug"}))
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: "a.txt" in keys_in(s3, bucket_name))
     os.unlink(folder / "a.txt")
     write(folder / "draft.swp", b"excluded by default, also when it appears later")
     write(folder / ".git" / "HEAD", b"ref: refs/heads/main\n")
-    time.sleep(3)  # past the 2 s deletion batch window
-    settle_after(daemon, folder)
+    daemon.wait_for_event("gone", path="a.txt", action="kept")  # seen, and nothing more will happen
+    daemon.wait_for_event("uploaded", path=".git/HEAD")
+    settle_after(daemon, folder)  # written after draft.swp: its events have been handled too
     assert daemon.terminate() == 0
     assert bucket_objects(s3, bucket_name) == {
         "a.txt": b"a",
@@ -644,6 +665,21 @@ def test_delete_guard_refuses_a_mass_deletion_and_allows_a_small_one(
 # -- the folder goes away --------------------------------------------------------------------------------
 
 
+def held_back(daemon: Daemon, start: int) -> None:
+    """While the folder is away, rescans (rescan_interval 1 s) hold back and no deletion goes ahead.
+
+    Files the watcher reports gone (an unmount reports them all) may be batched; the batch is judged
+    2 s after the last one, with a fresh look at the folder, and must be held back, never deleted.
+    """
+    wait_until(lambda: len(events(daemon.records()[start:], "scan_paused")) >= 2, timeout=30)
+    batched = [r for r in events(daemon.records()[start:], "gone") if r["action"] == "batched"]
+    if batched:
+        last = daemon.records().index(batched[-1])
+        daemon.wait_for_event("deletions_held", start=last, timeout=30)
+    records = daemon.records()[start:]
+    assert not events(records, "deleted") and not events(records, "delete_guard_tripped"), records
+
+
 def test_folder_moved_away_pauses_and_resumes_when_it_is_back(
     tmp_path, s3, bucket_name, make_config, start_daemon
 ):
@@ -651,7 +687,8 @@ def test_folder_moved_away_pauses_and_resumes_when_it_is_back(
     away = tmp_path / "elsewhere"
     write(folder / "a.txt", b"a")
     write(folder / "b.txt", b"b")
-    daemon = start_daemon(make_config(folder, bucket_name, on_delete="delete"))
+    config = make_config(folder, bucket_name, on_delete="delete", rescan_interval=1, log={"level": "debug"})
+    daemon = start_daemon(config)
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt"})
 
@@ -659,7 +696,7 @@ def test_folder_moved_away_pauses_and_resumes_when_it_is_back(
     os.rename(folder, away)
     daemon.wait_for_event("folder_unavailable", start=start, timeout=20)
     write(away / "while-away.txt", b"written while away")
-    time.sleep(3)  # longer than a deletion batch: "a.txt and b.txt are gone" must not be believed
+    held_back(daemon, start)
     assert keys_in(s3, bucket_name) == {"a.txt", "b.txt"}
 
     start = len(daemon.records())
@@ -683,16 +720,18 @@ def test_folder_replaced_by_a_new_directory_is_watched_afresh(
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt"})
 
+    start = len(daemon.records())
     os.rename(folder, tmp_path / "data.old")
     folder.mkdir()
-    time.sleep(2)  # past the rescan that the event on the folder itself asks for
+    daemon.wait_for_event("folder_replaced", start=start)
+    wait_for_new_watch(daemon, start)
+    start = len(daemon.records())
     write(folder / "new.txt", b"in the new folder")
-    try:
-        wait_until(lambda: "new.txt" in keys_in(s3, bucket_name), timeout=30)
-        daemon.wait_for_event("delete_guard_tripped", timeout=30)  # all tracked files "gone" at once
-        assert not list_delete_markers(s3, bucket_name)
-    finally:
-        daemon.terminate()
+    found_by_the_watcher(daemon, "new.txt", start)
+    assert "new.txt" in keys_in(s3, bucket_name)
+    daemon.wait_for_event("delete_guard_tripped", timeout=30)  # all tracked files "gone" at once
+    assert not list_delete_markers(s3, bucket_name)
+    assert daemon.terminate() == 0
 
 
 def open_files_below(pid: int, folder: Path) -> list[str]:
@@ -713,7 +752,7 @@ def test_uploaded_files_are_closed(tmp_path, s3, bucket_name, make_config, start
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: len(daemon.uploaded()) == 30, timeout=30)
     leaked = open_files_below(daemon.pid, folder)
-    daemon.terminate()
+    assert daemon.terminate() == 0
     assert not leaked, leaked
 
 
@@ -775,7 +814,8 @@ def test_unmounted_folder_pauses_and_resumes_on_remount(
     tmp_path, s3, bucket_name, make_config, start_daemon, loop_disk
 ):
     folder = folder_on(loop_disk, tmp_path)
-    daemon = start_daemon(make_config(folder, bucket_name, on_delete="delete"))
+    config = make_config(folder, bucket_name, on_delete="delete", rescan_interval=1, log={"level": "debug"})
+    daemon = start_daemon(config)
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt"})
 
@@ -788,7 +828,7 @@ def test_unmounted_folder_pauses_and_resumes_on_remount(
     loop_disk.mount(elsewhere)
     write(elsewhere / "while-away.txt", b"written on the disk while it was mounted elsewhere")
     loop_disk.umount(elsewhere)
-    time.sleep(3)  # longer than a deletion batch: "a.txt and b.txt are gone" must not be believed
+    held_back(daemon, start)
     assert keys_in(s3, bucket_name) == {"a.txt", "b.txt"}
 
     start = len(daemon.records())
@@ -809,13 +849,13 @@ def test_changes_after_a_remount_are_watched(tmp_path, s3, bucket_name, make_con
     loop_disk.umount(folder)
     daemon.wait_for_event("folder_unavailable", start=start, timeout=20)
     loop_disk.mount(folder)
-    daemon.wait_for_event("folder_available", start=start, timeout=20)
-    time.sleep(1)  # after the rescan that follows folder_available
+    available = daemon.wait_for_event("folder_available", start=start, timeout=20)
+    wait_for_new_watch(daemon, daemon.records().index(available))
+    start = len(daemon.records())
     write(folder / "after-remount.txt", b"after")
-    try:
-        wait_until(lambda: "after-remount.txt" in keys_in(s3, bucket_name), timeout=30)
-    finally:
-        daemon.terminate()
+    found_by_the_watcher(daemon, "after-remount.txt", start)
+    assert "after-remount.txt" in keys_in(s3, bucket_name)
+    assert daemon.terminate() == 0
 
 
 # -- the inotify watch limit -----------------------------------------------------------------------------
@@ -847,12 +887,15 @@ def many_dirs(folder: Path, count: int) -> set[str]:
 def test_watch_limit_is_reported_with_the_sysctl_hint(tmp_path, s3, bucket_name, make_config, wrapped_daemon):
     folder = tmp_path / "data"
     expected = many_dirs(folder, 40)
-    daemon = wrapped_daemon(limited_watches(25), make_config(folder, bucket_name))
+    daemon = wrapped_daemon(limited_watches(25), make_config(folder, bucket_name, log={"level": "debug"}))
 
     record = daemon.wait_for_event("watch_limit_reached", timeout=60)
     assert "fs.inotify.max_user_watches" in record["hint"] and "rescan" in record["hint"]
     wait_until(lambda: keys_in(s3, bucket_name) == expected, timeout=30)
-    time.sleep(6)  # a few more probes: the limit is reported once, not on every probe
+    reported = daemon.records().index(record)
+    # Two more probes that found the limit still reached: it is reported once, not on every probe.
+    wait_until(lambda: len(events(daemon.records()[reported:], "watch_probed")) >= 2, timeout=30)
+    assert [r["exhausted"] for r in events(daemon.records()[reported:], "watch_probed")][:2] == [True, True]
     assert len(events(daemon.records(), "watch_limit_reached")) == 1
     assert daemon.returncode is None
     assert daemon.terminate() == 0
@@ -868,10 +911,8 @@ def test_watch_limit_falls_back_to_rescans(tmp_path, s3, bucket_name, make_confi
     for i in range(40):
         write(folder / f"d{i:02d}" / "late.txt", b"late")  # about half of these dirs are not watched
     expected |= {f"d{i:02d}/late.txt" for i in range(40)}
-    try:
-        wait_until(lambda: keys_in(s3, bucket_name) == expected, timeout=30)
-    finally:
-        daemon.terminate()
+    wait_until(lambda: keys_in(s3, bucket_name) == expected, timeout=30)
+    assert daemon.terminate() == 0
 
 
 # -- servers that misbehave ------------------------------------------------------------------------------
