@@ -71,9 +71,11 @@ class Deletions:
             return
         if self.config.on_delete == "keep" or self.state.get(rel) is None:
             self.state.forget_owed(rel)
+            log.debug("gone", path=rel, action="kept")  # tests wait on it: the deletion was seen
             return
         self.waiting.add(rel)
         self.arrived.set()
+        log.debug("gone", path=rel, action="batched")
 
     async def run(self) -> None:
         """Propagate deletions in batches, refusing a batch the delete guard calls a disaster."""
@@ -98,7 +100,10 @@ class Deletions:
 
     async def _judge(self, batch: set[str]) -> None:
         """Delete markers for a batch of vanished files, unless the guard calls it a disaster."""
-        if not batch or not self.folder.available():
+        if not batch:
+            return
+        if not self.folder.available():
+            log.debug("deletions_held", count=len(batch), reason="folder unavailable")  # tests wait on it
             return
         tracked = max(self.state.counts().files, 1)
         if not self.guard.allows(len(batch), tracked):

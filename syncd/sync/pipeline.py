@@ -274,6 +274,7 @@ class Pipeline:
     async def reconcile(self, reason: str) -> int:
         """Walk the folder, owe each file whose stat differs from the state; never read unchanged files."""
         if not self.folder.available():
+            log.debug("scan_paused", reason=reason)  # tests wait on it: the rescan looked and held back
             return 0
         started = time.monotonic()
         known = self.state.signatures()

@@ -138,6 +138,7 @@ class Settler:
             entry.sig = sig
         if now - _changed_at(result) >= self.settle or now - entry.last_change >= self.settle:
             del self.pending[rel]
+            log.debug("settled", path=rel)  # tests wait on it: the file is in the upload queue now
             self.release(rel)
         elif now - entry.first_seen >= self.max_delay:
             del self.pending[rel]

@@ -186,6 +186,7 @@ class Watcher:
         """Say so when the watch limit is reached; once it clears, restart the watch to add what it missed."""
         self.probed_at = time.monotonic()
         exhausted = inotify_exhausted(self.root)
+        log.debug("watch_probed", exhausted=bool(exhausted))  # tests count probes between reports
         if exhausted and not self.limited:
             self.limited = True
             log.error("watch_limit_reached", reason=exhausted, hint=INOTIFY_HINT)
