@@ -18,8 +18,6 @@ from helpers import bucket_objects, json_records, list_versions, tree, wait_unti
 
 from syncd.config import KEYS, Config, load_config
 
-pytestmark = pytest.mark.servers("seaweedfs", "rgw")
-
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
 
 
