@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from syncd import lockview
 from syncd.config import Config
 from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 from syncd.keys import key_for_path
@@ -39,6 +40,7 @@ def status(config: Config) -> int:
         failures = state.failures(limit=20)
         bucket = state.get_meta("bucket")
         live = state.get_meta("status")
+        locks = state.lock_summary()
     finally:
         state.close()
     where = f"{config.bucket}/{config.prefix}" if config.prefix else config.bucket
@@ -51,6 +53,8 @@ def status(config: Config) -> int:
     print(f"uploaded: {counts.files:,} files, last upload {_when(counts.last_upload)}")
     print(f"owed: {counts.owed:,}")
     print(f"failed: {counts.failed:,}")
+    if (locked := lockview.status_line(config, locks)) is not None:
+        print(locked)
     for failure in failures:
         print(f"  {show(failure.path)}: {failure.reason}")
     return EXIT_OK
@@ -79,12 +83,12 @@ async def versions(config: Config, raw_path: str) -> int:
         record = state.get(rel)
     finally:
         state.close()
+    retrier = Retrier(Outage(), give_up_after=60)
+    locks: dict[str, str] = {}
     async with open_client(config.s3, pool=4) as client:
-        found = [
-            v
-            for v in await list_versions(client, config.bucket, key, Retrier(Outage(), give_up_after=60))
-            if v.key == key
-        ]
+        found = [v for v in await list_versions(client, config.bucket, key, retrier) if v.key == key]
+        if config.object_lock is not None:
+            locks = await lockview.version_notes(client, config.bucket, found, retrier)
     if not found:
         print(f"no versions of {show(rel)} (key {key}) in bucket {config.bucket}")
         return EXIT_SOME_FAILED
@@ -98,6 +102,8 @@ async def versions(config: Config, raw_path: str) -> int:
             notes.append("delete marker")
         if record is not None and record.version_id == v.version_id:
             notes.append("uploaded last by syncd")
+        if v.version_id in locks:
+            notes.append(locks[v.version_id])
         size = "-" if v.delete_marker else f"{v.size:,}"
         print(
             f"{v.version_id:<40} {size:>12}  {v.modified.strftime('%Y-%m-%d %H:%M:%S')}  {', '.join(notes)}"
@@ -183,6 +189,7 @@ async def check(config: Config) -> int:
                 check_only=True,
             )
         )
+        lock_lines = await lockview.check_lines(client, config, exists=status.exists)
         lifecycle = await _lifecycle_warnings(client, config)
     print(f"config {config.path}: ok (folder {config.folder})")
     print("credentials: accepted")
@@ -194,6 +201,8 @@ async def check(config: Config) -> int:
         print(f"bucket {config.bucket}: {owner}, {privacy}, versioning {status.versioning}")
         if status.versioning != "Enabled":
             print("  warning: an unversioned bucket keeps no history; overwrites destroy old bytes")
+    for line in lock_lines:
+        print(line)
     for line in lifecycle:
         print(f"  warning: {line}")
     return EXIT_OK

@@ -65,6 +65,14 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class ObjectLockSettings:
+    """`object_lock`: every version syncd writes is locked in `mode` until at least now + `retain`."""
+
+    mode: str  # "governance" | "compliance"
+    retain: float  # seconds
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything syncd needs, validated once; the rest of the code gets the parts it uses."""
 
@@ -94,6 +102,7 @@ class Config:
     delete_guard_files: int = 1000
     keep_versions_days: int | None = None
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    object_lock: ObjectLockSettings | None = None
 
     @property
     def identity(self) -> str:
@@ -169,11 +178,13 @@ KEYS: dict[str, frozenset[str]] = {
             "stop_timeout", "state_dir", "rescan_interval", "ignore_inode", "multipart_threshold",
             "multipart_chunksize", "max_inflight", "bandwidth_limit", "follow_symlinks", "exclude",
             "default_excludes", "on_delete", "delete_guard", "keep_versions_days", "log", "metrics",
+            "object_lock",
         }
     ),
     "s3.": frozenset({"endpoint_url", "region", "profile", "checksum"}),
     "log.": frozenset({"format", "level"}),
     "metrics.": frozenset({"listen"}),
+    "object_lock.": frozenset({"mode", "retain"}),
 }  # fmt: skip
 
 
@@ -364,9 +375,30 @@ def parse_config(data: Mapping[str, Any], file: Path) -> Config:
         delete_guard_files=guard_files,
         keep_versions_days=keep_days,
         metrics=metrics,
+        object_lock=_parse_object_lock(top),
     )
     _check_ranges(config, top)
     return config
+
+
+MIN_RETAIN = 10.0  # seconds: below this a lock would expire before the extension pass could renew it
+
+
+def _parse_object_lock(top: _Reader) -> ObjectLockSettings | None:
+    """Off unless the section is there; then both keys are required (a lock of unknown length is a guess)."""
+    if top.get("object_lock") is None:
+        return None
+    section = top.section_reader("object_lock")
+    section.required("mode", "set it to governance or compliance")
+    mode = section.choice("mode", "", ("governance", "compliance"))
+    raw = section.required("retain", "set how long each version stays locked, e.g. retain: 30d")
+    retain = parse_duration(raw, section.where("retain"))
+    if retain < MIN_RETAIN:
+        raise ConfigError(
+            f"{section.where('retain')}: at least {MIN_RETAIN:.0f}s, got {raw!r}; "
+            "versions are locked for this long and renewed while current"
+        )
+    return ObjectLockSettings(mode=mode, retain=retain)
 
 
 def _parse_folder(top: _Reader, file: Path) -> Path:

@@ -27,6 +27,7 @@ class MetricsSink(Protocol):
     def set_owed(self, n: int) -> None: ...
     def set_last_success(self, ts: float) -> None: ...
     def set_s3_up(self, up: bool) -> None: ...
+    def set_locks(self, locked: int, earliest: float | None) -> None: ...
     def start(self, listen: str) -> None: ...
     def stop(self) -> None: ...
 
@@ -53,6 +54,9 @@ class NullMetrics:
         pass
 
     def set_s3_up(self, up: bool) -> None:
+        pass
+
+    def set_locks(self, locked: int, earliest: float | None) -> None:
         pass
 
     def start(self, listen: str) -> None:
@@ -90,6 +94,14 @@ class Metrics:
             registry=r,
         )
         self._s3_up = prom.Gauge("syncd_s3_up", "1 while the S3 server answers, else 0", registry=r)
+        self._locked = prom.Gauge(
+            "syncd_locked_current_versions", "Current versions under an Object Lock (object_lock)", registry=r
+        )
+        self._lock_earliest = prom.Gauge(
+            "syncd_lock_earliest_retain_until_timestamp_seconds",
+            "Unix time the earliest Object Lock of a current version ends (0: none locked)",
+            registry=r,
+        )
         prom.ProcessCollector(registry=r)  # memory, CPU and open files of the daemon
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -115,6 +127,10 @@ class Metrics:
 
     def set_s3_up(self, up: bool) -> None:
         self._s3_up.set(1 if up else 0)
+
+    def set_locks(self, locked: int, earliest: float | None) -> None:
+        self._locked.set(locked)
+        self._lock_earliest.set(earliest or 0)
 
     def start(self, listen: str) -> None:
         """Serve /metrics on HOST:PORT ("[::1]:9464" for IPv6); ConfigError when it cannot listen."""

@@ -49,7 +49,13 @@ class BucketStatus:
 
 
 async def ensure_private_bucket(
-    client: Any, bucket: str, *, region: str | None, endpoint_url: str | None, check_only: bool = False
+    client: Any,
+    bucket: str,
+    *,
+    region: str | None,
+    endpoint_url: str | None,
+    check_only: bool = False,
+    object_lock: bool = False,
 ) -> BucketStatus:
     """Create or adopt `bucket`, make it private and versioned, and prove the privacy from outside.
 
@@ -67,6 +73,8 @@ async def ensure_private_bucket(
     removed or refused here and proven by the anonymous probe, it needs one more permission, and B2 and
     SeaweedFS answer NotImplemented.
 
+    object_lock: a bucket created here gets Object Lock enabled (and with it versioning).
+
     check_only changes nothing: a missing bucket is reported with exists=False, a public ACL that `run`
     would remove is reported with private=False (the anonymous probe is skipped then); only what `run`
     could not fix itself raises.
@@ -82,7 +90,7 @@ async def ensure_private_bucket(
                 exists=False,
                 owner_proven=False,
             )
-        created = await _create(client, bucket, region)
+        created = await _create(client, bucket, region, object_lock=object_lock)
     else:
         created = False
     acl = await _get_acl(client, bucket)
@@ -170,9 +178,11 @@ async def _exists(client: Any, bucket: str) -> bool:
     return True
 
 
-async def _create(client: Any, bucket: str, region: str | None) -> bool:
+async def _create(client: Any, bucket: str, region: str | None, *, object_lock: bool = False) -> bool:
     """Create the bucket private; False when it turned out to exist (ownership is checked next)."""
     args: dict[str, Any] = {"Bucket": bucket, "ACL": "private"}
+    if object_lock:
+        args["ObjectLockEnabledForBucket"] = True
     if region and region != "us-east-1":
         args["CreateBucketConfiguration"] = {"LocationConstraint": region}
     with _step(bucket, "create the bucket", "s3:CreateBucket"):
@@ -194,7 +204,7 @@ async def _create(client: Any, bucket: str, region: str | None) -> bool:
                     "digits, dots and hyphens"
                 ) from exc
             raise
-    log.info("bucket_created", bucket=bucket, region=region)
+    log.info("bucket_created", bucket=bucket, region=region, object_lock=object_lock)
     return True
 
 

@@ -28,6 +28,7 @@ the payload is UNSIGNED-PAYLOAD with Content-MD5, as botocore does for streaming
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import os
@@ -147,6 +148,18 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
 def _quote_key(key: str) -> str:
     """The key as it goes into the URL path and the canonical request (botocore's quoting for S3)."""
     return quote(key.encode(), safe="/~")
+
+
+def _lock_headers(mode: str | None, until: dt.datetime | None) -> dict[str, str]:
+    """Object Lock headers as botocore serializes ObjectLockMode and ObjectLockRetainUntilDate."""
+    headers: dict[str, str] = {}
+    if mode is not None:
+        headers["x-amz-object-lock-mode"] = mode
+    if until is not None:
+        until = until.astimezone(dt.UTC) if until.tzinfo is not None else until
+        pattern = "%Y-%m-%dT%H:%M:%S.%fZ" if until.microsecond else "%Y-%m-%dT%H:%M:%SZ"
+        headers["x-amz-object-lock-retain-until-date"] = until.strftime(pattern)
+    return headers
 
 
 def _trim(value: str) -> str:
@@ -290,6 +303,8 @@ class FastPut:
         ContentType: str | None = None,
         Metadata: dict[str, str] | None = None,
         Bucket: str | None = None,
+        ObjectLockMode: str | None = None,
+        ObjectLockRetainUntilDate: dt.datetime | None = None,
     ) -> dict[str, Any]:
         """PUT one object; returns and raises what client.put_object would for these arguments."""
         if Bucket is not None and Bucket != self.bucket:
@@ -297,12 +312,18 @@ class FastPut:
         if Metadata and len({name.lower() for name in Metadata}) != len(Metadata):
             # Names equal but for case: the client signs every value but sends only the last one (its
             # request fails); FastPut would send them all. Whatever the client does, do that.
-            args: dict[str, Any] = {"ContentMD5": ContentMD5, "ContentType": ContentType}
+            args: dict[str, Any] = {
+                "ContentMD5": ContentMD5,
+                "ContentType": ContentType,
+                "ObjectLockMode": ObjectLockMode,
+                "ObjectLockRetainUntilDate": ObjectLockRetainUntilDate,
+            }
             args = {name: value for name, value in args.items() if value is not None}
             return await self._client.put_object(  # type: ignore[no-any-return]
                 Bucket=self.bucket, Key=Key, Body=Body, Metadata=Metadata, **args
             )
-        url, headers = await self._signed(Key, Body, ContentMD5, ContentType, Metadata)
+        lock = _lock_headers(ObjectLockMode, ObjectLockRetainUntilDate)
+        url, headers = await self._signed(Key, Body, ContentMD5, ContentType, Metadata, lock)
         return await self._send(url, headers, Body, "PutObject")
 
     async def put_object_streamed(
@@ -315,6 +336,8 @@ class FastPut:
         PayloadSHA256: str | None = None,
         ContentType: str | None = None,
         Metadata: dict[str, str] | None = None,
+        ObjectLockMode: str | None = None,
+        ObjectLockRetainUntilDate: dt.datetime | None = None,
     ) -> dict[str, Any]:
         """put_object for a body streamed from disk and hashed already, as upload_part does for parts.
 
@@ -328,8 +351,9 @@ class FastPut:
         if ContentType is not None and not ContentType.isascii():
             raise ValueError("streamed PUTs take an ASCII content type")
         quoted = _quote_key(Key)
+        lock = _lock_headers(ObjectLockMode, ObjectLockRetainUntilDate)
         headers = await self._streamed_headers(
-            quoted, "", ContentLength, ContentMD5, PayloadSHA256, ContentType, Metadata
+            quoted, "", ContentLength, ContentMD5, PayloadSHA256, ContentType, Metadata, lock
         )
         return await self._send(self._base + quoted, headers, Body, "PutObject")
 
@@ -342,13 +366,14 @@ class FastPut:
         sha256: str | None,
         content_type: str | None,
         metadata: dict[str, str] | None,
+        lock: dict[str, str] | None = None,
     ) -> dict[str, str]:
         """Signed headers for a body hashed by the caller and streamed: Content-Length is given."""
         credentials = await self._signer._credentials.get_frozen_credentials()
         expect = length >= EXPECT_CONTINUE_MIN
         payload_hash = self._payload_hash(sha256)
         headers = self._own_signed(
-            quoted, query, md5, payload_hash, content_type, metadata, credentials, expect
+            quoted, query, md5, payload_hash, content_type, metadata, credentials, expect, lock
         )
         headers["Content-Length"] = str(length)
         return headers
@@ -408,8 +433,11 @@ class FastPut:
         content_md5: str | None,
         content_type: str | None,
         metadata: dict[str, str] | None,
+        lock: dict[str, str] | None = None,
     ) -> tuple[str, dict[str, str]]:
-        """The URL and headers of the PUT, in botocore's order, signed as S3SigV4Auth signs them."""
+        """The URL and headers of the PUT, in botocore's order, signed as S3SigV4Auth signs them.
+
+        lock: the Object Lock headers (_lock_headers), signed like every x-amz- header."""
         if not isinstance(key, str) or not key:
             raise botocore.exceptions.ParamValidationError(report=f"Invalid Key {key!r}: a non-empty string")
         if not isinstance(body, bytes | bytearray | memoryview):
@@ -425,12 +453,14 @@ class FastPut:
         # Asked per request: refreshable credentials renew themselves inside get_frozen_credentials().
         credentials = await self._signer._credentials.get_frozen_credentials()
         if not own:
-            return self._botocore_signed(quoted, body, md5, content_type, metadata, credentials)
+            return self._botocore_signed(quoted, body, md5, content_type, metadata, credentials, lock)
         payload_hash = (
             hashlib.sha256(body).hexdigest() if self._sign_payload else botocore.auth.UNSIGNED_PAYLOAD
         )
         expect = len(body) >= EXPECT_CONTINUE_MIN
-        headers = self._own_signed(quoted, "", md5, payload_hash, content_type, metadata, credentials, expect)
+        headers = self._own_signed(
+            quoted, "", md5, payload_hash, content_type, metadata, credentials, expect, lock
+        )
         return self._base + quoted, headers
 
     def _own_signed(
@@ -443,6 +473,7 @@ class FastPut:
         metadata: dict[str, str] | None,
         credentials: Any,
         expect: bool,
+        lock: dict[str, str] | None = None,
     ) -> dict[str, str]:
         """The headers of a PUT with FastPut's fixed header set, in botocore's order, signed as
         S3SigV4Auth signs them. query: the canonical query string (sorted, percent-encoded), as sent."""
@@ -463,6 +494,11 @@ class FastPut:
             signed += "".join(";" + name for name, _ in named)
             for name, value in metadata.items():
                 headers["x-amz-meta-" + name] = value
+        if lock:  # x-amz-object-lock-* sorts after x-amz-meta-* and before x-amz-security-token
+            for name, value in sorted(lock.items()):
+                lines.append(f"{name}:{_trim(value)}")
+                signed += ";" + name
+                headers[name] = value
         if token:
             lines.append("x-amz-security-token:" + _trim(token))
             signed += ";x-amz-security-token"
@@ -500,6 +536,7 @@ class FastPut:
         content_type: str | None,
         metadata: dict[str, str] | None,
         credentials: Any,
+        lock: dict[str, str] | None = None,
     ) -> tuple[str, dict[str, str]]:
         """The same PUT signed by botocore's S3SigV4Auth: the reference, and the signer for odd headers."""
         url = self._base + quoted
@@ -510,6 +547,8 @@ class FastPut:
         if metadata:
             for name, value in metadata.items():
                 headers["x-amz-meta-" + name] = value
+        for name, value in (lock or {}).items():
+            headers[name] = value
         headers["User-Agent"] = self._user_agent
         if len(body) >= EXPECT_CONTINUE_MIN:
             headers["Expect"] = "100-continue"

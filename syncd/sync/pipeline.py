@@ -21,12 +21,14 @@ from syncd.s3.client import ErrorKind, classify, describe, error_code
 from syncd.s3.helper import Helper, HelperSettings, put_router
 from syncd.s3.lifecycle import ensure_noncurrent_expiry
 from syncd.s3.listing import RemoteObject, list_current
+from syncd.s3.lock import BucketLock, LockPolicy, check_bucket_lock, rfc3339
 from syncd.s3.retry import Outage, Retrier
 from syncd.sync import scan
 from syncd.sync.deletions import Deletions
 from syncd.sync.files import FileSkipped
 from syncd.sync.folder import Folder
 from syncd.sync.limits import ByteBudget, RateLimit
+from syncd.sync.locks import LockExtender
 from syncd.sync.queue import Scheduler
 from syncd.sync.settle import Settler
 from syncd.sync.state import Counts, Signature, StateStore
@@ -104,6 +106,11 @@ class Pipeline:
         self.helper: Helper | None = None
         self.helper_start: asyncio.Task[None] | None = None
         self.flush_handle: asyncio.TimerHandle | None = None
+        self.lock = LockPolicy.of(config.object_lock)
+        self.bucket_lock: BucketLock | None = None
+        self.extender = (
+            None if self.lock is None else LockExtender(client, config.bucket, state, self.lock, self.retrier)
+        )
         self.uploader = self._make_uploader(None)
 
     def _make_uploader(self, fast: Any, put_object: Any = None) -> Uploader:
@@ -116,6 +123,7 @@ class Pipeline:
             multipart_chunksize=c.multipart_chunksize,
             follow_symlinks=c.follow_symlinks,
             ignore_inode=c.ignore_inode,
+            lock=self.lock,
         )
         return Uploader(
             self.client,
@@ -148,9 +156,12 @@ class Pipeline:
                 region=c.s3.region,
                 endpoint_url=c.s3.endpoint_url,
                 check_only=check_only,
+                object_lock=self.lock is not None,
             )
         )
         self.bucket = status
+        if self.lock is not None and status.exists:
+            self.bucket_lock = await self.retrier.call(lambda: check_bucket_lock(self.client, c.bucket))
         if not check_only:
             if c.on_delete == "delete" and status.versioning != "Enabled":
                 raise ConfigError(
@@ -165,6 +176,7 @@ class Pipeline:
                 made_private=status.made_private,
                 versioning=status.versioning,
                 owner_proven=status.owner_proven,
+                **({} if c.object_lock is None else {"object_lock": c.object_lock.mode}),
             )
             self.state.set_meta(
                 "bucket", f"{c.bucket}: private={status.private} versioning={status.versioning}"
@@ -174,6 +186,8 @@ class Pipeline:
                 lambda: ensure_noncurrent_expiry(self.client, c.bucket, c.prefix, c.keep_versions_days)
             )
             await self._abort_leftover_multiparts()
+            if self.lock is not None and not self.dry_run:
+                self.state.adopt_unlocked()  # current versions from before object_lock: lock them too
             if not self.dry_run:
                 self._enable_fast_path()
         return status
@@ -429,12 +443,16 @@ class Pipeline:
         if outcome.action == "unchanged":
             self.stats.unchanged += 1
             self._record_upload(outcome, owed_since)
+            if self.lock is not None:  # adopted from the bucket: the extension pass locks it
+                self.state.adopt_lock(rel, outcome.key, outcome.version_id)
             log.debug("unchanged", path=rel, key=outcome.key)
             return
         if outcome.version_id is not None or outcome.etag is not None:
             # A new version exists in the bucket: log it (every version has its record) and store it.
             self.stats.last_upload = time.time()
             self._record_upload(outcome, owed_since)
+            if self.lock is not None:
+                self.state.record_lock(rel, outcome.key, outcome.version_id, outcome.retain_until or 0.0)
             if outcome.source_key:
                 self.stats.copied += 1
                 self.metrics.copied()
@@ -456,6 +474,8 @@ class Pipeline:
                 fields["source_key"] = outcome.source_key
             if outcome.multipart_parts:
                 fields["parts"] = outcome.multipart_parts
+            if outcome.retain_until is not None:
+                fields["retain_until"] = rfc3339(outcome.retain_until)
             if outcome.action == "changed":
                 fields["changed_during_upload"] = True
             log.info("copied" if outcome.source_key else "uploaded", **fields)
@@ -505,6 +525,9 @@ class Pipeline:
             self.metrics.set_owed(counts.owed)
             if counts.last_upload:
                 self.metrics.set_last_success(counts.last_upload)
+            if self.lock is not None:
+                locks = self.state.lock_summary()
+                self.metrics.set_locks(locks.locked, locks.earliest)
             self.notifier.status(text)
             self.state.set_meta("status", text)
             if interval and self.healthy():
@@ -539,6 +562,8 @@ class Pipeline:
                 await self.reconcile("startup")
                 group.create_task(self.drop_remote_index_when_idle())
                 group.create_task(self.periodic_rescan(), name="rescan")
+                if self.extender is not None:
+                    group.create_task(self.extender.run(), name="locks")
                 await stop.wait()
                 await self.shutdown(group)
         finally:
@@ -572,6 +597,9 @@ class Pipeline:
                             await asyncio.wait_for(self.scheduler.wait_idle(), 0.05)
                     else:  # waiting for files to settle or deletions to be sent: look again soon
                         await asyncio.sleep(0.05)
+                self._flush()
+                if self.extender is not None and not self.dry_run:
+                    await self.extender.extend_due()  # a cron-run `once` keeps current versions locked too
                 self.stopping = True
                 raise _Stop()
         finally:

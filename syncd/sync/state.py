@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS multipart (
     path BLOB NOT NULL,
     started REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS locks (
+    path BLOB PRIMARY KEY,
+    key TEXT NOT NULL,
+    version_id TEXT,
+    retain_until REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS locks_until ON locks (retain_until, path);
 """
 
 
@@ -80,6 +87,22 @@ class FileRecord:
     version_id: str | None
     etag: str | None
     uploaded_at: float
+
+
+@dataclass(frozen=True)
+class LockRow:
+    """The Object Lock of a file's current version, as last set or read (retain_until 0: not known yet)."""
+
+    path: str
+    key: str
+    version_id: str | None
+    retain_until: float
+
+
+@dataclass(frozen=True)
+class LockSummary:
+    locked: int  # current versions whose lock has not run out
+    earliest: float | None  # the earliest retain-until among them
 
 
 @dataclass(frozen=True)
@@ -281,6 +304,7 @@ class StateStore:
             for path in paths:
                 self.db.execute("DELETE FROM files WHERE path=?", (_b(path),))
                 self.db.execute("DELETE FROM owed WHERE path=?", (_b(path),))
+                self.db.execute("DELETE FROM locks WHERE path=?", (_b(path),))
 
     def forget_owed(self, path: str) -> None:
         """Nothing to upload for this path after all (gone, special file, directory)."""
@@ -344,6 +368,77 @@ class StateStore:
 
     def multiparts(self) -> list[tuple[str, str]]:
         return [(u, k) for u, k in self.db.execute("SELECT upload_id, key FROM multipart")]
+
+    # -- the Object Lock of current versions (object_lock) -------------------------------------------
+    def record_lock(self, path: str, key: str, version_id: str | None, retain_until: float) -> None:
+        """The path's current version is locked until retain_until; joins record_upload's group commit."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(
+            "INSERT OR REPLACE INTO locks VALUES (?,?,?,?)", (_b(path), key, version_id, retain_until)
+        )
+
+    def adopt_lock(self, path: str, key: str, version_id: str | None) -> None:
+        """A current version syncd did not lock itself (adopted, or from before object_lock): the
+        extension pass reads its lock and extends it. A row for this same version is kept as it is."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(
+            "INSERT INTO locks VALUES (?,?,?,0) ON CONFLICT(path) DO UPDATE SET key=excluded.key, "
+            "version_id=excluded.version_id, retain_until=0 "
+            "WHERE excluded.version_id IS NOT NULL AND locks.version_id IS NOT excluded.version_id",
+            (_b(path), key, version_id),
+        )
+
+    def adopt_unlocked(self) -> int:
+        """Every tracked file without a lock row gets one to fill in (object_lock turned on later)."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO locks SELECT path, key, version_id, 0 FROM files "
+                "WHERE path NOT IN (SELECT path FROM locks)"
+            )
+        return cursor.rowcount
+
+    def locks_due(self, before: float, after: tuple[float, str] | None, limit: int) -> list[LockRow]:
+        """Current versions locked until before `before`, in (retain_until, path) order after `after`."""
+        start_until, start_path = after if after is not None else (-1.0, "")
+        rows = self.db.execute(
+            "SELECT path, key, version_id, retain_until FROM locks WHERE retain_until < ? "
+            "AND (retain_until, path) > (?, ?) ORDER BY retain_until, path LIMIT ?",
+            (before, start_until, _b(start_path), limit),
+        ).fetchall()
+        return [LockRow(_s(p), str(k), None if v is None else str(v), float(u)) for p, k, v, u in rows]
+
+    def set_locks(self, updates: Iterable[tuple[str, str | None, float]]) -> None:
+        """(path, version_id, retain_until) after an extension; only where the row still has that version
+        (or had none), so a version replaced meanwhile keeps its own row."""
+        with self.transaction():
+            self.db.executemany(
+                "UPDATE locks SET version_id=?2, retain_until=?3 WHERE path=?1 "
+                "AND (version_id IS NULL OR version_id=?2)",
+                ((_b(path), version_id, until) for path, version_id, until in updates),
+            )
+
+    def drop_lock(self, path: str, version_id: str | None) -> None:
+        """The version is gone from the bucket: nothing to keep locked."""
+        with self.transaction():
+            self.db.execute("DELETE FROM locks WHERE path=? AND version_id IS ?", (_b(path), version_id))
+
+    def next_lock_end(self) -> float | None:
+        """The earliest retain-until among current versions (0 for one not known yet), None if none."""
+        row = self.db.execute("SELECT min(retain_until) FROM locks").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def lock_summary(self, now: float | None = None) -> LockSummary:
+        """How many current versions are locked now, and the earliest retain-until among them."""
+        now = time.time() if now is None else now
+        try:
+            count, earliest = self.db.execute(
+                "SELECT count(*), min(retain_until) FROM locks WHERE retain_until > ?", (now,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a state from before object_lock, opened read-only
+            return LockSummary(0, None)
+        return LockSummary(int(count), None if earliest is None else float(earliest))
 
     # -- small key/value facts (last status for `syncd status`) ---------------------------------------
     def set_meta(self, key: str, value: str) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.keys import KeyTooLong, key_for_path
 from syncd.s3.client import error_code
+from syncd.s3.lock import LockPolicy, ensure_retention
 from syncd.s3.retry import Retrier
 from syncd.sync.files import (
     HASH_CHUNK,
@@ -67,6 +68,7 @@ class Outcome:
     duration_ms: int = 0
     source_key: str | None = None
     multipart_parts: int = 0
+    retain_until: float | None = None  # the version's Object Lock, as the server holds it
 
     def record(self) -> FileRecord:
         return FileRecord(self.path, self.key, self.sig, self.md5, self.version_id, self.etag, time.time())
@@ -94,6 +96,22 @@ class UploadSettings:
     multipart_chunksize: int
     follow_symlinks: bool = False
     ignore_inode: bool = False
+    lock: LockPolicy | None = None  # object_lock: every version written is locked
+
+
+class Locked:
+    """The lock sent with one attempt of a request: recomputed per attempt, so a retried request still
+    locks its version until at least now + retain; `until` is that of the attempt that succeeded."""
+
+    def __init__(self, policy: LockPolicy | None) -> None:
+        self.policy = policy
+        self.until: float | None = None
+
+    def args(self) -> dict[str, Any]:
+        if self.policy is None:
+            return {}
+        self.until = self.policy.until()
+        return self.policy.request_args(self.until)
 
 
 def part_size_for(size: int, chunksize: int) -> int:
@@ -239,21 +257,37 @@ class Uploader:
         ctype = content_type(rel)
         source = self._copy_source(rel, md5, sig.size)
         if source is not None:
-            copied = await self._copy(source, key, meta, ctype)
+            lock = Locked(self.s.lock)
+            copied = await self._copy(source, key, meta, ctype, lock)
             if copied is not None:
-                return self._finish(f, "copied", md5, copied, source_key=source.key)
+                # Servers may give a copy the source's lock instead of the one asked for: read it back.
+                until = await self._lock_held(key, copied, lock)
+                return self._finish(f, "copied", md5, copied, source_key=source.key, retain_until=until)
+        lock = Locked(self.s.lock)
         if body is not None:
-            response = await self._put(key, body, md5, meta, ctype)
-            return self._finish(f, "uploaded", md5, response)
+            response = await self._put(key, body, md5, meta, ctype, lock)
+            return self._finish(f, "uploaded", md5, response, retain_until=lock.until)
         if sig.size < self.s.multipart_threshold:
-            streamed = await self._put_streamed(f, md5, sha256, meta, ctype)
+            streamed = await self._put_streamed(f, md5, sha256, meta, ctype, lock)
             if streamed is None:
                 return Outcome("changed", rel, key, sig)
-            return self._finish(f, "uploaded", md5, streamed)
-        completed, parts = await self._multipart(f, meta, ctype, hashes)
+            return self._finish(f, "uploaded", md5, streamed, retain_until=lock.until)
+        completed, parts = await self._multipart(f, meta, ctype, hashes, lock)
         if completed is None:
             return Outcome("changed", rel, key, sig)
-        return self._finish(f, "uploaded", md5, completed, parts=parts)
+        # Some servers drop the lock sent with CreateMultipartUpload (Ceph RGW 16.2), and the lock was
+        # dated when the upload began: read it back and set it to now + retain where it falls short.
+        until = await self._lock_held(key, completed, lock)
+        return self._finish(f, "uploaded", md5, completed, parts=parts, retain_until=until)
+
+    async def _lock_held(self, key: str, response: dict[str, Any], lock: Locked) -> float | None:
+        """The retain-until the server holds for the new version, extended to now + retain if short."""
+        version_id = response.get("VersionId")
+        if lock.policy is None or not version_id:
+            return lock.until
+        return await ensure_retention(
+            self.client, self.retrier, self.s.bucket, key, str(version_id), lock.policy, lock.policy.until()
+        )
 
     def _finish(
         self,
@@ -264,6 +298,7 @@ class Uploader:
         *,
         source_key: str | None = None,
         parts: int = 0,
+        retain_until: float | None = None,
     ) -> Outcome:
         etag = str(response.get("ETag") or response.get("CopyObjectResult", {}).get("ETag") or "").strip('"')
         if not self._still(f.fd, f.sig) or not self._path_is(f.path, f.sig):
@@ -280,6 +315,7 @@ class Uploader:
             int((time.monotonic() - f.started) * 1000),
             source_key,
             parts,
+            retain_until,
         )
 
     def _still(self, fd: int, sig: Signature) -> bool:
@@ -292,7 +328,9 @@ class Uploader:
             return True  # gone: the watcher reports the deletion; what we uploaded was consistent
         return now.same_as(sig, self.s.ignore_inode)
 
-    async def _put(self, key: str, body: bytes, md5: str, meta: dict[str, str], ctype: str) -> dict[str, Any]:
+    async def _put(
+        self, key: str, body: bytes, md5: str, meta: dict[str, str], ctype: str, lock: Locked
+    ) -> dict[str, Any]:
         await self.rate.consume(len(body))
         content_md5 = b64(bytes.fromhex(md5))
         return await self.retrier.call(
@@ -303,6 +341,7 @@ class Uploader:
                 ContentMD5=content_md5,
                 ContentType=ctype,
                 Metadata=meta,
+                **lock.args(),
             )
         )
 
@@ -316,7 +355,7 @@ class Uploader:
         return None
 
     async def _copy(
-        self, source: FileRecord, key: str, meta: dict[str, str], ctype: str
+        self, source: FileRecord, key: str, meta: dict[str, str], ctype: str, lock: Locked
     ) -> dict[str, Any] | None:
         copy_source = {"Bucket": self.s.bucket, "Key": source.key}
         if source.version_id:
@@ -330,6 +369,7 @@ class Uploader:
                     MetadataDirective="REPLACE",
                     Metadata=meta,
                     ContentType=ctype,
+                    **lock.args(),
                 )
             )
         except Exception as exc:
@@ -344,7 +384,7 @@ class Uploader:
             raise
 
     async def _multipart(
-        self, f: OpenFile, meta: dict[str, str], ctype: str, hashes: PartHashes | None
+        self, f: OpenFile, meta: dict[str, str], ctype: str, hashes: PartHashes | None, lock: Locked
     ) -> tuple[dict[str, Any] | None, int]:
         """Several parts in flight, each with Content-MD5; with the fast path each is hashed and then
         streamed from disk as it is sent, so memory per part is a few MiB whatever the part size."""
@@ -353,7 +393,7 @@ class Uploader:
         count = -(-sig.size // part_size)
         created = await self.retrier.call(
             lambda: self.client.create_multipart_upload(
-                Bucket=self.s.bucket, Key=key, Metadata=meta, ContentType=ctype
+                Bucket=self.s.bucket, Key=key, Metadata=meta, ContentType=ctype, **lock.args()
             )
         )
         upload_id = created["UploadId"]
@@ -441,7 +481,7 @@ class Uploader:
         return str(response["ETag"])
 
     async def _put_streamed(
-        self, f: OpenFile, md5: str, sha256: str | None, meta: dict[str, str], ctype: str
+        self, f: OpenFile, md5: str, sha256: str | None, meta: dict[str, str], ctype: str, lock: Locked
     ) -> dict[str, Any] | None:
         """A file below multipart_threshold, hashed already, streamed from disk; None if it changed."""
         fast = self.fast
@@ -462,6 +502,7 @@ class Uploader:
                         PayloadSHA256=sha256,
                         ContentType=ctype,
                         Metadata=meta,
+                        **lock.args(),
                     ),
                 )
             except PartChanged:

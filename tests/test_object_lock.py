@@ -1,0 +1,295 @@
+"""object_lock: every version syncd writes is locked, current versions stay locked, the bucket must lock.
+
+Against the session's SeaweedFS (4.x stores and enforces version locks); the enforcement proofs against
+Ceph RGW are in test_object_lock_rgw.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import json_records, list_delete_markers, list_versions, wait_until, write
+
+from syncd.s3 import fastpath
+from syncd.s3.fastpath import why_not
+
+MiB = 1024 * 1024
+RETAIN_LONG = 3600  # seconds: nothing in these tests waits for it
+
+
+def lock_config(mode: str = "governance", retain: str | int = RETAIN_LONG) -> dict[str, Any]:
+    return {"object_lock": {"mode": mode, "retain": retain}}
+
+
+def retention(s3: Any, bucket: str, key: str, version_id: str) -> tuple[str, float]:
+    held = s3.get_object_retention(Bucket=bucket, Key=key, VersionId=version_id)["Retention"]
+    return held["Mode"], held["RetainUntilDate"].timestamp()
+
+
+def rfc3339_ts(text: str) -> float:
+    assert text.endswith("Z"), text
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "helper"])
+def test_every_version_is_locked_on_every_sender(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any, processes: int
+) -> None:
+    """syncd creates the bucket with Object Lock; small PUTs (fast path, helper), streamed PUTs, multipart
+    uploads and server-side copies all get the mode and a retain-until >= their upload time + retain, and
+    the `uploaded`/`copied` records say the retain-until the server holds."""
+    folder = tmp_path / "data"
+    write(folder / "small.txt", b"small file")
+    write(folder / "streamed.bin", os.urandom(300 * 1024))
+    big = os.urandom(6 * MiB + 123)
+    write(folder / "big.bin", big)
+    config = make_config(
+        folder,
+        bucket_name,
+        multipart_threshold="5MiB",
+        multipart_chunksize="5MiB",
+        upload_processes=processes,
+        **lock_config(),
+    )
+    result = run_syncd(["once", "-c", str(config)])
+    assert result.returncode == 0, result.stderr
+    write(folder / "copy-of-big.bin", big)  # same bytes: a server-side copy
+    result2 = run_syncd(["once", "-c", str(config)])
+    assert result2.returncode == 0, result2.stderr
+
+    lock_conf = s3.get_object_lock_configuration(Bucket=bucket_name)["ObjectLockConfiguration"]
+    assert lock_conf["ObjectLockEnabled"] == "Enabled"
+    records = {
+        r["path"]: r
+        for r in json_records(result.stderr) + json_records(result2.stderr)
+        if r.get("event") in ("uploaded", "copied")
+    }
+    assert set(records) == {"small.txt", "streamed.bin", "big.bin", "copy-of-big.bin"}
+    assert records["copy-of-big.bin"]["event"] == "copied"
+    assert records["big.bin"]["parts"] == 2
+    for version in list_versions(s3, bucket_name):
+        record = records[version["Key"]]
+        mode, until = retention(s3, bucket_name, version["Key"], version["VersionId"])
+        assert mode == "GOVERNANCE", version["Key"]
+        assert until >= version["LastModified"].timestamp() + RETAIN_LONG, version["Key"]
+        assert rfc3339_ts(record["retain_until"]) == until, version["Key"]
+
+
+def test_unlocked_existing_bucket_is_exit_3_for_check_once_and_run(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any
+) -> None:
+    s3.create_bucket(Bucket=bucket_name)
+    s3.put_bucket_versioning(Bucket=bucket_name, VersioningConfiguration={"Status": "Enabled"})
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    config = make_config(folder, bucket_name, **lock_config())
+    for command in ("check", "once", "run"):
+        result = run_syncd([command, "-c", str(config)], timeout=60)
+        assert result.returncode == 3, (command, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("syncd: error:")]
+        assert len(errors) == 1, result.stderr
+        assert "does not have Object Lock enabled" in errors[0]
+        assert "put-object-lock-configuration" in errors[0]
+    assert list_versions(s3, bucket_name) == []  # nothing was uploaded unlocked
+
+
+def test_check_reports_the_lock_compliance_and_a_short_keep_versions(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any
+) -> None:
+    s3.create_bucket(Bucket=bucket_name, ObjectLockEnabledForBucket=True)
+    s3.put_object_lock_configuration(
+        Bucket=bucket_name,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+        },
+    )
+    folder = tmp_path / "data"
+    folder.mkdir()
+    config = make_config(folder, bucket_name, keep_versions_days=7, **lock_config("compliance", "30d"))
+    result = run_syncd(["check", "-c", str(config)])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "object lock: compliance, every version locked for 30d" in out
+    assert "bucket default retention: governance 1 days" in out
+    assert "no one, the root account included, can shorten or remove" in out
+    assert "keep_versions_days (7) is shorter than object_lock.retain (30d)" in out
+    # The admin key may delete versions; check says so (and probing deleted nothing: the bucket is empty).
+    assert "this key can delete versions" in out
+    assert list_versions(s3, bucket_name) == [] and list_delete_markers(s3, bucket_name) == []
+
+
+def test_check_on_a_missing_bucket_says_it_will_be_created_locked(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    result = run_syncd(["check", "-c", str(make_config(folder, bucket_name, **lock_config()))])
+    assert result.returncode == 0, result.stderr
+    assert "creates the bucket with Object Lock enabled" in result.stdout
+
+
+def test_current_version_is_extended_and_the_old_one_expires(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, start_daemon: Any
+) -> None:
+    """retain: 12s. A file rewritten after 2 s: its old version keeps its date and becomes deletable, its
+    current version is extended (to now + retain) before its lock runs out, and stays locked."""
+    folder = tmp_path / "data"
+    write(folder / "f.txt", b"one")
+    daemon = start_daemon(make_config(folder, bucket_name, **lock_config(retain="12s")))
+    first = daemon.wait_for_event("uploaded", path="f.txt")
+    time.sleep(2)  # the scenario itself: a rewrite a little later than the first upload
+    write(folder / "f.txt", b"two")
+    second = daemon.wait_for(
+        lambda r: r.get("event") == "uploaded" and r.get("version_id") != first["version_id"]
+    )
+    old_until = rfc3339_ts(first["retain_until"])
+    wait_until(lambda: time.time() > old_until + 1, timeout=30)
+    # The old version kept its date and can be deleted now; the current one was extended and is locked.
+    assert retention(s3, bucket_name, "f.txt", first["version_id"])[1] == old_until
+    mode, until = retention(s3, bucket_name, "f.txt", second["version_id"])
+    assert mode == "GOVERNANCE"
+    assert until > rfc3339_ts(second["retain_until"]) and until > time.time()
+    s3.delete_object(Bucket=bucket_name, Key="f.txt", VersionId=first["version_id"])
+    with pytest.raises(s3.exceptions.ClientError) as refused:
+        s3.delete_object(Bucket=bucket_name, Key="f.txt", VersionId=second["version_id"])
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert s3.get_object(Bucket=bucket_name, Key="f.txt")["Body"].read() == b"two"
+    assert daemon.terminate() == 0
+
+
+def test_restart_does_not_extend_what_is_far_enough_out(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any, start_daemon: Any
+) -> None:
+    """The state remembers each current version's retain-until: `once` after a fresh extension sends no
+    PutObjectRetention; once the lock is within retain/2 of its end it does."""
+    folder = tmp_path / "data"
+    write(folder / "f.txt", b"locked")
+    config = make_config(folder, bucket_name, **lock_config(retain="20s"))
+    daemon = start_daemon(config)
+    uploaded = daemon.wait_for_event("uploaded", path="f.txt")
+    daemon.wait_for_event("locks_extended", timeout=30)
+    assert daemon.terminate() == 0
+    extended_until = retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1]
+    assert extended_until > rfc3339_ts(uploaded["retain_until"])
+
+    again = run_syncd(["once", "-c", str(config)])
+    assert again.returncode == 0, again.stderr
+    assert not [r for r in json_records(again.stderr) if r.get("event") == "locks_extended"]
+    assert retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1] == extended_until
+
+    wait_until(lambda: extended_until - time.time() < 10, timeout=30)  # within retain/2 of its end
+    due = run_syncd(["once", "-c", str(config)])
+    assert [r for r in json_records(due.stderr) if r.get("event") == "locks_extended"], due.stderr
+    assert retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1] > extended_until
+
+
+def test_delete_under_a_lock_is_a_marker_and_the_file_restores(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, start_daemon: Any, run_syncd: Any
+) -> None:
+    folder = tmp_path / "data"
+    write(folder / "gone.txt", b"keep me")
+    write(folder / "stays.txt", b"stays")
+    config = make_config(folder, bucket_name, on_delete="delete", **lock_config())
+    daemon = start_daemon(config)
+    daemon.wait_for_event("uploaded", path="gone.txt")
+    daemon.wait_for_event("uploaded", path="stays.txt")
+    (folder / "gone.txt").unlink()
+    daemon.wait_for_event("deleted", path="gone.txt")
+    assert daemon.terminate() == 0
+    assert [m["Key"] for m in list_delete_markers(s3, bucket_name)] == ["gone.txt"]
+    result = run_syncd(["restore", "-c", str(config), str(folder / "gone.txt")])
+    assert result.returncode == 0, result.stderr
+    assert (folder / "gone.txt").read_bytes() == b"keep me"
+
+
+def test_versions_and_status_show_the_locks(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any
+) -> None:
+    folder = tmp_path / "data"
+    write(folder / "f.txt", b"v1")
+    config = make_config(folder, bucket_name, **lock_config())
+    assert run_syncd(["once", "-c", str(config)]).returncode == 0
+    write(folder / "f.txt", b"v2 longer")
+    result = run_syncd(["once", "-c", str(config)])
+    assert result.returncode == 0
+    (record,) = [r for r in json_records(result.stderr) if r.get("event") == "uploaded"]
+
+    versions = run_syncd(["versions", "-c", str(config), str(folder / "f.txt")])
+    assert versions.returncode == 0, versions.stderr
+    lines = [line for line in versions.stdout.splitlines() if "locked: governance until" in line]
+    assert len(lines) == 2, versions.stdout
+    assert any(record["version_id"] in line and record["retain_until"] in line for line in lines)
+
+    status = run_syncd(["status", "-c", str(config)])
+    assert status.returncode == 0, status.stderr
+    assert "locked: 1 current versions (governance), earliest lock ends " in status.stdout
+    assert record["retain_until"].replace("T", " ").replace("Z", " UTC") in status.stdout
+
+
+def test_fast_path_put_carries_the_lock_headers_signed_as_botocore_signs_them(
+    s3_server: Any, s3: Any, bucket_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastPut's PUT (own signer and botocore's) sends the Object Lock headers the client sends, with
+    Content-MD5, and the server locks the version it makes."""
+    from test_fastpath import UNSENT, Clock, client_and_fast, md5_b64
+
+    monkeypatch.delenv(fastpath.ENV_SWITCH, raising=False)
+    s3.create_bucket(Bucket=bucket_name, ObjectLockEnabledForBucket=True)
+    Clock(monkeypatch)
+    until = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
+    lock = {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": until}
+    body = b"locked body"
+    seen: list[Any] = []
+
+    async def both() -> tuple[dict[str, Any], tuple[str, dict[str, str]], tuple[str, dict[str, str]]]:
+        async with client_and_fast(s3_server, bucket_name) as (client, fast):
+            assert why_not(client, bucket_name) is None
+            client.meta.events.register("before-send.s3.PutObject", lambda request, **_: seen.append(request))
+            await client.put_object(Bucket=bucket_name, Key="k", Body=body, ContentMD5=md5_b64(body), **lock)
+            headers = fastpath._lock_headers("GOVERNANCE", until)
+            own = await fast._signed("k", body, md5_b64(body), None, None, headers)
+            monkeypatch.setattr(fast, "_own_signer", False)
+            theirs = await fast._signed("k", body, md5_b64(body), None, None, headers)
+            monkeypatch.setattr(fast, "_own_signer", True)
+            sent = await fast.put_object(Key="f", Body=body, ContentMD5=md5_b64(body), **lock)
+            return sent, own, theirs
+
+    sent, own, botocore_signed = asyncio.run(both())
+    (request,) = seen
+    client_headers = {
+        k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items() if k not in UNSENT
+    }
+    client_headers["Accept-Encoding"] = "identity"  # added by aiobotocore's transport after before-send
+    del client_headers["Expect"]  # not signed; FastPut skips the 100-continue round trip for small bodies
+    assert own[1] == client_headers == botocore_signed[1]
+    assert own[1]["x-amz-object-lock-mode"] == "GOVERNANCE"
+    assert own[1]["Content-MD5"] == md5_b64(body)
+    assert retention(s3, bucket_name, "f", sent["VersionId"]) == ("GOVERNANCE", until.timestamp())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"mode": "strict", "retain": "1d"}, "object_lock.mode: must be one of governance, compliance"),
+        ({"retain": "1d"}, "object_lock.mode: missing required key"),
+        ({"mode": "governance"}, "object_lock.retain: missing required key"),
+        ({"mode": "governance", "retain": "5s"}, "object_lock.retain: at least 10s"),
+        ({"mode": "governance", "retain": "30 parsecs"}, "object_lock.retain: unknown time unit"),
+        ({"mode": "governance", "retain": "1d", "days": 3}, "unknown key object_lock.days"),
+    ],
+)
+def test_bad_object_lock_config_is_exit_2_naming_the_key(
+    tmp_path: Path, make_config: Any, run_syncd: Any, bucket_name: str, value: Any, message: str
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    result = run_syncd(["check", "-c", str(make_config(folder, bucket_name, object_lock=value))])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr, result.stderr
