@@ -32,6 +32,13 @@ def run_demo(directory: str | None, port: int | None) -> int:
     server = SeaweedServer(base / "server", [identity], s3_port=port)
     print(f"syncd demo: starting a local SeaweedFS in {base / 'server'} ...", flush=True)
     server.start()
+    if not server.isolated:
+        print(
+            "syncd demo: WARNING: SeaweedFS's filer, master and volume APIs are unauthenticated and any "
+            f"local user can reach them, because {server.isolation_problem}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         config_path = base / "config.yaml"
         config_path.write_text(
@@ -67,6 +74,8 @@ def run_demo(directory: str | None, port: int | None) -> int:
   folder:    {folder}
              drop or edit files here; each change is uploaded within about a second
   bucket:    {DEMO_BUCKET} at {server.endpoint_url} (private, versioned)
+             only this S3 port is open, and only to signed requests; the server's other APIs
+             are in a network namespace of their own ({"on" if server.isolated else "OFF, see above"})
   config:    {config_path}
   look at it (in another terminal):
     export AWS_SHARED_CREDENTIALS_FILE={creds}

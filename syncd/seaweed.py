@@ -3,12 +3,20 @@
 All ports are chosen once per server, so `restart()` brings the same buckets back at the same address,
 which is what outage tests need. The server runs in its own process group and, on Linux, dies with the
 Python process that started it, so nothing is left running behind a crashed test or demo.
+
+Only the S3 API is reachable, and only with a signature. `weed mini` also serves its master, volume,
+filer and admin APIs (HTTP and gRPC), none of them authenticated: any local user could read or delete
+every object through them. So weed runs in a network namespace of its own (`_isolate`), where nothing
+outside can connect, and serves S3 on a unix socket in a 0700 directory; an `S3Gate` here listens on
+127.0.0.1 and pipes each connection to that socket. Its files (data and sockets) are private to the
+user running it (umask 077, a 0700 data dir).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import http.client
 import json
 import os
@@ -17,8 +25,11 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +54,11 @@ SCRUBBED_ENV = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL", "SENTRY_DSN")
 WEED_SOCKET_DIR = Path("/tmp")  # weed's unix sockets go here whatever TMPDIR says
 PORT_TAKEN_SIGNS = ("Port allocation failed", "address already in use")
 PR_SET_PDEATHSIG = 1
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+S3_SOCKET = "s3.sock"  # in the server's private run dir (a short /tmp path: sun_path holds 107 bytes)
+PIPE_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,12 @@ def find_weed() -> str:
 
 
 class SeaweedServer:
-    """`weed mini` on 127.0.0.1 with the given identities; data (and the log) stay in `data_dir`."""
+    """`weed mini` behind 127.0.0.1 with the given identities; data (and the log) stay in `data_dir`.
+
+    `isolated` says whether weed runs in its own network namespace (see the module docstring); where
+    the kernel refuses one (no user namespaces for this user), weed listens on 127.0.0.1 directly and
+    every local user can reach its unauthenticated APIs: `isolation_problem` says why.
+    """
 
     def __init__(
         self,
@@ -93,6 +114,14 @@ class SeaweedServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_once = False
         self._log_offset = 0  # where this run's output starts in the (appended) log
+        self.isolation_problem = _isolation_problem()
+        self._run_dir: Path | None = None
+        self._gate: S3Gate | None = None
+
+    @property
+    def isolated(self) -> bool:
+        """True when only the S3 API (through the gate) can be reached from outside weed's namespace."""
+        return self.isolation_problem is None
 
     @property
     def endpoint_url(self) -> str:
@@ -115,8 +144,8 @@ class SeaweedServer:
             raise ConfigError(f"port {fixed} on {HOST} is already in use; choose another S3 port")
         attempts = 1 if self._started_once else 3  # a port taken since we chose it: choose again
         for attempt in range(attempts):
-            self._launch()
             try:
+                self._launch()
                 self._wait_ready(time.monotonic() + timeout)
             except _PortTaken:
                 self.stop()
@@ -135,8 +164,12 @@ class SeaweedServer:
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after STOP_GRACE seconds; safe to call twice."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.close()
         proc, self._proc = self._proc, None
         if proc is None:
+            self._remove_run_dir()
             return
         if proc.poll() is None:
             began = time.monotonic()
@@ -149,6 +182,7 @@ class SeaweedServer:
                 proc.wait()
                 self._note(f"still running {STOP_GRACE:.0f} s after SIGTERM: killed")
         self._remove_stale_sockets()
+        self._remove_run_dir()
 
     def restart(self, timeout: float = 60) -> None:
         """Stop and start again on the same data dir and ports: an outage as clients see it."""
@@ -166,6 +200,14 @@ class SeaweedServer:
 
     def command(self) -> list[str]:
         ports = self.ports
+        sockets = (
+            [
+                f"-s3.localSocket={self._run_dir / S3_SOCKET}",
+                f"-filer.localSocket={self._run_dir / 'filer.sock'}",
+            ]
+            if self._run_dir is not None
+            else []
+        )
         return [
             find_weed(),
             "-logtostderr",  # glog would otherwise write weed.* files into /tmp
@@ -186,6 +228,7 @@ class SeaweedServer:
             # bucket takes a volume: without this, writes fail once a test session made that many buckets.
             "-volume.max=1000",
             "-volume.preStopSeconds=0",
+            *sockets,
         ]
 
     @property
@@ -194,7 +237,17 @@ class SeaweedServer:
 
     def _launch(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # the volumes hold every object's bytes
         self._write_identities()
+        if self.isolated:
+            self._remove_run_dir()
+            self._run_dir = Path(tempfile.mkdtemp(prefix="syncd-weed-"))
+            self._gate = S3Gate(self.ports["s3"], self._run_dir / S3_SOCKET)
+            try:
+                self._gate.open()
+            except OSError as e:
+                self._gate = None
+                raise _PortTaken from e
         env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = self.command()
@@ -209,7 +262,7 @@ class SeaweedServer:
                 cwd=self.data_dir,
                 env=env,
                 start_new_session=True,
-                preexec_fn=die_with_parent(),
+                preexec_fn=_weed_preexec(isolate=self.isolated),
             )
 
     def _write_identities(self) -> None:
@@ -272,6 +325,11 @@ class SeaweedServer:
         except OSError:
             return ""
 
+    def _remove_run_dir(self) -> None:
+        run_dir, self._run_dir = self._run_dir, None
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
     def _remove_stale_sockets(self) -> None:
         """weed puts unix sockets named by port in /tmp (not configurable) and leaves them on SIGKILL."""
         for port in self.ports.values():
@@ -317,7 +375,7 @@ def _pick_ports(s3_port: int | None) -> dict[str, int]:
         for _ in range(2000):
             port = rng.choice(PORT_RANGE)
             pair = {port, port + GRPC_OFFSET}
-            if not pair & taken and all(_port_free(p) for p in pair):
+            if not pair & taken and all(_port_free(p) and not _socket_named(p) for p in pair):
                 ports[name] = port
                 taken |= pair
                 break
@@ -334,6 +392,11 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _socket_named(port: int) -> bool:
+    """weed's /tmp unix sockets are named by port and shared by every namespace: a name in use is taken."""
+    return any(WEED_SOCKET_DIR.glob(f"seaweedfs-*-{port}.sock"))
 
 
 def _is_stale_socket(path: Path) -> bool:
@@ -371,3 +434,145 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return arm
+
+
+def _weed_preexec(isolate: bool) -> Callable[[], None] | None:
+    """What the weed child does before exec: die with its parent, and (isolate) enter its own namespace."""
+    arm = die_with_parent()
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child should not take the loader's lock
+
+    def prepare() -> None:
+        if arm is not None:
+            arm()
+        os.umask(0o077)  # sockets and data files: the owner's only
+        if isolate:
+            _isolate(libc)
+
+    return prepare
+
+
+def _isolate(libc: ctypes.CDLL) -> None:
+    """Move the calling (single-threaded) process into a new network namespace with loopback up.
+
+    Root takes a plain network namespace; another user first takes a user namespace that maps only
+    itself (as `unshare --net --map-current-user` does), which gives it the right to do so.
+    """
+    if os.geteuid() != 0 or libc.unshare(CLONE_NEWNET) != 0:
+        uid, gid = os.geteuid(), os.getegid()
+        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"unshare: {os.strerror(ctypes.get_errno())}")
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{uid} {uid} 1"),
+            ("gid_map", f"{gid} {gid} 1"),
+        ):
+            with open(f"/proc/self/{name}", "w") as file:
+                file.write(text)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = bytearray(struct.pack("16sH22x", b"lo", 0))
+        fcntl.ioctl(sock, SIOCGIFFLAGS, request)
+        flags = struct.unpack_from("H", request, 16)[0]
+        struct.pack_into("H", request, 16, flags | IFF_UP)
+        fcntl.ioctl(sock, SIOCSIFFLAGS, request)
+
+
+_isolation_checked: list[str | None] = []
+
+
+def _isolation_problem() -> str | None:
+    """Why weed cannot have a network namespace here (None when it can); found out once per process."""
+    if not _isolation_checked:
+        if not sys.platform.startswith("linux"):
+            _isolation_checked.append("network namespaces are Linux-only")
+        else:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                subprocess.run(
+                    ["true"], preexec_fn=lambda: _isolate(libc), check=True, stdin=subprocess.DEVNULL
+                )
+                _isolation_checked.append(None)
+            except (OSError, subprocess.SubprocessError) as e:
+                _isolation_checked.append(
+                    f"the kernel refused a network namespace to this user ({e}); "
+                    "enable unprivileged user namespaces (sysctl user.max_user_namespaces) or run as root"
+                )
+    return _isolation_checked[0]
+
+
+class S3Gate:
+    """127.0.0.1:port in our namespace, each connection piped to weed's S3 unix socket.
+
+    Plain byte pipes in threads (the socket calls let go of the GIL): S3 requests are signed end to
+    end, so the gate needs to understand nothing. A connection weed does not take is closed at once.
+    """
+
+    def __init__(self, port: int, target: Path) -> None:
+        self.port = port
+        self.target = target
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((HOST, self.port))
+            listener.listen(512)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), name="s3-gate", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening and cut every open connection, as a server that went away would."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            sockets, self._open = self._open, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(client,), name="s3-gate-conn", daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with client, upstream:
+            try:
+                upstream.connect(str(self.target))
+            except OSError:
+                return
+            with self._lock:
+                if self._listener is None:
+                    return
+                self._open |= {client, upstream}
+            back = threading.Thread(target=_pipe, args=(upstream, client), name="s3-gate-back", daemon=True)
+            back.start()
+            _pipe(client, upstream)
+            back.join()
+            with self._lock:
+                self._open -= {client, upstream}
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    """Copy until source ends, then pass the end on (half-close), so HTTP keep-alive works both ways."""
+    buffer = memoryview(bytearray(PIPE_CHUNK))
+    try:
+        while count := source.recv_into(buffer):
+            sink.sendall(buffer[:count])
+    except OSError:
+        with contextlib.suppress(OSError):
+            source.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
