@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import S3TestServer, bucket_objects, list_versions, s3_client, tree, wait_until, write
+from helpers import (
+    S3TestServer,
+    bucket_objects,
+    json_records,
+    list_versions,
+    s3_client,
+    tree,
+    wait_until,
+    write,
+)
 
 MiB = 1024 * 1024
 
@@ -88,7 +98,8 @@ def test_server_outage_mid_burst_and_daemon_started_while_server_down(
     daemon.wait_for_event("s3_recovered", timeout=90)
     wait_until(lambda: bucket_objects(s3, "outage") == tree(folder), timeout=90, interval=0.5)
     records = daemon.records()
-    assert len([r for r in records if r.get("event") == "s3_unreachable"]) <= 2
+    assert len([r for r in records if r.get("event") == "s3_unreachable"]) == 1, "one per outage"
+    assert len([r for r in records if r.get("event") == "s3_recovered"]) == 1, "one per outage"
     assert len(records) < 600, "one record per upload and per outage, not one per retry"
     assert daemon.terminate() == 0
 
@@ -119,9 +130,10 @@ def test_restart_over_synced_tree_puts_nothing(
 
     started = time.monotonic()
     daemon = start_daemon(config)
-    daemon.wait_for_event("scan_done", timeout=60)
+    scanned = daemon.wait_for_event("scan_done", timeout=60)
     idle_after = time.monotonic() - started
-    time.sleep(1)
+    # Every file walked, none owed: nothing can be uploaded after this (the watcher has seen no change).
+    assert (scanned["files"], scanned["changed"], scanned["queued_before"]) == (3000, 0, 0), scanned
     assert daemon.terminate() == 0
     print(f"restart over 3,000 synced files: idle after {idle_after:.2f}s")
     assert daemon.uploaded() == []
@@ -132,18 +144,23 @@ def test_touch_storm_creates_no_versions(tmp_path, s3, bucket_name, make_config,
     folder = tmp_path / "data"
     for i in range(1000):
         write(folder / f"t/{i}.txt", b"same bytes %d" % i)
-    config = make_config(folder, bucket_name, workers=8)
+    config = make_config(folder, bucket_name, workers=8, log={"level": "debug"})
     daemon = start_daemon(config)
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: len(daemon.uploaded()) == 1000, timeout=90, interval=0.2)
     before = new_versions(s3, bucket_name)
+    start = len(daemon.records())
     for path in (folder / "t").iterdir():
         os.utime(path)  # new mtime, same bytes
         path.chmod(0o640)  # new ctime
     for i in range(0, 1000, 100):
         write(folder / f"t/{i}.txt", b"same bytes %d" % i)  # rewritten with identical bytes
-    # Wait until syncd has looked at every touched file: nothing owed any more.
-    time.sleep(1)
+
+    # Wait until syncd has looked at every touched file (an `unchanged` record each), then owes nothing.
+    def looked_at() -> set[str]:
+        return {r["path"] for r in daemon.records()[start:] if r.get("event") == "unchanged"}
+
+    wait_until(lambda: len(looked_at()) == 1000, timeout=60, interval=0.2)
     wait_until(
         lambda: "owed: 0\n" in run_syncd(["status", "-c", str(config)]).stdout, timeout=60, interval=0.5
     )
@@ -197,7 +214,9 @@ def test_deleted_state_uploads_nothing_already_in_bucket(tmp_path, s3, bucket_na
 
     assert result.returncode == 0, result.stderr
     assert new_versions(s3, bucket_name) == versions
-    assert "0 uploaded" in result.stdout
+    summary = r"syncd once: 0 uploaded \(.*, 31 unchanged, 0 failed, 0 owed"
+    assert re.match(summary, result.stdout), result.stdout  # not "30 uploaded"
+    assert not [r for r in json_records(result.stderr) if r.get("event") == "uploaded"]
 
 
 def test_change_the_watcher_never_reported_lands_within_rescan_interval(
