@@ -155,20 +155,36 @@ def folder_with(tmp_path: Path) -> Path:
 def test_sigterm_mid_burst_exits_0_and_leaves_nothing_half_done(
     tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
 ):
+    """SIGTERM while 4 workers are busy: what is in flight finishes and is recorded, nothing new starts."""
     folder = folder_with(tmp_path)
-    config = make_config(folder, bucket_name, workers=4)
+    # 150 x 20 kB at 200 kB/s: about 15 s of uploads, so the burst is surely still going at SIGTERM.
+    config = make_config(folder, bucket_name, workers=4, bandwidth_limit="200KB")
     daemon = start_daemon(config)
     daemon.wait_for_event("ready", timeout=60)
     for i in range(150):
         write(folder / f"burst/{i:03d}.bin", os.urandom(20_000))
     daemon.wait_for(lambda r: r.get("event") == "uploaded", timeout=30)
     assert daemon.terminate() == 0
-    # Whatever reached the bucket is whole (bytes equal the file); the rest is uploaded next time.
+
+    records = daemon.records()
+    events = [r.get("event") for r in records]
+    stopping = events.index("stopping")
+    drained = [r["path"] for r in records[stopping:] if r.get("event") == "uploaded"]
+    uploaded = {r["path"] for r in records if r.get("event") == "uploaded"}
+    stopped = records[events.index("stopped")]
+    assert len(uploaded) < 150 and stopped["owed"] >= 150 - len(uploaded), "the burst was still going"
+    assert 1 <= len(drained) <= 4, drained  # the uploads in flight finished; no new one started
+    assert stopped["uploaded"] == len(uploaded)
+    # Every version in the bucket has its record (none cancelled between the server and the log) ...
+    assert_versions_match_log(s3, bucket_name, records)
     local = tree(folder)
     for key, data in bucket_objects(s3, bucket_name).items():
-        assert data == local[key]
-    result = run_syncd(["once", "-c", str(config)])
+        assert data == local[key]  # ... and is whole
+    # ... and is in the state: the next run (at full speed) uploads exactly the rest.
+    result = run_syncd(["once", "-c", str(make_config(folder, bucket_name))])
     assert result.returncode == 0, result.stderr
+    again = {r["path"] for r in json_records(result.stderr) if r.get("event") == "uploaded"}
+    assert again == {f"burst/{i:03d}.bin" for i in range(150)} - uploaded
     assert bucket_objects(s3, bucket_name) == local
 
 
