@@ -74,17 +74,21 @@ def test_files_not_in_the_page_cache_are_read_in_threads_and_land_whole(
 ):
     """Cold files (evicted from the page cache) take the thread path instead of the loop's RWF_NOWAIT read."""
     folder = tmp_path / "data"
-    for i in range(40):
-        path = write(folder / f"cold{i}.bin", os.urandom(4096 * (i + 1)))
+    cold_sizes = {4096 * (i + 1) for i in range(40)}
+    for size in cold_sizes:
+        path = write(folder / f"cold{size}.bin", os.urandom(size))
         with open(path, "rb") as f:
             os.fsync(f.fileno())
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    config = make_config(folder, bucket_name)
+    write(folder / "warm.bin", os.urandom(1000))  # just written: in the page cache, read on the loop
+    config = make_config(folder, bucket_name, log={"level": "debug"})
 
     result = run_syncd(["once", "-c", str(config)])
 
     assert result.returncode == 0, result.stderr
     assert bucket_objects(s3, bucket_name) == tree(folder)
+    threaded = [r["size"] for r in json_records(result.stderr) if r.get("event") == "read_in_thread"]
+    assert sorted(threaded) == sorted(cold_sizes)  # each cold file once, the warm one never
 
 
 def test_part_size_grows_so_no_file_needs_more_than_10000_parts() -> None:

@@ -14,7 +14,10 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from syncd.log import get_logger
 from syncd.sync.limits import ByteBudget
+
+log = get_logger()
 
 MiB = 1024 * 1024
 HASH_CHUNK = MiB  # read size when hashing
@@ -74,6 +77,7 @@ async def read_soon(fd: int, size: int, offset: int = 0) -> bytes:
     cached = read_cached(fd, size, offset)
     if cached is not None:
         return cached
+    log.debug("read_in_thread", size=size)  # tests check cold files take this way
     return await asyncio.to_thread(read_all, fd, size, offset)
 
 
