@@ -85,10 +85,10 @@ async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress:
     except BaseException as exc:
         unavailable = first_syncd_error(exc)
         if isinstance(unavailable, UnavailableError):
-            owed = state.counts().owed
+            owed = state.owed()
             print(
                 f"syncd: error: {unavailable} (gave up after {args_duration(retry_for)}); "
-                f"{owed} files still owed (run again, or use syncd run)",
+                f"{len(owed)} files still owed{_named(owed)} (run again, or use syncd run)",
                 file=sys.stderr,
             )
             return EXIT_UNAVAILABLE
@@ -111,7 +111,26 @@ async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress:
         f"syncd once: {s.uploaded} uploaded ({_human(s.bytes)}), {s.copied} copied, {s.unchanged} unchanged, "
         f"{s.failed + s.skipped} failed, {counts.owed} owed, in {elapsed:.1f}s"
     )
+    for rel, reason in s.failures[:NAMED_FAILURES]:
+        print(f"syncd once: failed: {_show(rel)}: {reason}", file=sys.stderr)
+    if len(s.failures) > NAMED_FAILURES:
+        print(f"syncd once: ... and {len(s.failures) - NAMED_FAILURES} more (syncd status)", file=sys.stderr)
     return EXIT_SOME_FAILED if s.failed + s.skipped else EXIT_OK
+
+
+NAMED_FAILURES = 20  # files named one per line after `syncd once`; `syncd status` lists the rest
+
+
+def _show(rel: str) -> str:
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def _named(paths: list[str], most: int = 5) -> str:
+    """': a, b, c and N more' for the first few of paths ('' for none)."""
+    if not paths:
+        return ""
+    shown = ", ".join(_show(rel) for rel in paths[:most])
+    return f": {shown}" + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def args_duration(seconds: float) -> str:

@@ -1,4 +1,10 @@
-"""The one place transient S3 failures are retried: exponential backoff with jitter, one record per outage."""
+"""The one place transient S3 failures are retried: exponential backoff with jitter, one record per outage.
+
+An outage is the server as a whole failing, not one key: when a request about one object fails, the
+retrier asks whether the server answered anything since it was sent (another request, or a HeadBucket
+probe). If it did, the failure is that object's and is given up after KEY_ATTEMPTS tries, for the
+caller to report; throttling (SlowDown) is neither, and shrinks the window of requests in flight.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +12,47 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from syncd.errors import UnavailableError
 from syncd.log import get_logger
 from syncd.s3.client import ErrorKind, classify, describe
+from syncd.s3.throttle import Throttle, retry_after, throttled
 
 T = TypeVar("T")
 log = get_logger()
+KEY_ATTEMPTS = 4  # tries of one object's request while the server answers others, before it fails
+PROBE_TIMEOUT = 10.0  # seconds for the HeadBucket that tells a failing key from a failing server
 
 
 class Outage:
-    """Tracks whether the server is reachable, so an outage is one `s3_unreachable` and one `s3_recovered`."""
+    """Tracks whether the server is reachable, so an outage is one `s3_unreachable` and one `s3_recovered`.
 
-    def __init__(self) -> None:
+    `probe` (HeadBucket) tells whether the server as a whole answers when nothing else has lately.
+    """
+
+    def __init__(self, probe: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.down_since: float | None = None
         self.reason = ""
         self.retries = 0
         self.listeners: list[Callable[[bool, str], None]] = []
         self.retry_listeners: list[Callable[[], None]] = []  # called for every failed attempt
+        self.probe = probe
+        self.answered_at = -1.0  # monotonic time the server last answered a request
+        self._probing: asyncio.Task[bool] | None = None
 
     @property
     def down(self) -> bool:
         return self.down_since is not None
 
-    def failed(self, exc: BaseException, since: float | None = None) -> None:
-        """A request failed; `since`: when it was sent (a timeout is known only long after)."""
+    def retried(self) -> None:
         self.retries += 1
         for retried in self.retry_listeners:
             retried()
+
+    def failed(self, exc: BaseException, since: float | None = None) -> None:
+        """A request failed; `since`: when it was sent (a timeout is known only long after)."""
+        self.retried()
         if self.down_since is None:
             self.down_since = time.monotonic() if since is None else since
             self.reason = describe(exc)
@@ -43,56 +61,117 @@ class Outage:
                 listener(True, self.reason)
 
     def succeeded(self) -> None:
+        self.answered_at = time.monotonic()
         if self.down_since is not None:
             log.info("s3_recovered", down_s=round(time.monotonic() - self.down_since, 1))
             self.down_since = None
             for listener in self.listeners:
                 listener(False, "")
 
+    async def server_answers(self, since: float) -> bool:
+        """Has the server answered anything since `since`? Without a later answer, probe it (one probe
+        at a time for every caller)."""
+        if self.answered_at >= since:
+            return True
+        if self.probe is None:
+            return False
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.get_running_loop().create_task(self._probe())
+        await asyncio.shield(self._probing)
+        return self.answered_at >= since
+
+    async def _probe(self) -> bool:
+        assert self.probe is not None
+        try:
+            await asyncio.wait_for(self.probe(), PROBE_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if classify(exc) is ErrorKind.TRANSIENT:
+                return False
+            # Any other answer (403 for a key without s3:ListBucket included) is the server answering.
+        self.succeeded()
+        return True
+
 
 class Retrier:
     """Runs S3 calls, retrying what the server or network may fix by itself.
 
     Transient errors and clock skew are retried with capped exponential backoff and full jitter; everything
-    else (credentials, permissions, bad requests) is raised at once for the caller to sort.
+    else (credentials, permissions, bad requests) is raised at once for the caller to sort. Every attempt
+    holds a place in the shared Throttle, so all senders (client, fast path, helper) share one window.
     """
 
     def __init__(
-        self, outage: Outage, *, base: float = 0.5, cap: float = 60.0, give_up_after: float | None = None
+        self,
+        outage: Outage,
+        *,
+        base: float = 0.5,
+        cap: float = 60.0,
+        give_up_after: float | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.outage = outage
         self.base = base
         self.cap = cap
         self.give_up_after = give_up_after
+        self.throttle = throttle or Throttle(64)
         self.started = time.monotonic()
 
     def delay(self, attempt: int) -> float:
         return random.uniform(self.base / 2, min(self.cap, self.base * 2**attempt))
 
-    async def call(self, op: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, op: Callable[[], Awaitable[T]], *, key: str | None = None) -> T:
+        """op() until it succeeds; `key`: the object the request is about, so that a failure of that
+        object alone (the server answering other requests) ends after KEY_ATTEMPTS tries, raised as is."""
         attempt = 0
+        key_failures = 0
+        throttled_since: float | None = None
         while True:
-            sent = time.monotonic()
-            try:
-                result = await op()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                kind = classify(exc)
-                if kind not in (ErrorKind.TRANSIENT, ErrorKind.CLOCK):
+            async with self.throttle.slot() as sent:
+                try:
+                    result = await op()
+                except asyncio.CancelledError:
                     raise
-                if kind is ErrorKind.CLOCK and attempt == 0:
-                    log.error("clock_skewed", reason=describe(exc), hint="fix this machine's clock (NTP)")
-                self.outage.failed(exc, since=sent)
-                down_for = time.monotonic() - (self.outage.down_since or sent)
-                if self.give_up_after is not None and down_for > self.give_up_after:
-                    if kind is ErrorKind.CLOCK:
-                        raise UnavailableError(
-                            f"the S3 server refuses this machine's clock ({describe(exc)}); fix it (NTP)"
-                        ) from None
-                    raise UnavailableError(f"the S3 server stayed unreachable: {describe(exc)}") from None
-                await asyncio.sleep(self.delay(attempt))
+                except Exception as caught:
+                    exc: Exception | None = caught
+                else:
+                    exc = None
+            if exc is None:
+                self.throttle.answered()
+                self.outage.succeeded()
+                return result
+            kind = classify(exc)
+            if kind not in (ErrorKind.TRANSIENT, ErrorKind.CLOCK):
+                raise exc
+            if throttled(exc):
+                self.outage.answered_at = max(self.outage.answered_at, time.monotonic())
+                self.outage.retried()
+                self.throttle.slow_down(sent, describe(exc))
+                throttled_since = throttled_since or sent
+                if self.give_up_after is not None and time.monotonic() - throttled_since > self.give_up_after:
+                    raise UnavailableError(
+                        f"the S3 server kept asking to slow down: {describe(exc)}"
+                    ) from None
+                await asyncio.sleep(max(retry_after(exc) or 0.0, self.delay(attempt)))
                 attempt = min(attempt + 1, 16)
                 continue
-            self.outage.succeeded()
-            return result
+            if kind is ErrorKind.CLOCK and attempt == 0:
+                log.error("clock_skewed", reason=describe(exc), hint="fix this machine's clock (NTP)")
+            if key is not None and kind is ErrorKind.TRANSIENT and await self.outage.server_answers(sent):
+                key_failures += 1
+                self.outage.retried()
+                if key_failures >= KEY_ATTEMPTS:
+                    raise exc
+                await asyncio.sleep(self.delay(key_failures - 1))
+                continue
+            self.outage.failed(exc, since=sent)
+            down_for = time.monotonic() - (self.outage.down_since or sent)
+            if self.give_up_after is not None and down_for > self.give_up_after:
+                if kind is ErrorKind.CLOCK:
+                    raise UnavailableError(
+                        f"the S3 server refuses this machine's clock ({describe(exc)}); fix it (NTP)"
+                    ) from None
+                raise UnavailableError(f"the S3 server stayed unreachable: {describe(exc)}") from None
+            await asyncio.sleep(self.delay(attempt))
+            attempt = min(attempt + 1, 16)

@@ -126,7 +126,7 @@ class Deletions:
             return
         try:
             response = await self.retrier.call(
-                lambda: self.client.delete_object(Bucket=self.config.bucket, Key=rec.key)
+                lambda: self.client.delete_object(Bucket=self.config.bucket, Key=rec.key), key=rec.key
             )
         except Exception as exc:
             log.error("delete_failed", path=rel, key=rec.key, reason=describe(exc))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from syncd.s3.lifecycle import ensure_noncurrent_expiry
 from syncd.s3.listing import RemoteObject, list_current
 from syncd.s3.lock import BucketLock, LockPolicy, check_bucket_lock, rfc3339
 from syncd.s3.retry import Outage, Retrier
+from syncd.s3.throttle import Throttle
 from syncd.sync import scan
 from syncd.sync.deletions import Deletions
 from syncd.sync.files import FileSkipped
@@ -37,6 +39,8 @@ from syncd.sync.watcher import Watcher
 
 log = get_logger()
 FLUSH_AFTER = 0.2  # seconds an upload may wait in the state's group commit
+FAILED_RETRY_BASE = 5.0  # seconds before a file the server failed is tried again; doubles each time
+FAILED_RETRY_CAP = 3600.0  # at most this long between two tries of such a file
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Stats:
     copied: int = 0
     unchanged: int = 0
     failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run's
     skipped: int = 0
     bytes: int = 0
     last_upload: float | None = None
@@ -74,10 +79,14 @@ class Pipeline:
         self.on_progress = on_progress
         self.metrics: MetricsSink = metrics or NullMetrics()
         self.stats = Stats()
-        self.outage = Outage()
+        self.outage = Outage(probe=lambda: client.head_bucket(Bucket=config.bucket))
         self.outage.listeners.append(self._outage_changed)
         self.outage.retry_listeners.append(self.metrics.retried)
-        self.retrier = Retrier(self.outage, give_up_after=retry_for)
+        self.throttle = Throttle(config.workers)
+        self.retrier = Retrier(self.outage, give_up_after=retry_for, throttle=self.throttle)
+        self.fatal: SyncdError | None = None  # raised in a worker: ends the run (once: exit 75)
+        self.fatal_event = asyncio.Event()
+        self.retry_timers: dict[str, asyncio.TimerHandle] = {}
         self.excludes = config.excludes()
         self.walk_opts = scan.WalkOptions(config.folder, self.excludes, config.follow_symlinks)
         self.scheduler = Scheduler()
@@ -347,7 +356,7 @@ class Pipeline:
             return {"ETag": obj.etag, "VersionId": None}  # the listing proves it: no HEAD per file
         try:  # multipart or encrypted: the ETag is no MD5, our md5chksum metadata is
             head = await self.retrier.call(
-                lambda: self.client.head_object(Bucket=self.config.bucket, Key=key)
+                lambda: self.client.head_object(Bucket=self.config.bucket, Key=key), key=key
             )
         except Exception:
             return None
@@ -359,6 +368,7 @@ class Pipeline:
     def set_workers(self, n: int) -> None:
         """Start workers up to n; surplus ones (after a reload lowered `workers`) end after their file."""
         self.workers_wanted = n
+        self.throttle.set_limit(n)
         for i in range(self.workers_running, n):
             self.workers_running += 1
             task = asyncio.get_running_loop().create_task(self.worker(), name=f"worker-{i}")
@@ -396,13 +406,18 @@ class Pipeline:
                 self.deletions.note_gone(rel)
                 return
             self.stats.skipped += 1
+            self.stats.failures.append((rel, exc.reason))
             self.metrics.failed()
             log.warning("upload_skipped", path=rel, reason=exc.reason)
             if not self.dry_run:
                 self.state.record_failure(rel, exc.reason)
             return
-        except SyncdError:
-            raise
+        except SyncdError as exc:
+            # Not raised out of the worker (nothing awaits it there): the run loop raises it.
+            if self.fatal is None:
+                self.fatal = exc
+                self.fatal_event.set()
+            return
         except Exception as exc:
             await self._failed(rel, exc)
             return
@@ -417,11 +432,33 @@ class Pipeline:
             self.settler.add(rel)
             return
         self.stats.failed += 1
+        self.stats.failures.append((rel, describe(exc)))
         self.metrics.failed()
         reason = describe(exc)
-        log.error("upload_failed", path=rel, reason=reason)
-        if not self.dry_run:
-            self.state.record_failure(rel, reason)
+        if self.dry_run:
+            log.error("upload_failed", path=rel, reason=reason)
+            return
+        attempts = self.state.record_failure(rel, reason)
+        if kind is ErrorKind.TRANSIENT and not self.stopping:
+            # The server failed this file while answering others: try again later, ever less often.
+            delay = min(FAILED_RETRY_BASE * 2 ** min(attempts - 1, 20), FAILED_RETRY_CAP)
+            delay *= random.uniform(0.8, 1.2)
+            log.error("upload_failed", path=rel, reason=reason, attempts=attempts, retry_in_s=round(delay, 1))
+            self._retry_later(rel, delay)
+        else:
+            log.error("upload_failed", path=rel, reason=reason, attempts=attempts)
+
+    def _retry_later(self, rel: str, delay: float) -> None:
+        old = self.retry_timers.pop(rel, None)
+        if old is not None:
+            old.cancel()
+
+        def again() -> None:
+            self.retry_timers.pop(rel, None)
+            if not self.stopping:
+                self.note_changes([(rel, None)])
+
+        self.retry_timers[rel] = asyncio.get_running_loop().call_later(delay, again)
 
     def _record_upload(self, outcome: Outcome, owed_since: float | None) -> None:
         """Store the upload in the state's group commit; commit it within FLUSH_AFTER seconds."""
@@ -564,6 +601,7 @@ class Pipeline:
                 group.create_task(self.periodic_rescan(), name="rescan")
                 if self.extender is not None:
                     group.create_task(self.extender.run(), name="locks")
+                group.create_task(self._raise_fatal(), name="fatal")
                 await stop.wait()
                 await self.shutdown(group)
         finally:
@@ -592,12 +630,17 @@ class Pipeline:
                 await self.queue_owed()
                 await self.reconcile("once")
                 while len(self.settler) or len(self.scheduler) or self.deletions.busy:
+                    if self.fatal is not None:
+                        await self._cancel_workers()
+                        raise self.fatal
                     if len(self.scheduler):  # wake when the last upload ends, not up to 50 ms later
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.scheduler.wait_idle(), 0.05)
                     else:  # waiting for files to settle or deletions to be sent: look again soon
                         await asyncio.sleep(0.05)
                 self._flush()
+                if self.fatal is not None:
+                    raise self.fatal
                 if self.extender is not None and not self.dry_run:
                     await self.extender.extend_due()  # a cron-run `once` keeps current versions locked too
                 self.stopping = True
@@ -605,7 +648,23 @@ class Pipeline:
         finally:
             await self.close()
 
+    async def _raise_fatal(self) -> None:
+        await self.fatal_event.wait()
+        await self._cancel_workers()
+        assert self.fatal is not None
+        raise self.fatal
+
+    async def _cancel_workers(self) -> None:
+        self.stopping = True
+        tasks = list(self.worker_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def close(self) -> None:
+        for timer in self.retry_timers.values():
+            timer.cancel()
+        self.retry_timers.clear()
         self.watcher.stop()
         self._flush()  # first: nothing below may keep the last uploads out of the state
         if self.helper_start is not None:

@@ -331,15 +331,17 @@ class StateStore:
             _s(p) for (p,) in self.db.execute("SELECT path FROM owed WHERE failed_at IS NULL ORDER BY since")
         ]
 
-    def record_failure(self, path: str, reason: str) -> None:
-        """A permanent failure for this file: it stays owed but is not retried until it changes again."""
+    def record_failure(self, path: str, reason: str) -> int:
+        """A failure for this file: it stays owed but is not retried until it changes again (or the
+        pipeline tries it again later); returns how many times it has failed in a row."""
         with self.transaction():
-            self.db.execute(
+            row = self.db.execute(
                 "INSERT INTO owed (path, since, attempts, last_error, failed_at) VALUES (?, ?, 1, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET attempts=attempts+1, last_error=excluded.last_error, "
-                "failed_at=excluded.failed_at",
+                "failed_at=excluded.failed_at RETURNING attempts",
                 (_b(path), time.time(), reason, time.time()),
-            )
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 1
 
     def failures(self, limit: int = 50) -> list[Failure]:
         rows = self.db.execute(

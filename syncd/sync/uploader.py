@@ -342,7 +342,8 @@ class Uploader:
                 ContentType=ctype,
                 Metadata=meta,
                 **lock.args(),
-            )
+            ),
+            key=key,
         )
 
     def _copy_source(self, rel: str, md5: str, size: int) -> FileRecord | None:
@@ -370,7 +371,8 @@ class Uploader:
                     Metadata=meta,
                     ContentType=ctype,
                     **lock.args(),
-                )
+                ),
+                key=key,
             )
         except Exception as exc:
             if error_code(exc) in (
@@ -394,7 +396,8 @@ class Uploader:
         created = await self.retrier.call(
             lambda: self.client.create_multipart_upload(
                 Bucket=self.s.bucket, Key=key, Metadata=meta, ContentType=ctype, **lock.args()
-            )
+            ),
+            key=key,
         )
         upload_id = created["UploadId"]
         self.multipart_started(upload_id, key, rel)
@@ -440,7 +443,8 @@ class Uploader:
             response = await self.retrier.call(
                 lambda: self.client.complete_multipart_upload(
                     Bucket=self.s.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
+                ),
+                key=key,
             )
         except BaseException:
             await asyncio.shield(self._abort(key, upload_id))
@@ -536,7 +540,7 @@ class Uploader:
                     raise PartChanged("the file changed") from None
                 raise
 
-        return await self.retrier.call(attempt)
+        return await self.retrier.call(attempt, key=f.key)
 
     async def _buffered_part(
         self, f: OpenFile, key: str, upload_id: str, number: int, offset: int, length: int
@@ -557,7 +561,8 @@ class Uploader:
                     PartNumber=number,
                     Body=data,
                     ContentMD5=digest,
-                )
+                ),
+                key=key,
             )
         return str(response["ETag"])
 
