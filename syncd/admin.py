@@ -199,6 +199,8 @@ async def check(config: Config) -> int:
         privacy = "private" if status.private else "NOT private now (syncd run makes it private)"
         owner = "ours" if status.owner_proven else "accessible (ownership not provable with this key)"
         print(f"bucket {config.bucket}: {owner}, {privacy}, versioning {status.versioning}")
+        if status.acls_ignored:
+            print("  note: its ACL lists public grants, but Object Ownership is BucketOwnerEnforced: ignored")
         if status.versioning != "Enabled":
             print("  warning: an unversioned bucket keeps no history; overwrites destroy old bytes")
     for line in lock_lines:

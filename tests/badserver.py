@@ -11,6 +11,9 @@ Modes (`BadServer.mode` may be changed while it runs, e.g. from "500" to "proxy"
 - "skewed": answer 403 RequestTimeTooSkewed, as S3 does when the client clock is off by > 15 minutes.
 - "html": answer 200 with an HTML page (a web server, not S3).
 
+`answer(request)` is asked first about every request (a `Request`): an `Answer` it returns is sent instead
+of what the mode would do (tests/s3front.py builds servers' documented answers on it).
+
 `only(method, path_and_query)` limits the misbehaviour to matching requests (the rest are proxied, and only
 matching requests count towards `times`); `refuse(method, path_and_query)` names requests to answer 403
 AccessDenied whatever the mode (a key without a permission); `tls=True` serves HTTPS with a fresh
@@ -29,6 +32,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -85,6 +89,35 @@ def self_signed_context(workdir: Path) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request as the front received it (header names lower-case)."""
+
+    method: str
+    path: str  # path and query, as sent
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query, keep_blank_values=True))
+
+    @property
+    def signed(self) -> bool:
+        return "authorization" in self.headers or "X-Amz-Signature" in self.path
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_answer(status: int, code: str, message: str, **headers: str) -> Answer:
+    return Answer(status, error_xml(code, message), {"Content-Type": "application/xml", **headers})
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -100,6 +133,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         owner = self.server.owner
         body = self._read_body()
+        if owner.answer is not None:
+            request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            answer = owner.answer(request)
+            if answer is not None:
+                owner.count(self.command, self.path, False)
+                owner.answered.append((request, answer))
+                self._send(answer.status, answer.headers, answer.body)
+                return
         matched = owner.only is None or owner.only(self.command, self.path)
         number = owner.count(self.command, self.path, matched)
         mode = owner.mode if matched else "proxy"
@@ -198,6 +239,7 @@ class BadServer:
         tls: bool = False,
         only: Callable[[str, str], bool] | None = None,
         refuse: Callable[[str, str], bool] | None = None,
+        answer: Callable[[Request], Answer | None] | None = None,
     ) -> None:
         self.mode = mode
         self.upstream = upstream
@@ -206,6 +248,8 @@ class BadServer:
         self.tls = tls
         self.only = only
         self.refuse = refuse
+        self.answer = answer
+        self.answered: list[tuple[Request, Answer]] = []  # what answer() answered, in order
         self.requests: list[tuple[str, str]] = []
         self.matched = 0
         self.stopped = threading.Event()

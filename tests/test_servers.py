@@ -7,13 +7,16 @@ to the real SeaweedFS except the answers it reproduces.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from badserver import BadServer
+from badserver import Answer, BadServer, Request
 from helpers import bucket_objects, json_records, wait_until, write
+from s3front import B2, AwsAclsDisabled, front
 
 
 def events(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -120,3 +123,160 @@ def test_run_fails_one_key_retries_it_later_and_keeps_going(
         write(folder / "bad.txt", b"bad again")
         daemon.wait_for_event("upload_failed", timeout=60, start=start, path="bad.txt")
         assert daemon.terminate(timeout=60) == 0  # with stop_timeout 300: not held back by the key
+
+
+# -- servers we cannot reach: their documented answers, reproduced ----------------------------------------
+
+
+def rejected(front: BadServer, code: str) -> list[str]:
+    """'METHOD path' of each request the emulated server refused with this code."""
+    return [
+        f"{r.method} {r.path}"
+        for r, answer in front.answered
+        if f"<Code>{code}</Code>".encode() in answer.body
+    ]
+
+
+def public_grants(s3: Any, bucket: str) -> list[str]:
+    return [
+        g["Permission"] for g in s3.get_bucket_acl(Bucket=bucket)["Grants"] if "URI" in g.get("Grantee", {})
+    ]
+
+
+def b2_bucket(s3: Any, bucket: str, *, public: bool = False) -> None:
+    """A bucket as B2 makes them: always versioned (B2 offers no way to turn it off)."""
+    s3.create_bucket(Bucket=bucket, **({"ACL": "public-read"} if public else {}))
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+
+def test_b2_takes_no_checksum_headers_whatever_the_environment_says(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd, syncd_env
+):
+    """B2 refuses x-amz-checksum-* and x-amz-sdk-checksum-algorithm. botocore adds CRC32 headers to
+    PutBucketAcl and PutBucketLifecycleConfiguration even under when_required, and to everything under
+    AWS_REQUEST_CHECKSUM_CALCULATION=when_supported: the config's `checksum: when_required` must win and
+    those requests carry Content-MD5 instead (was: exit 3, 'could not remove the public grant')."""
+    b2_bucket(s3, bucket_name, public=True)
+    folder = tmp_path / "data"
+    write(folder / "small.txt", b"small")
+    write(folder / "big.bin", bytes(6 * 1024 * 1024))
+    env = {**syncd_env, "AWS_REQUEST_CHECKSUM_CALCULATION": "when_supported"}
+    with front(s3_server.endpoint_url, B2()) as b2:
+        config = make_config(
+            folder,
+            bucket_name,
+            keep_versions_days=30,
+            multipart_threshold="5MiB",
+            s3={"endpoint_url": b2.url, "checksum": "when_required"},
+        )
+        result = run_syncd(["once", "-c", str(config)], env=env, timeout=120)
+    no_traceback(result)
+    assert not rejected(b2, "InvalidArgument"), result.stderr
+    assert result.returncode == 0, result.stderr
+    ready = events(json_records(result.stderr), "bucket_ready")[0]
+    assert ready["made_private"] is True and ready["versioning"] == "Enabled"
+    assert public_grants(s3, bucket_name) == []
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket_name)["Rules"]
+    assert [r["NoncurrentVersionExpiration"]["NoncurrentDays"] for r in rules] == [30]
+    assert keys_in(s3, bucket_name) == {"small.txt", "big.bin"}
+
+
+def test_b2_check_and_run_without_policy_status_or_versioning_calls(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """B2 answers NotImplemented to GetBucketPolicyStatus, GetBucketPolicy and PutBucketVersioning: `check`
+    and `once` prove privacy without them, report the bucket versioned, and never ask to change it."""
+    b2_bucket(s3, bucket_name)
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    with front(s3_server.endpoint_url, B2()) as b2:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": b2.url})
+        checked = run_syncd(["check", "-c", str(config)], timeout=60)
+        result = run_syncd(["once", "-c", str(config)], timeout=60)
+    no_traceback(checked)
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        "private" in checked.stdout
+        and "NOT private" not in checked.stdout
+        and "versioning Enabled" in checked.stdout
+    )
+    assert result.returncode == 0, result.stderr
+    assert not [p for p in rejected(b2, "NotImplemented") if "versioning" in p], (
+        "versioning was not left alone"
+    )
+    assert not [r for r in json_records(result.stderr) if r.get("level") in ("warning", "error")], (
+        result.stderr
+    )
+    assert keys_in(s3, bucket_name) == {"a.txt"}
+
+
+def test_b2_slowdown_retry_after_is_honoured(tmp_path, s3, s3_server, bucket_name, make_config, run_syncd):
+    """503 SlowDown with Retry-After: 2 on the first two PUTs: the next PUT of the file comes no sooner
+    than the server asked (was: again after 0.25-1 s of backoff)."""
+    b2_bucket(s3, bucket_name)
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    b2_answers = B2()
+    b2_answers.slowdown(2, retry_after=2)
+    times: list[float] = []
+
+    def timed(request: Request) -> Answer | None:
+        if request.method == "PUT" and request.path.split("?")[0].endswith("/a.txt"):
+            times.append(time.monotonic())
+        return b2_answers(request)
+
+    with front(s3_server.endpoint_url, timed) as b2:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": b2.url})
+        result = run_syncd(["once", "-c", str(config)], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(rejected(b2, "SlowDown")) == 2 and len(times) == 3, times
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) >= 1.9, gaps
+    assert events(json_records(result.stderr), "s3_throttled"), "the slow-down is reported"
+    assert keys_in(s3, bucket_name) == {"a.txt"}
+
+
+def test_aws_acls_disabled_fresh_bucket(tmp_path, s3, s3_server, bucket_name, make_config, run_syncd):
+    """AWS with BucketOwnerEnforced and Block Public Access, a bucket syncd creates: created, proven
+    private (owner-only ACL read, anonymous requests refused), uploads; `check` agrees."""
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    with front(s3_server.endpoint_url, AwsAclsDisabled()) as aws:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": aws.url})
+        result = run_syncd(["once", "-c", str(config)], timeout=60)
+        checked = run_syncd(["check", "-c", str(config)], timeout=60)
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    assert not rejected(aws, "AccessControlListNotSupported") and not rejected(
+        aws, "InvalidBucketAclWithObjectOwnership"
+    )
+    ready = events(json_records(result.stderr), "bucket_ready")[0]
+    assert ready["private"] is True and ready["created"] is True
+    assert checked.returncode == 0 and "NOT private" not in checked.stdout, checked.stdout + checked.stderr
+    assert keys_in(s3, bucket_name) == {"a.txt"}
+
+
+def test_aws_acls_disabled_with_grants_listed_is_private_not_exit_3(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """A bucket whose ACL read still lists a public grant while Object Ownership is BucketOwnerEnforced
+    (the grant is inert: ACLs grant nothing there, and PutBucketAcl answers AccessControlListNotSupported).
+    AWS itself shows the owner-only ACL then; servers that copy its ownership controls may not. syncd reads
+    GetBucketOwnershipControls, proves privacy with the anonymous probe, and runs (was: exit 3, 'still
+    grants AllUsers:READ after setting ACL private'; `check` said NOT private)."""
+    s3.create_bucket(Bucket=bucket_name, ACL="public-read")
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    with front(s3_server.endpoint_url, AwsAclsDisabled()) as aws:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": aws.url})
+        checked = run_syncd(["check", "-c", str(config)], timeout=60)
+        result = run_syncd(["once", "-c", str(config)], timeout=60)
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    assert checked.returncode == 0 and "NOT private" not in checked.stdout, checked.stdout + checked.stderr
+    assert "BucketOwnerEnforced" in checked.stdout, checked.stdout
+    records = json_records(result.stderr)
+    ready = events(records, "bucket_ready")[0]
+    assert ready["private"] is True and ready["made_private"] is False
+    assert events(records, "bucket_acl_ignored"), "the inert grant is reported"
+    assert keys_in(s3, bucket_name) == {"a.txt"}

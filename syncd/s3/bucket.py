@@ -46,6 +46,7 @@ class BucketStatus:
     made_private: bool  # we removed a public grant
     exists: bool = True  # False only in check mode: `syncd run` would create it
     owner_proven: bool = True  # False: accepted on weaker evidence (see ensure_private_bucket)
+    acls_ignored: bool = False  # the ACL lists public grants the server ignores (BucketOwnerEnforced)
 
 
 async def ensure_private_bucket(
@@ -97,6 +98,16 @@ async def ensure_private_bucket(
     owner_proven = created or await _owner_proven(client, bucket, acl)
     made_private = False
     public = _public_grants(acl)
+    acls_ignored = bool(public) and await _acls_disabled(client, bucket)
+    if acls_ignored:
+        # The anonymous probe below still has to show it: a server that said so and served anyway fails it.
+        log.warning(
+            "bucket_acl_ignored",
+            bucket=bucket,
+            grants=public,
+            reason="Object Ownership is BucketOwnerEnforced: the server ignores ACLs",
+        )
+        public = []
     if public and check_only:
         log.warning("bucket_public_acl", bucket=bucket, grants=public, hint="syncd run will make it private")
     elif public:
@@ -108,7 +119,15 @@ async def ensure_private_bucket(
     if private:
         await _probe_anonymous(bucket, _bucket_url(client, bucket, region, endpoint_url))
     versioning = await _versioning(client, bucket, enable=not check_only)
-    return BucketStatus(bucket, created, private, versioning, made_private, owner_proven=owner_proven)
+    return BucketStatus(
+        bucket,
+        created,
+        private,
+        versioning,
+        made_private,
+        owner_proven=owner_proven,
+        acls_ignored=acls_ignored,
+    )
 
 
 @contextlib.contextmanager
@@ -269,6 +288,19 @@ def _public_grants(acl: dict[str, Any]) -> list[str]:
         for grant in grants
         if (uri := grant.get("Grantee", {}).get("URI")) in PUBLIC_GROUPS
     )
+
+
+async def _acls_disabled(client: Any, bucket: str) -> bool:
+    """Object Ownership is BucketOwnerEnforced (AWS's default since 2023): ACLs grant nothing there, and
+    PutBucketAcl answers AccessControlListNotSupported. Servers without the setting answer an error: False."""
+    try:
+        response = await client.get_bucket_ownership_controls(Bucket=bucket)
+    except botocore.exceptions.ClientError as exc:
+        if classify(exc) is not ErrorKind.PERMANENT:
+            _raise_for(exc, bucket, "read the Object Ownership setting", "s3:GetBucketOwnershipControls")
+        return False
+    rules = response.get("OwnershipControls", {}).get("Rules", [])
+    return any(rule.get("ObjectOwnership") == "BucketOwnerEnforced" for rule in rules)
 
 
 async def _make_private(client: Any, bucket: str, public: list[str]) -> None:

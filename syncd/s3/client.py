@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
+import hashlib
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -152,6 +154,20 @@ def make_session(settings: S3Settings) -> aioboto3.Session:
     return aioboto3.Session()
 
 
+def content_md5_instead_of_crc32(params: dict[str, Any], **_: Any) -> None:
+    """`checksum: when_required`: an operation that must carry a checksum (PutBucketAcl,
+    PutBucketVersioning, PutBucketLifecycleConfiguration) carries Content-MD5, as before botocore 1.36,
+    not the x-amz-checksum-crc32 and x-amz-sdk-checksum-algorithm headers botocore now adds (B2 and
+    other servers answer those 400)."""
+    checksum = params.get("context", {}).get("checksum", {})
+    algorithm = checksum.get("request_algorithm")
+    body = params.get("body")
+    if isinstance(algorithm, dict) and algorithm.get("in") == "header" and isinstance(body, bytes):
+        del checksum["request_algorithm"]
+        checksum.pop("request_algorithm_header", None)
+        params["headers"]["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
 @contextlib.asynccontextmanager
 async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[Any]:
     """The process's one S3 client, sized for `pool` concurrent requests."""
@@ -162,6 +178,8 @@ async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[Any
         region_name=settings.region,
         config=boto_config(settings, pool),
     ) as client:
+        if settings.checksum == "when_required":
+            client.meta.events.register("before-call.s3", content_md5_instead_of_crc32)
         # Found once here, so every command (versions, restore, verify too) says what is missing.
         if await session.get_credentials() is None:
             raise CredentialsError(NO_CREDENTIALS)
