@@ -98,26 +98,34 @@ async def ensure_private_bucket(
     owner_proven = created or await _owner_proven(client, bucket, acl)
     made_private = False
     public = _public_grants(acl)
-    acls_ignored = bool(public) and await _acls_disabled(client, bucket)
+    url = _bucket_url(client, bucket, region, endpoint_url)
+    acls_ignored = False
+    if public and check_only:
+        # What run would find: grants it cannot remove that the server ignores (anonymous refused anyway).
+        acls_ignored = await _acls_disabled(client, bucket) and await _anonymous_refused(bucket, url)
+        if not acls_ignored:
+            log.warning(
+                "bucket_public_acl", bucket=bucket, grants=public, hint="syncd run will make it private"
+            )
+    elif public:
+        acls_ignored = not await _make_private(client, bucket, public)
+        if not acls_ignored:
+            made_private = True
+            log.warning("bucket_made_private", bucket=bucket, removed=public)
     if acls_ignored:
-        # The anonymous probe below still has to show it: a server that said so and served anyway fails it.
+        # The anonymous probe below still decides: a server that says so and serves anyway fails it.
         log.warning(
             "bucket_acl_ignored",
             bucket=bucket,
             grants=public,
-            reason="Object Ownership is BucketOwnerEnforced: the server ignores ACLs",
+            reason="the ACL cannot be changed and Object Ownership is BucketOwnerEnforced: the server "
+            "ignores ACLs",
         )
         public = []
-    if public and check_only:
-        log.warning("bucket_public_acl", bucket=bucket, grants=public, hint="syncd run will make it private")
-    elif public:
-        await _make_private(client, bucket, public)
-        made_private = True
-        log.warning("bucket_made_private", bucket=bucket, removed=public)
     await _check_policy(client, bucket)
     private = not (public and check_only)
     if private:
-        await _probe_anonymous(bucket, _bucket_url(client, bucket, region, endpoint_url))
+        await _probe_anonymous(bucket, url)
     versioning = await _versioning(client, bucket, enable=not check_only)
     return BucketStatus(
         bucket,
@@ -303,20 +311,25 @@ async def _acls_disabled(client: Any, bucket: str) -> bool:
     return any(rule.get("ObjectOwnership") == "BucketOwnerEnforced" for rule in rules)
 
 
-async def _make_private(client: Any, bucket: str, public: list[str]) -> None:
-    """Replace the ACL with `private` and read it back: the grant must be gone."""
+async def _make_private(client: Any, bucket: str, public: list[str]) -> bool:
+    """Replace the ACL with `private` and read it back: the grant must be gone. False when the server
+    refuses ACLs and enforces bucket-owner ownership: the grants it lists grant nothing."""
     with _step(bucket, f"remove the public grant ({', '.join(public)})", "s3:PutBucketAcl"):
         try:
             await client.put_bucket_acl(Bucket=bucket, ACL="private")
         except botocore.exceptions.ClientError as exc:
-            if error_code(exc) not in ACL_REFUSED:  # ACLs disabled: the read-back decides
+            if error_code(exc) not in ACL_REFUSED:
                 raise
+            if await _acls_disabled(client, bucket):
+                return False
+            # Refused without ownership controls that say so: the read-back decides.
     left = _public_grants(await _get_acl(client, bucket))
     if left:
         raise BucketError(
             f"bucket {bucket!r} still grants {', '.join(left)} after setting ACL private; remove the grant "
             "with your provider's console or `aws s3api put-bucket-acl --acl private` and retry"
         )
+    return True
 
 
 async def _check_policy(client: Any, bucket: str) -> None:
@@ -389,6 +402,15 @@ def _env_proxy(url: str) -> str | None:
     if urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return urllib.request.getproxies_environment().get(parts.scheme)
+
+
+async def _anonymous_refused(bucket: str, url: str) -> bool:
+    """_probe_anonymous as a question: are unsigned requests refused?"""
+    try:
+        await _probe_anonymous(bucket, url)
+    except BucketError:
+        return False
+    return True
 
 
 async def _probe_anonymous(bucket: str, url: str) -> None:
