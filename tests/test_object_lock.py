@@ -1,13 +1,14 @@
 """object_lock: every version syncd writes is locked, current versions stay locked, the bucket must lock.
 
-Against the session's SeaweedFS (4.x stores and enforces version locks); the enforcement proofs against
-Ceph RGW are in test_object_lock_rgw.py.
+The proofs run against Ceph RGW, which enforces Object Lock (and drops the lock of multipart uploads and
+copies: syncd must set it afterwards), and against SeaweedFS 4.x, which stores and enforces it too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import time
 from pathlib import Path
@@ -37,6 +38,10 @@ def rfc3339_ts(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+BOTH = pytest.mark.servers("seaweedfs", "rgw")
+
+
+@BOTH
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "helper"])
 def test_every_version_is_locked_on_every_sender(
     tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any, processes: int
@@ -79,8 +84,15 @@ def test_every_version_is_locked_on_every_sender(
         assert mode == "GOVERNANCE", version["Key"]
         assert until >= version["LastModified"].timestamp() + RETAIN_LONG, version["Key"]
         assert rfc3339_ts(record["retain_until"]) == until, version["Key"]
+        # syncd's own key cannot delete a locked version: the bytes stay.
+        with pytest.raises(s3.exceptions.ClientError) as refused:
+            s3.delete_object(Bucket=bucket_name, Key=version["Key"], VersionId=version["VersionId"])
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"
+        body = s3.get_object(Bucket=bucket_name, Key=version["Key"], VersionId=version["VersionId"])["Body"]
+        assert body.read() == (folder / version["Key"]).read_bytes()
 
 
+@BOTH
 def test_unlocked_existing_bucket_is_exit_3_for_check_once_and_run(
     tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any
 ) -> None:
@@ -135,22 +147,29 @@ def test_check_on_a_missing_bucket_says_it_will_be_created_locked(
     assert "creates the bucket with Object Lock enabled" in result.stdout
 
 
+# (retain, rewrite after, look after) in seconds: the issue's scenario on RGW, a shorter one on SeaweedFS.
+SCENARIO = {"rgw": (40, 5, 60), "seaweedfs": (12, 2, 14)}
+
+
+@BOTH
 def test_current_version_is_extended_and_the_old_one_expires(
-    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, start_daemon: Any
+    tmp_path: Path, s3_server: Any, s3: Any, bucket_name: str, make_config: Any, start_daemon: Any
 ) -> None:
-    """retain: 12s. A file rewritten after 2 s: its old version keeps its date and becomes deletable, its
-    current version is extended (to now + retain) before its lock runs out, and stays locked."""
+    """retain: 40s (RGW). A file rewritten after 5 s: after ~60 s its old version has kept its date and
+    can be deleted, while its current version was extended (to now + retain) and is still locked."""
+    retain, rewrite_after, look_after = SCENARIO[s3_server.kind]
     folder = tmp_path / "data"
     write(folder / "f.txt", b"one")
-    daemon = start_daemon(make_config(folder, bucket_name, **lock_config(retain="12s")))
+    daemon = start_daemon(make_config(folder, bucket_name, **lock_config(retain=f"{retain}s")))
     first = daemon.wait_for_event("uploaded", path="f.txt")
-    time.sleep(2)  # the scenario itself: a rewrite a little later than the first upload
+    uploaded_at = time.time()
+    time.sleep(rewrite_after)  # the scenario itself: a rewrite a few seconds after the first upload
     write(folder / "f.txt", b"two")
     second = daemon.wait_for(
         lambda r: r.get("event") == "uploaded" and r.get("version_id") != first["version_id"]
     )
     old_until = rfc3339_ts(first["retain_until"])
-    wait_until(lambda: time.time() > old_until + 1, timeout=30)
+    wait_until(lambda: time.time() > max(old_until + 1, uploaded_at + look_after), timeout=look_after + 30)
     # The old version kept its date and can be deleted now; the current one was extended and is locked.
     assert retention(s3, bucket_name, "f.txt", first["version_id"])[1] == old_until
     mode, until = retention(s3, bucket_name, "f.txt", second["version_id"])
@@ -164,6 +183,7 @@ def test_current_version_is_extended_and_the_old_one_expires(
     assert daemon.terminate() == 0
 
 
+@BOTH
 def test_restart_does_not_extend_what_is_far_enough_out(
     tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any, start_daemon: Any
 ) -> None:
@@ -190,6 +210,7 @@ def test_restart_does_not_extend_what_is_far_enough_out(
     assert retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1] > extended_until
 
 
+@BOTH
 def test_delete_under_a_lock_is_a_marker_and_the_file_restores(
     tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, start_daemon: Any, run_syncd: Any
 ) -> None:
@@ -293,3 +314,82 @@ def test_bad_object_lock_config_is_exit_2_naming_the_key(
     result = run_syncd(["check", "-c", str(make_config(folder, bucket_name, object_lock=value))])
     assert result.returncode == 2, result.stderr
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.servers("rgw")
+def test_least_privilege_key_runs_syncd_and_cannot_erase_history(
+    tmp_path: Path,
+    s3_server: Any,
+    bucket_name: str,
+    make_config: Any,
+    run_syncd: Any,
+    start_daemon: Any,
+    syncd_env: dict[str, str],
+) -> None:
+    """A user whose rights a bucket policy narrows as the README says (no s3:DeleteObjectVersion, no
+    s3:BypassGovernanceRetention, no s3:PutBucketPolicy, no s3:PutLifecycleConfiguration) runs check,
+    once and run (uploads, multipart, lock extension, delete markers); check says what the key cannot do,
+    and the key cannot delete any version, locked or not."""
+    from helpers import s3_client
+
+    from syncd.seaweed import Identity
+
+    user = Identity.generate(f"lp{bucket_name[-8:]}")
+    s3_server.create_user(user)
+    s3 = s3_client(s3_server, user)
+    s3.create_bucket(Bucket=bucket_name, ObjectLockEnabledForBucket=True)
+    denied = [
+        "s3:DeleteObjectVersion",
+        "s3:BypassGovernanceRetention",
+        "s3:PutBucketPolicy",
+        "s3:DeleteBucketPolicy",
+        "s3:PutLifecycleConfiguration",
+        "s3:DeleteBucket",
+    ]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Deny",
+                "Principal": {"AWS": [f"arn:aws:iam:::user/{user.name}"]},
+                "Action": denied,
+                "Resource": [f"arn:aws:s3:::{bucket_name}", f"arn:aws:s3:::{bucket_name}/*"],
+            }
+        ],
+    }
+    s3.put_bucket_policy(Bucket=bucket_name, Policy=json.dumps(policy))
+    env = dict(syncd_env, AWS_ACCESS_KEY_ID=user.access_key, AWS_SECRET_ACCESS_KEY=user.secret_key)
+    folder = tmp_path / "data"
+    write(folder / "small.txt", b"small")
+    write(folder / "big.bin", os.urandom(6 * MiB))
+    config = make_config(
+        folder,
+        bucket_name,
+        on_delete="delete",
+        multipart_threshold="5MiB",
+        multipart_chunksize="5MiB",
+        **lock_config(retain="12s"),
+    )
+
+    check = run_syncd(["check", "-c", str(config)], env=env)
+    assert check.returncode == 0, check.stderr
+    assert "key: cannot delete versions" in check.stdout
+    assert "key: cannot bypass governance retention" in check.stdout
+
+    daemon = start_daemon(config, env=env)
+    small = daemon.wait_for_event("uploaded", path="small.txt")
+    big = daemon.wait_for_event("uploaded", path="big.bin")
+    daemon.wait_for_event("locks_extended", timeout=30)
+    (folder / "small.txt").unlink()
+    daemon.wait_for_event("deleted", path="small.txt")
+    assert daemon.terminate() == 0
+    assert not [r for r in daemon.records() if r.get("level") in ("error", "critical")], daemon.tail()
+    for record in (small, big):
+        assert retention(s3, bucket_name, record["key"], record["version_id"])[0] == "GOVERNANCE"
+        with pytest.raises(s3.exceptions.ClientError) as refused:
+            s3.delete_object(Bucket=bucket_name, Key=record["key"], VersionId=record["version_id"])
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    unlocked = s3.put_object(Bucket=bucket_name, Key="unlocked.txt", Body=b"x")  # no lock at all
+    with pytest.raises(s3.exceptions.ClientError) as refused:
+        s3.delete_object(Bucket=bucket_name, Key="unlocked.txt", VersionId=unlocked["VersionId"])
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"

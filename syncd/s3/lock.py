@@ -24,6 +24,10 @@ from syncd.s3.retry import Retrier
 
 NO_LOCK_CONFIG = frozenset({"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"})
 UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "501", "405"})
+# The server dates a version when it has the request, a little after the lock date is computed here: the
+# date is rounded up to the next whole second and one more, so a version PUT within a second of being sent
+# is locked until at least its own date + retain. Slower PUTs are extended after they finish.
+LATENCY_MARGIN = 1.0
 NO_RETENTION = frozenset({"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"})
 
 
@@ -51,8 +55,8 @@ class LockPolicy:
         return None if settings is None else cls(settings.mode.upper(), settings.retain)
 
     def until(self, now: float | None = None) -> float:
-        """now + retain, rounded up to the whole second the server stores."""
-        return float(math.ceil((time.time() if now is None else now) + self.retain))
+        """now + retain (+ LATENCY_MARGIN), rounded up to the whole second the server stores."""
+        return float(math.ceil((time.time() if now is None else now) + self.retain + LATENCY_MARGIN))
 
     def request_args(self, until: float) -> dict[str, Any]:
         """The arguments of PutObject, CreateMultipartUpload and CopyObject that lock the new version."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.keys import KeyTooLong, key_for_path
 from syncd.s3.client import error_code
-from syncd.s3.lock import LockPolicy, ensure_retention
+from syncd.s3.lock import LockPolicy, ensure_retention, set_retention
 from syncd.s3.retry import Retrier
 from syncd.sync.files import (
     HASH_CHUNK,
@@ -266,12 +266,14 @@ class Uploader:
         lock = Locked(self.s.lock)
         if body is not None:
             response = await self._put(key, body, md5, meta, ctype, lock)
-            return self._finish(f, "uploaded", md5, response, retain_until=lock.until)
+            until = await self._lock_kept(key, response, lock)
+            return self._finish(f, "uploaded", md5, response, retain_until=until)
         if sig.size < self.s.multipart_threshold:
             streamed = await self._put_streamed(f, md5, sha256, meta, ctype, lock)
             if streamed is None:
                 return Outcome("changed", rel, key, sig)
-            return self._finish(f, "uploaded", md5, streamed, retain_until=lock.until)
+            until = await self._lock_kept(key, streamed, lock)
+            return self._finish(f, "uploaded", md5, streamed, retain_until=until)
         completed, parts = await self._multipart(f, meta, ctype, hashes, lock)
         if completed is None:
             return Outcome("changed", rel, key, sig)
@@ -280,11 +282,35 @@ class Uploader:
         until = await self._lock_held(key, completed, lock)
         return self._finish(f, "uploaded", md5, completed, parts=parts, retain_until=until)
 
-    async def _lock_held(self, key: str, response: dict[str, Any], lock: Locked) -> float | None:
-        """The retain-until the server holds for the new version, extended to now + retain if short."""
+    async def _lock_kept(self, key: str, response: dict[str, Any], lock: Locked) -> float | None:
+        """After a PUT that took longer than LATENCY_MARGIN (a large body, a slow link), the server may
+        have dated the version later than the lock allows for: extend the lock to now + retain then."""
         version_id = response.get("VersionId")
-        if lock.policy is None or not version_id:
+        if lock.policy is None or lock.until is None or not version_id:
             return lock.until
+        until = lock.policy.until()
+        if until <= lock.until:
+            return lock.until
+        policy, vid = lock.policy, str(version_id)
+        held = await self.retrier.call(
+            lambda: set_retention(self.client, self.s.bucket, key, vid, policy, until)
+        )
+        return held.until
+
+    async def _lock_held(self, key: str, response: dict[str, Any], lock: Locked) -> float | None:
+        """The retain-until the server holds for the new version, extended to now + retain if short.
+
+        A copy's answer may lack the new VersionId (Ceph RGW 16.2): the key's current version is then
+        looked up and written into `response` (only this syncd writes the key, one upload at a time).
+        """
+        if lock.policy is None:
+            return lock.until
+        version_id = response.get("VersionId")
+        if not version_id:
+            head = await self.retrier.call(lambda: self.client.head_object(Bucket=self.s.bucket, Key=key))
+            version_id = response["VersionId"] = head.get("VersionId")
+            if not version_id:
+                return lock.until
         return await ensure_retention(
             self.client, self.retrier, self.s.bucket, key, str(version_id), lock.policy, lock.policy.until()
         )
