@@ -1,4 +1,11 @@
-"""A misbehaving HTTP(S) server on 127.0.0.1, run in a thread, for the bad-server tests.
+"""A fault-injecting front for the bad-server tests: a thread on 127.0.0.1 in front of a real S3 server.
+
+It is not an S3 server. With an `upstream` (the session's SeaweedFS), every request it does not attack is
+passed through unchanged, so the answers syncd sees come from the real server except the one a test fakes:
+a 500, a 503 SlowDown, an AccessDenied (`refuse`), a held request ("hang"), a flipped byte ("corrupt"),
+or a documented answer of a server we cannot reach (`answer`, tests/s3front.py). Two modes have no server
+behind them on purpose: "html" stands for a web server that is not S3 at all, and "blackhole" for an
+address where nothing answers.
 
 Modes (`BadServer.mode` may be changed while it runs, e.g. from "500" to "proxy" to end an outage):
 
@@ -8,8 +15,9 @@ Modes (`BadServer.mode` may be changed while it runs, e.g. from "500" to "proxy"
 - "blackhole": listen but never accept; the one-slot backlog is filled, so connecting times out.
 - "500": answer every request 500 InternalError.
 - "slowdown": answer the first `times` requests 503 SlowDown, then proxy.
-- "skewed": answer 403 RequestTimeTooSkewed, as S3 does when the client clock is off by > 15 minutes.
 - "html": answer 200 with an HTML page (a web server, not S3).
+- "corrupt": proxy, then flip one byte of the response body (length kept) of matching requests: bytes
+  damaged on the way from the server.
 
 `answer(request)` is asked first about every request (a `Request`): an `Answer` it returns is sent instead
 of what the mode would do (tests/s3front.py builds servers' documented answers on it).
@@ -56,11 +64,6 @@ HTML_PAGE = (
 ERRORS = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
-    "skewed": (
-        403,
-        "RequestTimeTooSkewed",
-        "The difference between the request time and the current time is too large.",
-    ),
     "refused": (403, "AccessDenied", "Access Denied"),
 }
 
@@ -166,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif mode == "html":
             self._send(200, {"Content-Type": "text/html; charset=utf-8"}, HTML_PAGE)
         else:
-            self._proxy(body)
+            self._proxy(body, corrupt=mode == "corrupt")
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -192,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _proxy(self, body: bytes) -> None:
+    def _proxy(self, body: bytes, corrupt: bool = False) -> None:
         owner = self.server.owner
         assert owner.upstream, "proxy mode needs an upstream"
         target = urllib.parse.urlsplit(owner.upstream)
@@ -204,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
             conn.request(self.command, self.path, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
+            if corrupt and data:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
             self.send_response_only(response.status, response.reason)
             for name, value in response.getheaders():
                 if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
