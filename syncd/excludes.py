@@ -29,6 +29,7 @@ DEFAULT_EXCLUDES = (
     "*.part",  # firefox, wget2 and others while downloading
     "*.crdownload",  # chrome while downloading
     "~$*",  # Microsoft Office owner/lock files
+    ".syncd-restore-*",  # syncd restore's own temp files, renamed into place once checked
 )
 
 _DIR_CACHE_LIMIT = 65536

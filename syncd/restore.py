@@ -8,9 +8,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
-import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,8 @@ from syncd.admin import rel_from_user_path, show
 from syncd.config import Config
 from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, SyncdError
 from syncd.keys import key_for_path, rel_path_for_key
+from syncd.ownership import recorded_ownership
+from syncd.restore_target import Refused, RestoreTarget
 from syncd.s3.client import describe, open_client
 from syncd.s3.listing import Version, list_versions
 from syncd.s3.retry import Outage, Retrier
@@ -96,8 +96,8 @@ async def restore(
                     print(f"{key}: not a key syncd wrote (cannot map it to a path); skipped", file=sys.stderr)
                     failures += 1
                     continue
-                dest = _destination(config, rel, key_rel, is_file, to)
-                ok = await _restore_one(client, config, chosen, dest, force, retrier)
+                where = _destination(config, rel, key_rel, is_file, to)
+                ok = await _restore_one(client, config, chosen, where, force, retrier)
                 restored += ok
                 failures += not ok
     noun = "file" if restored == 1 else "files"
@@ -105,42 +105,43 @@ async def restore(
     return EXIT_SOME_FAILED if failures else EXIT_OK
 
 
-def _destination(config: Config, asked_rel: str, key_rel: str, is_file: bool, to: str | None) -> Path:
+def _destination(
+    config: Config, asked_rel: str, key_rel: str, is_file: bool, to: str | None
+) -> tuple[Path, str]:
+    """(target directory, path below it): the target is the admin's; below it nothing follows a symlink."""
     if to is None:
-        return config.folder / key_rel
+        return config.folder, key_rel
     target = Path(to)
     if is_file:
-        return target / Path(key_rel).name if target.is_dir() else target
+        return (target, Path(key_rel).name) if target.is_dir() else (target.parent, target.name)
     inner = key_rel[len(asked_rel) + 1 :] if asked_rel else key_rel
-    return target / inner
+    return target, inner
 
 
 async def _restore_one(
-    client: Any, config: Config, v: Version, dest: Path, force: bool, retrier: Retrier
+    client: Any, config: Config, v: Version, where: tuple[Path, str], force: bool, retrier: Retrier
 ) -> bool:
-    """Download to a temp name beside dest, check the MD5, set mtime, then rename into place."""
-    if (dest.exists() or dest.is_symlink()) and not force:
-        print(f"{dest}: exists; not overwritten (use --force)", file=sys.stderr)
+    """Download to a 0600 temp file beside the destination, check the MD5, then owner, mode, mtime and
+    into place, every step relative to directory fds that refuse symlinks (restore_target.py)."""
+    base, rel = where
+    try:
+        pending = RestoreTarget(base).write(rel, force)
+    except Refused as exc:
+        print(f"{exc}; not restored", file=sys.stderr)
         return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".syncd-restore-", dir=dest.parent)
-    tmp = Path(tmp_name)
+    dest = pending.path
     try:
         try:
             response = await retrier.call(
                 lambda: client.get_object(Bucket=config.bucket, Key=v.key, VersionId=v.version_id)
             )
             md5 = hashlib.md5()
-            with os.fdopen(fd, "wb") as out:
-                os.fchmod(out.fileno(), _mode_for(dest))
-                # Not `async with Body as b`: aiobotocore's __aenter__ returns the raw aiohttp response.
-                body = response["Body"]
-                async with body:
-                    while chunk := await body.read(1024 * 1024):
-                        md5.update(chunk)
-                        await asyncio.to_thread(out.write, chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            # Not `async with Body as b`: aiobotocore's __aenter__ returns the raw aiohttp response.
+            body = response["Body"]
+            async with body:
+                while chunk := await body.read(1024 * 1024):
+                    md5.update(chunk)
+                    await asyncio.to_thread(_write_all, pending.fd, chunk)
         except SyncdError:
             raise
         except Exception as exc:
@@ -155,33 +156,23 @@ async def _restore_one(
             )
             return False
         millis = meta.get("src_last_modified_millis")
-        if millis and millis.isdigit():
-            ns = int(millis) * 1_000_000
-            os.utime(tmp, ns=(ns, ns))
-        if force:
-            os.replace(tmp, dest)
-        else:
-            try:
-                os.link(tmp, dest)  # atomic no-clobber: never overwrite a file that appeared meanwhile
-            except FileExistsError:
-                print(f"{dest}: exists; not overwritten (use --force)", file=sys.stderr)
-                return False
-        print(f"restored {show(str(dest))} (version {v.version_id}, {v.size:,} bytes)")
+        mtime_ns = int(millis) * 1_000_000 if millis and millis.isdigit() else None
+        try:
+            placed = pending.place(recorded_ownership(meta), mtime_ns, force)
+        except Refused as exc:
+            print(f"{exc}; not restored", file=sys.stderr)
+            return False
+        mode = f"mode {placed.mode:04o}" if placed.mode_recorded else "no mode recorded: made 0600"
+        print(f"restored {show(str(dest))} (version {v.version_id}, {v.size:,} bytes, {mode})")
         return True
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        pending.close()
 
 
-def _mode_for(dest: Path) -> int:
-    """As a copy would: the mode of the file being replaced, else 0666 less the umask (not mkstemp's 0600)."""
-    with contextlib.suppress(OSError):
-        st = os.lstat(dest)
-        if stat.S_ISREG(st.st_mode):
-            return stat.S_IMODE(st.st_mode)
-    umask = os.umask(0o077)
-    os.umask(umask)
-    return 0o666 & ~umask
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _expected_md5(meta: dict[str, str], etag: str) -> str | None:

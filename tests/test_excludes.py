@@ -124,6 +124,7 @@ def test_rules(patterns: list[str], rel: str, is_dir: bool, expected: bool) -> N
         "Downloads/big.iso.part",
         "Downloads/big.iso.crdownload",
         "~$budget.xlsx",
+        "docs/.syncd-restore-4242-0123456789ab",
     ],
 )
 def test_defaults(rel: str) -> None:

@@ -526,6 +526,7 @@ EXCLUDE_TREE = {
     "big.iso.part": "default",
     "dl.crdownload": "default",
     "~$report.docx": "default",
+    "docs/.syncd-restore-4242-0123456789ab": "default",
 }
 
 

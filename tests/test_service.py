@@ -431,28 +431,6 @@ def test_restore_a_directory_as_it_was_at_a_time(
     assert tree(dest_utc) == round1
 
 
-def test_restored_files_get_normal_permissions(tmp_path, bucket_name, make_config, run_syncd):
-    """A new file gets 0666 & ~umask like any other; --force over a file keeps that file's mode."""
-    folder = tmp_path / "data"
-    doc = write(folder / "doc.txt", b"shared document\n")
-    doc.chmod(0o644)
-    config = make_config(folder, bucket_name)
-    result = run_syncd(["once", "-c", str(config)])
-    assert result.returncode == 0, result.stderr
-    umask = os.umask(0)
-    os.umask(umask)
-
-    dest = tmp_path / "restored.txt"
-    result = run_syncd(["restore", "-c", str(config), "data/doc.txt", "--to", str(dest)])
-    assert result.returncode == 0, result.stderr
-    assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~umask
-
-    doc.chmod(0o640)
-    result = run_syncd(["restore", "-c", str(config), "data/doc.txt", "--force"])
-    assert result.returncode == 0, result.stderr
-    assert stat.S_IMODE(doc.stat().st_mode) == 0o640
-
-
 # -- metrics ----------------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from syncd import beneath
 from syncd.log import get_logger
 from syncd.sync.limits import ByteBudget
 
@@ -34,26 +35,41 @@ class FileSkipped(Exception):
         self.gone = gone
 
 
-def open_file(path: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:
-    """Open without ever blocking or following a swapped-in symlink; refuse anything but a regular file."""
+def open_file(root: Path, rel: str, follow_symlinks: bool) -> tuple[int, os.stat_result]:
+    """Open root/rel without ever blocking or leaving the folder; refuse anything but a regular file.
+
+    Without follow_symlinks no component of rel may be a symlink, whenever it was swapped in (beneath.py);
+    with it, links are followed but what was opened must lie inside the folder.
+    """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
     try:
-        fd = os.open(path, flags)
+        if follow_symlinks:
+            fd = os.open(os.path.join(root, rel), flags)
+        else:
+            fd = beneath.open_beneath(root, rel, flags | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise FileSkipped("vanished before it could be read", gone=True) from None
     except PermissionError:
         raise FileSkipped("permission denied") from None
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: a symlink where a file was
-            raise FileSkipped("is a symlink (follow_symlinks is off)") from None
+        if beneath.is_symlink_error(exc):
+            raise FileSkipped("a symlink, or under a symlinked directory (follow_symlinks is off)") from None
         raise FileSkipped(exc.strerror or str(exc)) from None
+    if follow_symlinks and not opened_inside(fd, root):
+        os.close(fd)
+        raise FileSkipped("a symlink that points outside the folder")
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise FileSkipped("not a regular file (FIFO, socket, device or directory)")
     return fd, st
+
+
+def stat_path(root: Path, rel: str, follow_symlinks: bool) -> os.stat_result:
+    """stat of root/rel as open_file() would reach it (OSError as os.stat raises it)."""
+    if follow_symlinks:
+        return os.stat(os.path.join(root, rel))
+    return beneath.lstat_beneath(root, rel)
 
 
 def read_all(fd: int, size: int, offset: int = 0) -> bytes:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from syncd import beneath
+from syncd.beneath import is_symlink_error
 from syncd.excludes import Excludes
 from syncd.log import get_logger
 
@@ -45,17 +47,17 @@ def inside(root: Path, real: str) -> bool:
 
 def walk(opts: WalkOptions, start: str = "") -> Iterator[tuple[str, os.stat_result]]:
     """Yield (relative path, stat) for every regular file below root/start that is not excluded."""
-    root = opts.root
     ancestors = _ancestors(opts, start)
     if ancestors is None:
         return
     stack = [(start, ancestors)]
     while stack:
         rel_dir, above = stack.pop()
-        abs_dir = os.path.join(root, rel_dir) if rel_dir else str(root)
         try:
-            dir_st = os.stat(abs_dir, follow_symlinks=opts.follow_symlinks)
+            dir_st, children = _list(opts, rel_dir)
         except OSError as exc:
+            if is_symlink_error(exc):
+                continue  # replaced by a symlink since it was listed: not entered
             log.warning("scan_skipped", path=rel_dir or ".", reason=exc.strerror or str(exc))
             continue
         if not stat.S_ISDIR(dir_st.st_mode):
@@ -67,19 +69,44 @@ def walk(opts: WalkOptions, start: str = "") -> Iterator[tuple[str, os.stat_resu
             log.warning("symlink_loop", path=rel_dir, reason="leads back to a directory above it")
             continue
         chain = (*above, here)
-        try:
-            with os.scandir(abs_dir) as entries:
-                children = list(entries)
-        except OSError as exc:
-            log.warning("scan_skipped", path=rel_dir or ".", reason=exc.strerror or str(exc))
-            continue
-        for entry in children:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            item = _classify(opts, entry, rel)
+        for rel, item in children:
             if item == "dir":
                 stack.append((rel, chain))
             elif isinstance(item, os.stat_result):
                 yield rel, item
+
+
+Listed = list[tuple[str, os.stat_result | str | None]]
+
+
+def _list(opts: WalkOptions, rel_dir: str) -> tuple[os.stat_result, Listed]:
+    """The directory's stat and its entries classified (_classify).
+
+    Without follow_symlinks the directory is opened beneath the folder with no symlink on the way
+    (beneath.py) and listed through that fd, so a directory swapped for a link mid-walk is never listed.
+    """
+
+    def classified(entries: Iterator[os.DirEntry[str]]) -> Listed:
+        out: Listed = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            out.append((rel, _classify(opts, entry, rel)))
+        return out
+
+    if opts.follow_symlinks:
+        abs_dir = os.path.join(opts.root, rel_dir) if rel_dir else str(opts.root)
+        dir_st = os.stat(abs_dir)
+        if not stat.S_ISDIR(dir_st.st_mode):
+            return dir_st, []
+        with os.scandir(abs_dir) as entries:
+            return dir_st, classified(entries)
+    fd = beneath.open_beneath(opts.root, rel_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+    try:
+        dir_st = os.fstat(fd)
+        with os.scandir(fd) as entries:
+            return dir_st, classified(entries)
+    finally:
+        os.close(fd)
 
 
 def _ancestors(opts: WalkOptions, start: str) -> tuple[tuple[int, int], ...] | None:

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from syncd.beneath import is_symlink_error
 from syncd.log import get_logger
+from syncd.sync.files import stat_path
 from syncd.sync.scan import inside
 from syncd.sync.state import Signature
 
@@ -101,7 +103,7 @@ class Settler:
         out: list[os.stat_result | OSError] = []
         for rel in rels:
             try:
-                out.append(os.stat(os.path.join(self.root, rel), follow_symlinks=self.follow_symlinks))
+                out.append(stat_path(self.root, rel, self.follow_symlinks))
             except OSError as exc:
                 out.append(exc)
         return out
@@ -113,6 +115,12 @@ class Settler:
         if isinstance(result, FileNotFoundError | NotADirectoryError):
             del self.pending[rel]
             self.on_gone(rel)
+            return
+        if isinstance(result, OSError) and is_symlink_error(result):
+            # Under a directory that is (now) a symlink: not in the folder as syncd sees it. The walk
+            # never enters one, and the watcher may report what happens beyond it: drop those events.
+            self._skip(rel)
+            log.debug("symlink_skipped", path=rel, reason="under a symlinked directory")
             return
         if isinstance(result, OSError):
             del self.pending[rel]

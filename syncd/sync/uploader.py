@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from syncd.keys import KeyTooLong, key_for_path
+from syncd.ownership import ownership_metadata
 from syncd.s3.client import error_code
 from syncd.s3.lock import LockPolicy, ensure_retention, set_retention
 from syncd.s3.retry import Retrier
@@ -32,9 +33,9 @@ from syncd.sync.files import (
     PartHashes,
     hash_range,
     open_file,
-    opened_inside,
     read_hashed,
     read_soon,
+    stat_path,
 )
 from syncd.sync.limits import ByteBudget, RateLimit
 from syncd.sync.state import FileRecord, Signature
@@ -80,9 +81,9 @@ class OpenFile:
 
     rel: str
     key: str
-    path: str
     fd: int
     sig: Signature
+    owner: dict[str, str]  # mode, uid and gid as object metadata (ownership_metadata)
     known: FileRecord | None
     started: float
 
@@ -182,18 +183,15 @@ class Uploader:
         """
         started = time.monotonic()
         key = self.key_for(rel)
-        path = os.path.join(self.s.root, rel)
         known = self.lookup(rel)
         known_sig = known.sig if known is not None and known.key == key else None
         fd = -1
         try:  # every way out closes the fd: returns included, not only exceptions
-            fd, st = open_file(path, self.s.follow_symlinks)
-            if self.s.follow_symlinks and not opened_inside(fd, self.s.root):
-                raise FileSkipped("a symlink that points outside the folder")
+            fd, st = open_file(self.s.root, rel, self.s.follow_symlinks)
             sig = Signature.of(st)
             if known is not None and known_sig is not None and sig.same_as(known_sig, self.s.ignore_inode):
                 return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
-            f = OpenFile(rel, key, path, fd, sig, known, started)
+            f = OpenFile(rel, key, fd, sig, ownership_metadata(st), known, started)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
                     body = await read_soon(fd, sig.size)
@@ -253,6 +251,7 @@ class Uploader:
         meta = {
             "src_last_modified_millis": str(sig.mtime_ns // 1_000_000),
             "md5chksum": b64(bytes.fromhex(md5)),
+            **f.owner,
         }
         ctype = content_type(rel)
         source = self._copy_source(rel, md5, sig.size)
@@ -327,7 +326,7 @@ class Uploader:
         retain_until: float | None = None,
     ) -> Outcome:
         etag = str(response.get("ETag") or response.get("CopyObjectResult", {}).get("ETag") or "").strip('"')
-        if not self._still(f.fd, f.sig) or not self._path_is(f.path, f.sig):
+        if not self._still(f.fd, f.sig) or not self._path_is(f.rel, f.sig):
             # The server has a consistent snapshot, but the file moved on: upload again after it settles.
             action = "changed"
         return Outcome(
@@ -347,9 +346,9 @@ class Uploader:
     def _still(self, fd: int, sig: Signature) -> bool:
         return Signature.of(os.fstat(fd)).same_as(sig)
 
-    def _path_is(self, path: str, sig: Signature) -> bool:
+    def _path_is(self, rel: str, sig: Signature) -> bool:
         try:
-            now = Signature.of(os.stat(path, follow_symlinks=self.s.follow_symlinks))
+            now = Signature.of(stat_path(self.s.root, rel, self.s.follow_symlinks))
         except OSError:
             return True  # gone: the watcher reports the deletion; what we uploaded was consistent
         return now.same_as(sig, self.s.ignore_inode)
