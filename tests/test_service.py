@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 import urllib.request
