@@ -100,6 +100,8 @@ class Config:
     on_delete: str = "keep"
     delete_guard_percent: float = 50.0
     delete_guard_files: int = 1000
+    delete_guard_window: float = 3600.0  # seconds over which deletions add up against the guard
+    folder_grace: float = 600.0  # seconds the folder may be unavailable before an error record (hourly)
     keep_versions_days: int | None = None
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     object_lock: ObjectLockSettings | None = None
@@ -178,9 +180,10 @@ KEYS: dict[str, frozenset[str]] = {
             "stop_timeout", "state_dir", "rescan_interval", "ignore_inode", "multipart_threshold",
             "multipart_chunksize", "max_inflight", "bandwidth_limit", "follow_symlinks", "exclude",
             "default_excludes", "on_delete", "delete_guard", "keep_versions_days", "log", "metrics",
-            "object_lock",
+            "object_lock", "folder_grace",
         }
     ),
+    "delete_guard.": frozenset({"limit", "window"}),
     "s3.": frozenset({"endpoint_url", "region", "profile", "checksum"}),
     "log.": frozenset({"format", "level"}),
     "metrics.": frozenset({"listen"}),
@@ -332,8 +335,7 @@ def parse_config(data: Mapping[str, Any], file: Path) -> Config:
     except ValueError as exc:
         raise ConfigError(f"{top.where('exclude')}: {exc}") from None
 
-    guard = top.get("delete_guard", "50%")
-    guard_percent, guard_files = _parse_delete_guard(guard, top.where("delete_guard"))
+    guard_percent, guard_files, guard_window = _parse_delete_guard_section(top)
 
     keep_days = top.get("keep_versions_days")
     if keep_days is not None and (
@@ -373,6 +375,8 @@ def parse_config(data: Mapping[str, Any], file: Path) -> Config:
         on_delete=top.choice("on_delete", "keep", ("keep", "delete")),
         delete_guard_percent=guard_percent,
         delete_guard_files=guard_files,
+        delete_guard_window=guard_window,
+        folder_grace=parse_duration(top.get("folder_grace", "10m"), top.where("folder_grace")),
         keep_versions_days=keep_days,
         metrics=metrics,
         object_lock=_parse_object_lock(top),
@@ -423,6 +427,19 @@ def _parse_bucket(top: _Reader) -> str:
             "(3-63 characters: lowercase letters, digits, '-' and '.')"
         )
     return bucket
+
+
+def _parse_delete_guard_section(top: _Reader) -> tuple[float, int, float]:
+    """`delete_guard: 50%` (or a number of files), or `delete_guard: {limit: 50%, window: 1h}`."""
+    raw = top.get("delete_guard", "50%")
+    if not isinstance(raw, Mapping):
+        return (*_parse_delete_guard(raw, top.where("delete_guard")), 3600.0)
+    section = top.section_reader("delete_guard")
+    percent, files = _parse_delete_guard(section.get("limit", "50%"), section.where("limit"))
+    window = parse_duration(section.get("window", "1h"), section.where("window"))
+    if window <= 0:
+        raise ConfigError(f"{section.where('window')}: must be more than 0, e.g. 1h")
+    return percent, files, window
 
 
 def _parse_delete_guard(value: Any, where: str) -> tuple[float, int]:

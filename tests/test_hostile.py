@@ -663,6 +663,73 @@ def test_delete_guard_refuses_a_mass_deletion_and_allows_a_small_one(
     assert daemon.terminate() == 0
 
 
+def test_delete_guard_adds_up_deletions_spaced_out_over_its_window(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    """4, 3, 1, 1 of 10 files deleted in separate batches: each batch alone is within 50% of what is left.
+
+    Judged per batch, all nine went (9 of 10 files). In a window, at most half of the 10 files may go.
+    """
+    folder = tmp_path / "data"
+    for i in range(10):
+        write(folder / f"f{i}.txt", f"file {i}".encode())
+    config = make_config(
+        folder, bucket_name, on_delete="delete", delete_guard={"limit": "50%", "window": "1h"}
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    wait_until(lambda: len(daemon.uploaded()) == 10, timeout=30)
+
+    def delete_batch(names: range) -> int:
+        """Delete these files and wait until their batch was judged; the record index after it."""
+        start = len(daemon.records())
+        for i in names:
+            os.unlink(folder / f"f{i}.txt")
+        wait_until(
+            lambda: (
+                events(daemon.records()[start:], "delete_guard_tripped")
+                or len(events(daemon.records()[start:], "deleted")) == len(names)
+            ),
+            timeout=30,
+        )
+        return start
+
+    delete_batch(range(4))  # 4 of 10: allowed
+    start = delete_batch(range(4, 7))  # 4 + 3 > 5: refused
+    tripped = events(daemon.records()[start:], "delete_guard_tripped")
+    assert tripped and tripped[0]["deleted_recently"] == 4 and tripped[0]["tracked"] == 10, tripped
+    delete_batch(range(7, 8))  # 4 + 1 = 5 of 10: allowed
+    start = delete_batch(range(8, 9))  # 5 + 1 > 5: refused
+    tripped = events(daemon.records()[start:], "delete_guard_tripped")
+    assert tripped and tripped[0]["deleted_recently"] == 5, tripped
+
+    deleted = sorted(m["Key"] for m in list_delete_markers(s3, bucket_name))
+    assert deleted == ["f0.txt", "f1.txt", "f2.txt", "f3.txt", "f7.txt"]
+    assert daemon.terminate() == 0
+
+    # A restart does not start a fresh window: the deletions done are in the state.
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    start = len(daemon.records())
+    os.unlink(folder / "f9.txt")
+    tripped = daemon.wait_for_event("delete_guard_tripped", start=start, timeout=30)
+    assert tripped["deleted_recently"] == 5
+    assert len(list_delete_markers(s3, bucket_name)) == 5
+    assert daemon.terminate() == 0
+
+
+def test_delete_guard_short_form_still_works(tmp_path, make_config, run_syncd):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for guard in ("50%", 200, {"limit": 3}, {"window": "10m"}):
+        result = run_syncd(["check", "-c", str(make_config(folder, "any-bucket", delete_guard=guard))])
+        assert "delete_guard" not in result.stderr, (guard, result.stderr)
+    result = run_syncd(["check", "-c", str(make_config(folder, "any-bucket", delete_guard={"windw": "1h"}))])
+    assert (
+        result.returncode == 2 and "delete_guard.windw (did you mean delete_guard.window?)" in result.stderr
+    )
+
+
 # -- the folder goes away --------------------------------------------------------------------------------
 
 

@@ -7,7 +7,9 @@ seen together can they be told from ordinary tidying.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import time
 from typing import Any
 
 from syncd.config import Config
@@ -21,18 +23,50 @@ log = get_logger()
 BATCH_QUIET = 2.0  # seconds without a new deletion before a batch is judged by the delete guard
 
 
-class DeleteGuard:
-    """Refuses a batch larger than delete_guard_percent of the tracked files or delete_guard_files."""
+RECENT_KEY = "deletions_recent"  # state meta: [[unix time, files deleted], ...] within the window
 
-    def __init__(self, percent: float, files: int) -> None:
+
+class DeleteGuard:
+    """Refuses deletions beyond delete_guard_percent (or delete_guard_files) within a sliding window.
+
+    Judged per batch alone, deletions spaced a few seconds apart (4, 3, 1, 1 files out of 10) each
+    passed. Here a batch counts together with what was deleted in the last `window` seconds, against
+    the files there were when the window began (tracked now plus those deleted since; files added in
+    the window count too). The deletions done are kept in the state, so a restart does not reset them.
+    """
+
+    def __init__(self, percent: float, files: int, window: float, state: StateStore) -> None:
         self.percent = percent
         self.files = files
+        self.window = window
+        self.state = state
+        self.recent: list[tuple[float, int]] = _load_recent(state.get_meta(RECENT_KEY))
 
     def limit(self, tracked: int) -> float:
         return min(self.percent / 100 * max(tracked, 1), self.files)
 
+    def deleted_recently(self, now: float | None = None) -> int:
+        """Files deleted within the window up to now."""
+        since = (time.time() if now is None else now) - self.window
+        self.recent = [(at, count) for at, count in self.recent if at > since]
+        return sum(count for _, count in self.recent)
+
     def allows(self, count: int, tracked: int) -> bool:
-        return count <= self.limit(tracked)
+        """May `count` more files be deleted, with `tracked` files in the state now?"""
+        recent = self.deleted_recently()
+        return recent + count <= self.limit(tracked + recent)
+
+    def note_deleted(self, count: int) -> None:
+        if count:
+            self.recent.append((time.time(), count))
+            self.state.set_meta(RECENT_KEY, json.dumps(self.recent))
+
+
+def _load_recent(raw: str | None) -> list[tuple[float, int]]:
+    try:
+        return [(float(at), int(count)) for at, count in json.loads(raw or "[]")]
+    except (ValueError, TypeError):
+        return []  # unreadable: start a fresh window
 
 
 class Deletions:
@@ -54,7 +88,9 @@ class Deletions:
         self.retrier = retrier
         self.folder = folder
         self.dry_run = dry_run
-        self.guard = DeleteGuard(config.delete_guard_percent, config.delete_guard_files)
+        self.guard = DeleteGuard(
+            config.delete_guard_percent, config.delete_guard_files, config.delete_guard_window, state
+        )
         self.waiting: set[str] = set()  # gone, not judged yet
         self.arrived = asyncio.Event()
         self.judging = False
@@ -107,18 +143,25 @@ class Deletions:
             return
         tracked = max(self.state.counts().files, 1)
         if not self.guard.allows(len(batch), tracked):
+            recent = self.guard.deleted_recently()
             log.critical(
                 "delete_guard_tripped",
                 count=len(batch),
-                tracked=tracked,
-                limit=int(self.guard.limit(tracked)),
+                tracked=tracked + recent,  # at the window's start
+                limit=int(self.guard.limit(tracked + recent)),
+                deleted_recently=recent,
+                window=self.guard.window,
                 hint="nothing was deleted in the bucket; if this is intended, raise delete_guard",
             )
             for rel in batch:
                 self.state.forget_owed(rel)
             return
-        for rel in sorted(batch):
-            await self._delete(rel)
+        before = self.deleted
+        try:
+            for rel in sorted(batch):
+                await self._delete(rel)
+        finally:
+            self.guard.note_deleted(self.deleted - before)
 
     async def _delete(self, rel: str) -> None:
         rec = self.state.get(rel)
