@@ -59,6 +59,7 @@ async def restore(
     retrier = Retrier(Outage(), give_up_after=120)
     failures = 0
     restored = 0
+    targets: dict[Path, RestoreTarget] = {}
     async with open_client(config.s3, pool=8) as client:
         for raw in raw_paths:
             rel = rel_from_user_path(config, raw)
@@ -96,8 +97,9 @@ async def restore(
                     print(f"{key}: not a key syncd wrote (cannot map it to a path); skipped", file=sys.stderr)
                     failures += 1
                     continue
-                where = _destination(config, rel, key_rel, is_file, to)
-                ok = await _restore_one(client, config, chosen, where, force, retrier)
+                base, dest_rel = _destination(config, rel, key_rel, is_file, to)
+                target = targets.setdefault(base, RestoreTarget(base))  # one per run: leftovers cleared once
+                ok = await _restore_one(client, config, chosen, (target, dest_rel), force, retrier)
                 restored += ok
                 failures += not ok
     noun = "file" if restored == 1 else "files"
@@ -119,13 +121,13 @@ def _destination(
 
 
 async def _restore_one(
-    client: Any, config: Config, v: Version, where: tuple[Path, str], force: bool, retrier: Retrier
+    client: Any, config: Config, v: Version, where: tuple[RestoreTarget, str], force: bool, retrier: Retrier
 ) -> bool:
     """Download to a 0600 temp file beside the destination, check the MD5, then owner, mode, mtime and
     into place, every step relative to directory fds that refuse symlinks (restore_target.py)."""
-    base, rel = where
+    target, rel = where
     try:
-        pending = RestoreTarget(base).write(rel, force)
+        pending = target.write(rel, force)
     except Refused as exc:
         print(f"{exc}; not restored", file=sys.stderr)
         return False

@@ -131,9 +131,13 @@ class PendingFile:
     def place(self, ownership: Ownership, mtime_ns: int | None, force: bool) -> Placed:
         """Bytes checked: recorded owner (as root) and mode, mtime, then into place. Refused if it cannot."""
         mode = ownership.mode if ownership.mode is not None else NO_MODE
+        uid, gid = ownership.uid, ownership.gid
+        as_root = os.geteuid() == 0
+        if as_root and (uid is None or gid is None):
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)  # never a root-owned set-id file that was not root's
         try:
-            if os.geteuid() == 0 and ownership.uid is not None and ownership.gid is not None:
-                os.fchown(self.fd, ownership.uid, ownership.gid)  # before chmod: chown clears set-id bits
+            if as_root and uid is not None and gid is not None:
+                os.fchown(self.fd, uid, gid)  # before chmod: chown clears set-id bits
             os.fchmod(self.fd, mode)
             if mtime_ns is not None:
                 os.utime(self.fd, ns=(mtime_ns, mtime_ns))
