@@ -245,6 +245,7 @@ class BadServer:
         only: Callable[[str, str], bool] | None = None,
         refuse: Callable[[str, str], bool] | None = None,
         answer: Callable[[Request], Answer | None] | None = None,
+        port: int = 0,
     ) -> None:
         self.mode = mode
         self.upstream = upstream
@@ -262,7 +263,7 @@ class BadServer:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._sockets: list[socket.socket] = []
-        self.port = 0
+        self.port = port  # 0: any free port; a given one: the same endpoint (and state) as an earlier front
 
     @property
     def url(self) -> str:
@@ -279,7 +280,7 @@ class BadServer:
         if self.mode == "blackhole":
             self._start_blackhole()
             return self
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", self.port), _Handler)
         server.owner = self
         if self.tls:
             with tempfile.TemporaryDirectory() as tmp:

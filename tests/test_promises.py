@@ -1,0 +1,248 @@
+"""What the README promises and no other test checked, through the CLI against the real SeaweedFS.
+
+Where a promise is about a server misbehaving (a request held past stop_timeout, bytes damaged on the way),
+tests/badserver.py stands in front of SeaweedFS and passes everything else through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+from typing import Any
+
+from badserver import BadServer
+from helpers import (
+    bucket_objects,
+    json_records,
+    list_delete_markers,
+    list_versions,
+    tree,
+    wait_until,
+    write,
+)
+
+
+def events(records: list[dict[str, Any]], name: str, **fields: Any) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("event") == name and all(r.get(k) == v for k, v in fields.items())]
+
+
+def put_of(name: str) -> Any:
+    """An `only=` for BadServer: the PUT of the object whose key ends in /name (path-style, any query)."""
+    return lambda method, path: method == "PUT" and path.split("?")[0].endswith("/" + name)
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def versions_of(s3: Any, bucket: str, key: str) -> list[bytes]:
+    """The bytes of every version of key, sorted (LastModified has whole seconds: no order by time)."""
+    return sorted(
+        s3.get_object(Bucket=bucket, Key=key, VersionId=v["VersionId"])["Body"].read()
+        for v in list_versions(s3, bucket, key)
+        if v["Key"] == key
+    )
+
+
+# -- settle: max_delay -----------------------------------------------------------------------------------
+
+
+def test_a_file_that_never_settles_is_uploaded_after_max_delay_with_a_warning(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    daemon = start_daemon(make_config(folder, bucket_name, settle=0.5, max_delay=2))
+    daemon.wait_for_event("ready", timeout=60)
+    stop = threading.Event()
+
+    def append_forever() -> None:  # a log written every 0.1 s: never quiet for the 0.5 s settle
+        with open(folder / "growing.log", "ab") as f:
+            while not stop.is_set():
+                f.write(b"one more line\n")
+                f.flush()
+                stop.wait(0.1)
+
+    writer = threading.Thread(target=append_forever)
+    writer.start()
+    try:
+        unsettled = daemon.wait_for_event("unsettled_upload", path="growing.log", timeout=30)
+        daemon.wait_for_event("uploaded", path="growing.log", timeout=30)
+        assert writer.is_alive(), "uploaded while it was still being written"
+    finally:
+        stop.set()
+        writer.join()
+    assert unsettled["level"] == "warning" and unsettled["waited_s"] >= 2, unsettled
+    final = (folder / "growing.log").read_bytes()
+    wait_until(lambda: s3.get_object(Bucket=bucket_name, Key="growing.log")["Body"].read() == final)
+    assert daemon.terminate() == 0
+
+
+# -- a small file changed while its PUT is on the way ----------------------------------------------------
+
+
+def test_a_small_file_changed_during_its_upload_goes_round_again(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    first, second = b"first version", b"second version, written while the first was being sent"
+    with BadServer("hang", upstream=s3_server.endpoint_url, only=put_of("doc.txt")) as front:
+        daemon = start_daemon(make_config(folder, bucket_name, s3={"endpoint_url": front.url}))
+        daemon.wait_for_event("ready", timeout=60)
+        write(folder / "doc.txt", first)
+        wait_until(lambda: front.matched >= 1)  # its PUT (the first bytes) is held at the server's door
+        write(folder / "doc.txt", second)
+        front.mode = "proxy"  # the server gets it now
+        daemon.wait_for_event("changed_during_upload", path="doc.txt")
+        daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(second))
+        assert daemon.terminate() == 0
+    uploads = events(daemon.records(), "uploaded", path="doc.txt")
+    assert [(u["md5"], u.get("changed_during_upload")) for u in uploads] == [
+        (md5(first), True),  # a whole, older version: recorded as such, never as the file's bytes now
+        (md5(second), None),
+    ]
+    assert versions_of(s3, bucket_name, "doc.txt") == sorted([first, second])
+    assert s3.get_object(Bucket=bucket_name, Key="doc.txt")["Body"].read() == second
+
+
+# -- restore checks the MD5 ------------------------------------------------------------------------------
+
+
+def test_restore_refuses_bytes_whose_md5_does_not_match(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    folder = tmp_path / "data"
+    write(folder / "doc.txt", b"the bytes that were uploaded\n")
+    write(folder / "other.txt", b"undamaged")
+    assert run_syncd(["once", "-c", str(make_config(folder, bucket_name))]).returncode == 0
+    dest = tmp_path / "restored"
+    dest.mkdir()
+
+    def get_of_doc(method: str, path: str) -> bool:
+        return method == "GET" and path.split("?")[0].endswith("/doc.txt")
+
+    with BadServer("corrupt", upstream=s3_server.endpoint_url, only=get_of_doc) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url})
+        result = run_syncd(["restore", "-c", str(config), str(folder), "--to", str(dest)])
+        assert front.matched >= 1, "the download never went through the damaging front"
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "MD5 mismatch" in result.stderr and "doc.txt" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert tree(dest) == {"other.txt": b"undamaged"}  # no damaged file, no temporary file left behind
+
+
+# -- SIGTERM: the drain within stop_timeout, and when it runs out ----------------------------------------
+
+
+def test_sigterm_waits_for_an_upload_in_flight_within_stop_timeout(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with BadServer("hang", upstream=s3_server.endpoint_url, only=put_of("held.txt")) as front:
+        config = make_config(folder, bucket_name, stop_timeout=60, s3={"endpoint_url": front.url})
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        write(folder / "held.txt", b"in flight at SIGTERM")
+        wait_until(lambda: front.matched >= 1)
+        start = len(daemon.records())
+        os.kill(daemon.pid, signal.SIGTERM)
+        daemon.wait_for_event("stopping", start=start)
+        assert daemon.returncode is None, "exited with its upload held at the server"
+        front.mode = "proxy"  # the server answers now
+        assert daemon.terminate() == 0
+    after_stop = daemon.records()[start:]
+    assert events(after_stop, "uploaded", path="held.txt"), after_stop
+    (stopped,) = events(after_stop, "stopped")
+    assert stopped["owed"] == 0 and stopped["uploaded"] == 1, stopped
+    assert bucket_objects(s3, bucket_name) == {"held.txt": b"in flight at SIGTERM"}
+
+
+def test_sigterm_gives_up_on_an_upload_after_stop_timeout_and_it_stays_owed(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon, run_syncd
+):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with BadServer("hang", upstream=s3_server.endpoint_url, only=put_of("held.txt")) as front:
+        config = make_config(folder, bucket_name, stop_timeout=1, s3={"endpoint_url": front.url})
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        write(folder / "held.txt", b"never answered")
+        wait_until(lambda: front.matched >= 1)
+        # The server never answers (until the front closes and drops it): the daemon must not wait on it.
+        assert daemon.terminate(timeout=30) == 0
+        port = front.port
+    # The held request was dropped, never passed on: the bucket has no version of held.txt.
+    assert list_versions(s3, bucket_name, "held.txt") == []
+    records = daemon.records()
+    assert not events(records, "uploaded", path="held.txt")
+    (stopped,) = events(records, "stopped")
+    assert stopped["owed"] == 1 and stopped["uploaded"] == 0, stopped
+
+    # Owed in the state (same endpoint, so the same state): the next run uploads it.
+    with BadServer("proxy", upstream=s3_server.endpoint_url, port=port):
+        result = run_syncd(["once", "-c", str(config)])
+    assert result.returncode == 0, result.stderr
+    assert [r["path"] for r in events(json_records(result.stderr), "uploaded")] == ["held.txt"]
+    assert versions_of(s3, bucket_name, "held.txt") == [b"never answered"]
+
+
+# -- the delete guard's cap ------------------------------------------------------------------------------
+
+
+def test_delete_guard_caps_a_batch_at_1000_files_whatever_the_percentage(
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
+):
+    folder = tmp_path / "data"
+    names = [f"d{i % 20:02d}/f{i:04d}.txt" for i in range(2010)]
+    for name in names:
+        write(folder / name, name.encode())
+    config = make_config(folder, bucket_name, on_delete="delete", delete_guard="100%", workers=16)
+    assert run_syncd(["once", "-c", str(config)]).returncode == 0
+    daemon = start_daemon(config)
+    scanned = daemon.wait_for_event("scan_done", timeout=60)
+    assert (scanned["files"], scanned["changed"]) == (2010, 0), scanned
+
+    for name in names[:1001]:  # 50% of the tracked files, under the 100% guard, but over the cap
+        os.unlink(folder / name)
+    tripped = daemon.wait_for_event("delete_guard_tripped", timeout=60)
+    assert (tripped["count"], tripped["tracked"], tripped["limit"]) == (1001, 2010, 1000), tripped
+    assert not list_delete_markers(s3, bucket_name)
+
+    start = len(daemon.records())
+    for name in names[1001:2001]:  # exactly at the cap: propagated
+        os.unlink(folder / name)
+    wait_until(lambda: len(events(daemon.records()[start:], "deleted")) == 1000, timeout=180, interval=0.5)
+    assert not events(daemon.records()[start:], "delete_guard_tripped")
+    assert {m["Key"] for m in list_delete_markers(s3, bucket_name)} == set(names[1001:2001])
+    assert daemon.terminate() == 0
+
+
+# -- verify finds an object someone else replaced --------------------------------------------------------
+
+
+def test_verify_reports_an_object_replaced_in_the_bucket_and_repair_puts_it_back(
+    tmp_path, s3, bucket_name, make_config, run_syncd
+):
+    folder = tmp_path / "data"
+    for name in ("a.txt", "b.txt", "c.txt"):
+        write(folder / name, f"{name} as it is here".encode())
+    config = make_config(folder, bucket_name)
+    assert run_syncd(["once", "-c", str(config)]).returncode == 0
+
+    # Someone else writes new versions: one the same size (only the ETag tells), one of another size.
+    s3.put_object(Bucket=bucket_name, Key="b.txt", Body=b"B.TXT AS IT IS HERE")
+    s3.put_object(Bucket=bucket_name, Key="c.txt", Body=b"shorter")
+    result = run_syncd(["verify", "-c", str(config)])
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    problems = [line for line in result.stdout.splitlines() if not line.startswith("verify:")]
+    assert problems == ["b.txt: different in the bucket", "c.txt: different in the bucket"], result.stdout
+    repaired = run_syncd(["verify", "--repair", "-c", str(config)])
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert bucket_objects(s3, bucket_name) == tree(folder)
+    assert run_syncd(["verify", "-c", str(config)]).returncode == 0
