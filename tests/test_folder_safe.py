@@ -367,3 +367,25 @@ def test_restore_temp_files_are_never_uploaded(tmp_path, s3, bucket_name, make_c
     result = run_syncd(["once", "-c", str(make_config(folder, bucket_name))])
     assert result.returncode == 0, result.stderr
     assert set(bucket_objects(s3, bucket_name)) == {"a.txt"}
+
+
+def test_a_file_behind_a_symlinked_directory_counts_as_gone(
+    tmp_path, s3, bucket_name, make_config, run_syncd
+):
+    """Whether docs/a.txt is still there is judged without following docs: never by what lies outside."""
+    folder, outside = tmp_path / "data", tmp_path / "outside"
+    for n in range(4):
+        write(folder / f"f{n}.txt", b"kept")
+    write(folder / "docs" / "a.txt", b"a")
+    write(outside / "a.txt", SECRET)
+    config = make_config(folder, bucket_name, on_delete="delete")
+    assert run_syncd(["once", "-c", str(config)]).returncode == 0
+    (folder / "docs" / "a.txt").unlink()
+    (folder / "docs").rmdir()
+    os.symlink(outside, folder / "docs")
+
+    result = run_syncd(["once", "-c", str(config)])
+
+    assert result.returncode == 0, result.stderr
+    assert [r["path"] for r in events(json_records(result.stderr), "deleted")] == ["docs/a.txt"]
+    assert "docs/a.txt" not in no_secret(s3, bucket_name)

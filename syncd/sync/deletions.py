@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from syncd.config import Config
 from syncd.log import get_logger
 from syncd.s3.client import describe
 from syncd.s3.retry import Retrier
+from syncd.sync.files import present
 from syncd.sync.folder import Folder
 from syncd.sync.state import StateStore
 
@@ -124,7 +124,8 @@ class Deletions:
                 except TimeoutError:
                     break
             taken = set(self.waiting)
-            batch = {rel for rel in taken if not os.path.lexists(os.path.join(self.config.folder, rel))}
+            folder, follow = self.config.folder, self.config.follow_symlinks
+            batch = {rel for rel in taken if not present(folder, rel, follow)}
             self.judging = True
             try:
                 await self._judge(batch)

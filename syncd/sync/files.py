@@ -72,6 +72,23 @@ def stat_path(root: Path, rel: str, follow_symlinks: bool) -> os.stat_result:
     return beneath.lstat_beneath(root, rel)
 
 
+def present(root: Path, rel: str, follow_symlinks: bool) -> bool:
+    """Whether root/rel is still in the folder as syncd sees it (a deletion is judged on this).
+
+    Without follow_symlinks, a path through a symlinked directory is not: the walk and the reads never
+    see it either, and what lies behind the link is never looked at.
+    """
+    if follow_symlinks:
+        return os.path.lexists(os.path.join(root, rel))
+    try:
+        beneath.lstat_beneath(root, rel)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        return not beneath.is_symlink_error(exc)  # unreadable for another reason: not judged gone
+    return True
+
+
 def read_all(fd: int, size: int, offset: int = 0) -> bytes:
     """`size` bytes at offset (fewer if the file shrank: the caller compares the length with the size)."""
     chunks = []

@@ -27,7 +27,7 @@ from syncd.s3.retry import Outage, Retrier
 from syncd.s3.throttle import Throttle
 from syncd.sync import scan
 from syncd.sync.deletions import Deletions
-from syncd.sync.files import FileSkipped
+from syncd.sync.files import FileSkipped, present
 from syncd.sync.folder import Folder
 from syncd.sync.limits import ByteBudget, RateLimit
 from syncd.sync.locks import LockExtender
@@ -312,7 +312,9 @@ class Pipeline:
         if not self.folder.available():
             return owed  # went away during the walk: the "missing" files are not deletions
         for rel in known:
-            if not os.path.lexists(os.path.join(self.config.folder, rel)) and not self.excludes.excluded(rel):
+            if not present(
+                self.config.folder, rel, self.config.follow_symlinks
+            ) and not self.excludes.excluded(rel):
                 self.deletions.note_gone(rel)
         log.info(
             "scan_done",
