@@ -393,3 +393,26 @@ def test_least_privilege_key_runs_syncd_and_cannot_erase_history(
     with pytest.raises(s3.exceptions.ClientError) as refused:
         s3.delete_object(Bucket=bucket_name, Key="unlocked.txt", VersionId=unlocked["VersionId"])
     assert refused.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_prometheus_shows_the_locked_current_versions(
+    tmp_path: Path, bucket_name: str, make_config: Any, start_daemon: Any
+) -> None:
+    pytest.importorskip("prometheus_client")
+    from test_service import first_if, free_port, scrape
+
+    port = free_port()
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    write(folder / "b.txt", b"b")
+    config = make_config(folder, bucket_name, metrics={"listen": f"127.0.0.1:{port}"}, **lock_config())
+    daemon = start_daemon(config)
+    records = [daemon.wait_for_event("uploaded", path=name) for name in ("a.txt", "b.txt")]
+    earliest = min(rfc3339_ts(r["retain_until"]) for r in records)
+    values = wait_until(
+        lambda: first_if(scrape(port), lambda v: v.get("syncd_locked_current_versions") == 2),
+        timeout=15,
+        interval=0.2,
+    )
+    assert values["syncd_lock_earliest_retain_until_timestamp_seconds"] == earliest
+    assert daemon.terminate() == 0
