@@ -9,7 +9,14 @@ from typing import Any
 from syncd.config import Config
 from syncd.s3.client import describe
 from syncd.s3.listing import Version
-from syncd.s3.lock import KeyRights, check_bucket_lock, probe_key_rights, read_retention, rfc3339
+from syncd.s3.lock import (
+    KeyRights,
+    check_bucket_lock,
+    probe_enforcement,
+    probe_key_rights,
+    read_retention,
+    rfc3339,
+)
 from syncd.s3.retry import Retrier
 from syncd.sync.state import LockSummary
 
@@ -48,8 +55,29 @@ async def check_lines(client: Any, config: Config, *, exists: bool) -> list[str]
             f"({retain}): lifecycle cannot expire locked versions; they stay until their lock ends"
         )
     if exists:
-        lines += rights_lines(await probe_key_rights(client, config.bucket, config.prefix), lock.mode)
+        rights = await probe_key_rights(client, config.bucket, config.prefix)
+        lines += rights_lines(rights, lock.mode)
+        lines.append(await enforcement_line(client, config, rights))
     return lines
+
+
+async def enforcement_line(client: Any, config: Config, rights: KeyRights) -> str:
+    """Whether the server enforces locks, where a probe can tell it and leave nothing behind."""
+    if rights.delete_versions is not True:
+        return (
+            "  server: whether it enforces Object Lock cannot be told with a key that may not delete "
+            "versions (as it should be); the README lists the servers that do"
+        )
+    try:
+        enforced = await probe_enforcement(client, config.bucket, config.prefix)
+    except Exception as exc:
+        return f"  server: whether it enforces Object Lock could not be told ({describe(exc)})"
+    if enforced:
+        return "  server: enforces Object Lock (it refused to delete a locked probe version, since removed)"
+    return (
+        "  warning: the server does NOT enforce Object Lock: it deleted a locked probe version; locks do "
+        "not protect the history on this server"
+    )
 
 
 def rights_lines(rights: KeyRights, mode: str) -> list[str]:

@@ -111,6 +111,7 @@ def test_unlocked_existing_bucket_is_exit_3_for_check_once_and_run(
     assert list_versions(s3, bucket_name) == []  # nothing was uploaded unlocked
 
 
+@BOTH
 def test_check_reports_the_lock_compliance_and_a_short_keep_versions(
     tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any
 ) -> None:
@@ -134,6 +135,8 @@ def test_check_reports_the_lock_compliance_and_a_short_keep_versions(
     assert "keep_versions_days (7) is shorter than object_lock.retain (30d)" in out
     # The admin key may delete versions; check says so (and probing deleted nothing: the bucket is empty).
     assert "this key can delete versions" in out
+    assert "server: enforces Object Lock (it refused to delete a locked probe version" in out
+    # The probes left nothing behind: the bucket has no version and no delete marker.
     assert list_versions(s3, bucket_name) == [] and list_delete_markers(s3, bucket_name) == []
 
 
@@ -375,6 +378,7 @@ def test_least_privilege_key_runs_syncd_and_cannot_erase_history(
     assert check.returncode == 0, check.stderr
     assert "key: cannot delete versions" in check.stdout
     assert "key: cannot bypass governance retention" in check.stdout
+    assert "whether it enforces Object Lock cannot be told with a key that may not delete" in check.stdout
 
     daemon = start_daemon(config, env=env)
     small = daemon.wait_for_event("uploaded", path="small.txt")
@@ -416,3 +420,37 @@ def test_prometheus_shows_the_locked_current_versions(
     )
     assert values["syncd_lock_earliest_retain_until_timestamp_seconds"] == earliest
     assert daemon.terminate() == 0
+
+
+@pytest.mark.parametrize("before", ["unlocked", "fresh-state"])
+def test_current_versions_syncd_did_not_lock_get_locked(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any, before: str
+) -> None:
+    """object_lock turned on for files uploaded without it, or a fresh state over a bucket that holds the
+    files already (adopted, not uploaded again): the extension pass locks their current versions."""
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    write(folder / "sub/b.txt", b"bb")
+    s3.create_bucket(Bucket=bucket_name, ObjectLockEnabledForBucket=True)
+    first = make_config(folder, bucket_name, **({} if before == "unlocked" else lock_config()))
+    assert run_syncd(["once", "-c", str(first)]).returncode == 0
+    held_before = {v["Key"]: v for v in list_versions(s3, bucket_name)}
+    if before == "fresh-state":
+        for path in (tmp_path / "state").iterdir():
+            path.unlink()
+    second = make_config(folder, bucket_name, **lock_config())
+    started = time.time()
+    result = run_syncd(["once", "-c", str(second)])
+    assert result.returncode == 0, result.stderr
+    assert "0 uploaded" in result.stdout  # adopted, not uploaded again
+    (extended,) = [r for r in json_records(result.stderr) if r.get("event") == "locks_extended"]
+    assert extended["versions"] == 2
+    assert {v["VersionId"] for v in list_versions(s3, bucket_name)} == {
+        v["VersionId"] for v in held_before.values()
+    }
+    for key, version in held_before.items():
+        mode, until = retention(s3, bucket_name, key, version["VersionId"])
+        # Unlocked before: locked now. Adopted: already locked for long enough, so left as it was.
+        assert mode == "GOVERNANCE" and until >= started + (RETAIN_LONG if before == "unlocked" else 0)
+    status = run_syncd(["status", "-c", str(second)])
+    assert "locked: 2 current versions (governance)" in status.stdout, status.stdout

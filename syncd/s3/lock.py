@@ -8,7 +8,10 @@ PutObjectRetention when the server holds less than asked. The server's answer is
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import datetime as dt
+import hashlib
 import math
 import secrets
 import time
@@ -239,3 +242,34 @@ async def probe_key_rights(client: Any, bucket: str, prefix: str) -> KeyRights:
     elif bypass is True:
         bypass = None  # accepted for a missing version: says nothing about a locked one
     return KeyRights(deletes, bypass)
+
+
+PROBE_LOCK = 2.0  # seconds the enforcement probe stays locked
+
+
+async def probe_enforcement(client: Any, bucket: str, prefix: str) -> bool:
+    """Whether the server refuses to delete a locked version: a 0-byte probe locked (governance) for
+    PROBE_LOCK seconds, one delete of that version, then the probe's removal once its lock is over.
+
+    Only for a key that may delete versions (probe_key_rights): for another the refusal would prove
+    nothing and the probe could not be removed. Leaves nothing behind unless the last delete fails.
+    """
+    key = f"{prefix}.syncd-lock-probe-{secrets.token_hex(8)}"
+    until = float(math.ceil(time.time() + PROBE_LOCK))
+    policy = LockPolicy("GOVERNANCE", PROBE_LOCK)
+    body = b""
+    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    put = await client.put_object(
+        Bucket=bucket, Key=key, Body=body, ContentMD5=md5, **policy.request_args(until)
+    )
+    version_id = put["VersionId"]
+    try:
+        await client.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) not in ("AccessDenied", "Forbidden", "403"):
+            raise
+    else:
+        return False  # deleted while locked
+    await asyncio.sleep(max(0.0, until + 1 - time.time()))
+    await client.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
+    return True

@@ -596,13 +596,13 @@ class Pipeline:
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
                 group.create_task(self.heartbeat(), name="heartbeat")
+                if self.extender is not None:  # before the startup walk: locks due now must not wait for it
+                    group.create_task(self.extender.run(), name="locks")
                 ready()
                 await self.queue_owed()
                 await self.reconcile("startup")
                 group.create_task(self.drop_remote_index_when_idle())
                 group.create_task(self.periodic_rescan(), name="rescan")
-                if self.extender is not None:
-                    group.create_task(self.extender.run(), name="locks")
                 group.create_task(self._raise_fatal(), name="fatal")
                 await stop.wait()
                 await self.shutdown(group)
