@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import os
 import time
@@ -44,7 +45,13 @@ BOTH = pytest.mark.servers("seaweedfs", "rgw")
 @BOTH
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "helper"])
 def test_every_version_is_locked_on_every_sender(
-    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any, processes: int
+    tmp_path: Path,
+    s3: Any,
+    bucket_name: str,
+    make_config: Any,
+    run_syncd: Any,
+    start_daemon: Any,
+    processes: int,
 ) -> None:
     """syncd creates the bucket with Object Lock; small PUTs (fast path, helper), streamed PUTs, multipart
     uploads and server-side copies all get the mode and a retain-until >= their upload time + retain, and
@@ -62,24 +69,36 @@ def test_every_version_is_locked_on_every_sender(
         upload_processes=processes,
         **lock_config(),
     )
-    result = run_syncd(["once", "-c", str(config)])
-    assert result.returncode == 0, result.stderr
-    write(folder / "copy-of-big.bin", big)  # same bytes: a server-side copy
-    result2 = run_syncd(["once", "-c", str(config)])
-    assert result2.returncode == 0, result2.stderr
-
+    if processes == 1:
+        result = run_syncd(["once", "-c", str(config)])
+        assert result.returncode == 0, result.stderr
+        write(folder / "copy-of-big.bin", big)  # same bytes: a server-side copy
+        result2 = run_syncd(["once", "-c", str(config)])
+        assert result2.returncode == 0, result2.stderr
+        logged = json_records(result.stderr) + json_records(result2.stderr)
+    else:  # the helper process sends the small PUTs once it runs: write them after it started
+        daemon = start_daemon(config)
+        daemon.wait_for_event("helper_started", timeout=60)
+        write(folder / "small.txt", b"small file, sent by the helper")
+        for name in ("small.txt", "streamed.bin", "big.bin"):
+            daemon.wait_for_event("uploaded", path=name)
+        write(folder / "copy-of-big.bin", big)
+        daemon.wait_for_event("copied", path="copy-of-big.bin")
+        assert daemon.terminate() == 0
+        logged = daemon.records()
+        stopped = next(r for r in logged if r.get("event") == "helper_stopped")
+        assert stopped["puts"] >= 1  # the helper's FastPut sent the small PUT, lock headers and all
+    # The small and streamed PUTs went through the fast path.
+    assert not [r for r in logged if r.get("event") in ("fastpath_off", "helper_unavailable")]
     lock_conf = s3.get_object_lock_configuration(Bucket=bucket_name)["ObjectLockConfiguration"]
     assert lock_conf["ObjectLockEnabled"] == "Enabled"
-    records = {
-        r["path"]: r
-        for r in json_records(result.stderr) + json_records(result2.stderr)
-        if r.get("event") in ("uploaded", "copied")
-    }
+    records = {r["path"]: r for r in logged if r.get("event") in ("uploaded", "copied")}
+    by_version = {r["version_id"]: r for r in logged if r.get("event") in ("uploaded", "copied")}
     assert set(records) == {"small.txt", "streamed.bin", "big.bin", "copy-of-big.bin"}
     assert records["copy-of-big.bin"]["event"] == "copied"
     assert records["big.bin"]["parts"] == 2
     for version in list_versions(s3, bucket_name):
-        record = records[version["Key"]]
+        record = by_version[version["VersionId"]]
         mode, until = retention(s3, bucket_name, version["Key"], version["VersionId"])
         assert mode == "GOVERNANCE", version["Key"]
         assert until >= version["LastModified"].timestamp() + RETAIN_LONG, version["Key"]
@@ -89,7 +108,7 @@ def test_every_version_is_locked_on_every_sender(
             s3.delete_object(Bucket=bucket_name, Key=version["Key"], VersionId=version["VersionId"])
         assert refused.value.response["Error"]["Code"] == "AccessDenied"
         body = s3.get_object(Bucket=bucket_name, Key=version["Key"], VersionId=version["VersionId"])["Body"]
-        assert body.read() == (folder / version["Key"]).read_bytes()
+        assert hashlib.md5(body.read()).hexdigest() == record["md5"]
 
 
 @BOTH
