@@ -196,7 +196,11 @@ async def check(config: Config) -> int:
     if not status.exists:
         print(f"bucket {config.bucket}: does not exist yet; syncd run creates it private")
     else:
-        privacy = "private" if status.private else "NOT private now (syncd run makes it private)"
+        privacy = (
+            f"public by ACL ({', '.join(status.public_acl)}); syncd run makes it private"
+            if status.public_acl
+            else "private"
+        )
         owner = "ours" if status.owner_proven else "accessible (ownership not provable with this key)"
         print(f"bucket {config.bucket}: {owner}, {privacy}, versioning {status.versioning}")
         if status.acls_ignored:

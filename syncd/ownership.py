@@ -11,6 +11,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from syncd.s3 import metadata
+
 MODE, UID, GID = "mode", "uid", "gid"
 NO_MODE = 0o600  # objects uploaded without a recorded mode come back private
 
@@ -31,12 +33,11 @@ class Ownership:
 
 def recorded_ownership(meta: dict[str, str]) -> Ownership:
     """Mode and owner from an object's metadata; a missing or malformed value is None."""
-    lowered = {name.lower(): value for name, value in meta.items()}
-    mode = _number(lowered.get(MODE), 8)
+    mode = _number(metadata.value(meta, MODE), 8)
     return Ownership(
         stat.S_IMODE(mode) if mode is not None else None,
-        _number(lowered.get(UID), 10),
-        _number(lowered.get(GID), 10),
+        _number(metadata.value(meta, UID), 10),
+        _number(metadata.value(meta, GID), 10),
     )
 
 

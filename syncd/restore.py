@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -18,6 +16,7 @@ from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, SyncdError
 from syncd.keys import key_for_path, rel_path_for_key
 from syncd.ownership import recorded_ownership
 from syncd.restore_target import Refused, RestoreTarget
+from syncd.s3 import metadata
 from syncd.s3.client import describe, open_client
 from syncd.s3.listing import Version, list_versions
 from syncd.s3.retry import Outage, Retrier
@@ -157,10 +156,8 @@ async def _restore_one(
                 file=sys.stderr,
             )
             return False
-        millis = meta.get("src_last_modified_millis")
-        mtime_ns = int(millis) * 1_000_000 if millis and millis.isdigit() else None
         try:
-            placed = pending.place(recorded_ownership(meta), mtime_ns, force)
+            placed = pending.place(recorded_ownership(meta), metadata.mtime_ns(meta), force)
         except Refused as exc:
             print(f"{exc}; not restored", file=sys.stderr)
             return False
@@ -178,9 +175,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _expected_md5(meta: dict[str, str], etag: str) -> str | None:
-    if meta.get("md5chksum"):
-        with contextlib.suppress(ValueError):
-            return base64.b64decode(meta["md5chksum"]).hex()
+    recorded = metadata.md5_hex(meta)
+    if recorded is not None:
+        return recorded
     if len(etag) == 32 and "-" not in etag:
         return etag
     return None

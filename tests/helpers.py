@@ -38,6 +38,10 @@ def skip_or_fail(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+every_server = pytest.mark.servers("seaweedfs", "rgw")
+"""Decorator: run the test once against each real S3 server the suite starts (ids [seaweedfs], [rgw])."""
+
+
 class S3TestServer(SeaweedServer):
     """The session's SeaweedFS with two users: `admin` (the one syncd runs as) and `other` (someone else)."""
 

@@ -16,6 +16,7 @@ import aiohttp
 import botocore.exceptions
 import pytest
 import structlog
+from helpers import every_server
 
 from syncd.errors import BucketError, CredentialsError
 from syncd.s3.bucket import BucketStatus, _bucket_url, _probe_anonymous, ensure_private_bucket
@@ -74,6 +75,7 @@ def events(logs: list[dict[str, Any]]) -> list[str]:
     return [record["event"] for record in logs]
 
 
+@every_server
 def test_new_bucket_is_created_private_and_versioned(
     s3_server: Any, s3: Any, bucket_name: str, use_keys: Callable[..., None]
 ) -> None:
@@ -94,6 +96,7 @@ def test_new_bucket_is_created_private_and_versioned(
     )
 
 
+@every_server
 def test_public_read_bucket_is_made_private(
     s3_server: Any, s3: Any, bucket_name: str, use_keys: Callable[..., None]
 ) -> None:
@@ -114,6 +117,7 @@ def test_public_read_bucket_is_made_private(
     assert anonymous_get(s3_server, bucket_name) == 403
 
 
+@every_server
 def test_bucket_of_another_account_is_refused(
     s3_server: Any, s3_other: Any, bucket_name: str, use_keys: Callable[..., None]
 ) -> None:
@@ -127,6 +131,7 @@ def test_bucket_of_another_account_is_refused(
     assert "Status" not in s3_other.get_bucket_versioning(Bucket=bucket_name)
 
 
+@every_server
 @pytest.mark.parametrize("exists", [True, False], ids=["existing", "missing"])
 def test_wrong_secret_is_a_credentials_error(
     s3_server: Any, s3: Any, bucket_name: str, use_keys: Callable[..., None], exists: bool
@@ -140,6 +145,7 @@ def test_wrong_secret_is_a_credentials_error(
     assert s3_server.admin.secret_key not in str(caught.value)
 
 
+@every_server
 def test_check_only_on_missing_bucket_creates_nothing(
     s3_server: Any, s3: Any, bucket_name: str, use_keys: Callable[..., None]
 ) -> None:
@@ -151,6 +157,7 @@ def test_check_only_on_missing_bucket_creates_nothing(
     assert caught.value.response["Error"]["Code"] == "404"
 
 
+@every_server
 def test_check_only_on_public_bucket_changes_nothing(
     s3_server: Any, s3: Any, bucket_name: str, use_keys: Callable[..., None]
 ) -> None:
@@ -159,7 +166,12 @@ def test_check_only_on_public_bucket_changes_nothing(
     with structlog.testing.capture_logs() as logs:
         status = ensure(s3_server, bucket_name, check_only=True)
     assert status == BucketStatus(
-        bucket_name, created=False, private=False, versioning="Disabled", made_private=False
+        bucket_name,
+        created=False,
+        private=False,
+        versioning="Disabled",
+        made_private=False,
+        public_acl=("AllUsers:READ",),
     )
     assert "bucket_public_acl" in events(logs) and "bucket_unversioned" in events(logs)
     assert len(public_grants(s3, bucket_name)) == 1
@@ -167,6 +179,7 @@ def test_check_only_on_public_bucket_changes_nothing(
     assert anonymous_get(s3_server, bucket_name) == 200
 
 
+@every_server
 def test_public_policy_is_refused_and_left_alone(
     s3_server: Any, s3: Any, bucket_name: str, use_keys: Callable[..., None]
 ) -> None:
@@ -190,6 +203,33 @@ def test_public_policy_is_refused_and_left_alone(
     assert json.loads(s3.get_bucket_policy(Bucket=bucket_name)["Policy"])["Statement"][0]["Principal"] == "*"
 
 
+def policy_for(bucket: str, principal: Any) -> str:
+    statement = {
+        "Effect": "Allow",
+        "Principal": principal,
+        "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{bucket}/*",
+    }
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+
+
+@every_server
+def test_check_only_tells_a_public_policy_from_a_public_acl(
+    s3_server: Any, s3: Any, bucket_name: str, use_keys: Callable[..., None]
+) -> None:
+    """RGW's policy status is IsPublic for a public ACL alone: only a policy that allows anyone is one."""
+    s3.create_bucket(Bucket=bucket_name, ACL="public-read")
+    use_keys(s3_server.admin)
+    assert ensure(s3_server, bucket_name, check_only=True).public_acl == ("AllUsers:READ",)
+    other = f"arn:aws:iam:::user/{s3_server.other.name}"
+    s3.put_bucket_policy(Bucket=bucket_name, Policy=policy_for(bucket_name, {"AWS": [other]}))
+    assert ensure(s3_server, bucket_name, check_only=True).public_acl == ("AllUsers:READ",)
+    s3.put_bucket_policy(Bucket=bucket_name, Policy=policy_for(bucket_name, "*"))
+    with pytest.raises(BucketError, match="public bucket policy"):
+        ensure(s3_server, bucket_name, check_only=True)
+
+
+@every_server
 def test_anonymous_probe_refuses_a_public_bucket(s3_server: Any, s3: Any, bucket_name: str) -> None:
     s3.create_bucket(Bucket=bucket_name, ACL="public-read")
     url = _bucket_url(None, bucket_name, "us-east-1", s3_server.endpoint_url)

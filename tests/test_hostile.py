@@ -22,6 +22,7 @@ from badserver import BadServer, free_port
 from helpers import (
     Daemon,
     bucket_objects,
+    every_server,
     json_records,
     list_delete_markers,
     list_versions,
@@ -189,6 +190,7 @@ def syncd_bytes(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.C
     )
 
 
+@every_server
 def test_odd_names_map_verbatim_or_escaped_and_list_their_versions(
     tmp_path, s3, bucket_name, make_config, run_syncd
 ):
@@ -211,6 +213,7 @@ def test_odd_names_map_verbatim_or_escaped_and_list_their_versions(
         assert listed.stdout.count("latest") == 1, (rel, listed.stdout)  # NFD's listing lacks NFC's
 
 
+@every_server
 def test_odd_names_restore_byte_for_byte(tmp_path, s3, bucket_name, make_config, run_syncd, syncd_env):
     folder = odd_folder(tmp_path)
     config = make_config(folder, bucket_name, prefix="host1")

@@ -10,6 +10,7 @@ import botocore.exceptions
 import pytest
 from helpers import RgwTestServer, s3_client
 
+from syncd.s3 import metadata
 from syncd.seaweed import Identity
 
 
@@ -56,3 +57,16 @@ def test_a_read_only_subuser_reads_but_cannot_write(rgw_server: RgwTestServer, b
     with pytest.raises(botocore.exceptions.ClientError) as caught:
         readonly.put_object(Bucket=bucket_name, Key="k", Body=b"other bytes")
     assert caught.value.response["Error"]["Code"] == "AccessDenied"
+
+
+def test_our_metadata_is_read_in_every_spelling_a_server_returns() -> None:
+    """AWS and SeaweedFS return names as sent; RGW turns `_` into `-`; HTTP makes the case anyone's."""
+    for meta in (
+        {"src_last_modified_millis": "1700000000123", "md5chksum": "XrY7u+Ae7tCTyyK7j1rNww=="},
+        {"src-last-modified-millis": "1700000000123", "md5chksum": "XrY7u+Ae7tCTyyK7j1rNww=="},
+        {"Src-Last-Modified-Millis": "1700000000123", "MD5CHKSUM": "XrY7u+Ae7tCTyyK7j1rNww=="},
+    ):
+        assert metadata.mtime_ns(meta) == 1_700_000_000_123_000_000
+        assert metadata.md5_hex(meta) == "5eb63bbbe01eeed093cb22bb8f5acdc3"  # md5(b"hello world")
+    assert metadata.mtime_ns({"src-last-modified-millis": "soon"}) is None
+    assert metadata.md5_hex({"md5chksum": "not base64!"}) is None

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from helpers import bucket_objects, list_delete_markers, s3_client, tree, wait_until, write
+from helpers import bucket_objects, every_server, list_delete_markers, s3_client, tree, wait_until, write
 
 from syncd.config import S3Settings
 from syncd.errors import ConfigError
@@ -301,6 +301,7 @@ def three_versions(folder: Path, daemon: Any) -> tuple[list[str], list[int]]:
     return [u["version_id"] for u in uploads_of(daemon, "doc.txt")], mtimes
 
 
+@every_server
 def test_versions_lists_every_version_for_relative_absolute_and_deleted_paths(
     tmp_path, bucket_name, make_config, start_daemon, run_syncd
 ):
@@ -339,6 +340,7 @@ def test_versions_lists_every_version_for_relative_absolute_and_deleted_paths(
     assert missing.returncode == 1 and "no versions" in missing.stdout
 
 
+@every_server
 def test_restore_a_single_file_to_dest_in_place_and_by_version(
     tmp_path, bucket_name, make_config, start_daemon, run_syncd
 ):
@@ -388,6 +390,7 @@ def test_restore_a_single_file_to_dest_in_place_and_by_version(
     assert not (tmp_path / "x").exists()
 
 
+@every_server
 def test_restore_a_directory_as_it_was_at_a_time(
     tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
 ):

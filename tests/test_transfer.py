@@ -7,7 +7,7 @@ import hashlib
 import os
 
 import pytest
-from helpers import bucket_objects, json_records, list_versions, tree, wait_until, write
+from helpers import bucket_objects, every_server, json_records, list_versions, tree, wait_until, write
 
 MiB = 1024 * 1024
 
@@ -18,6 +18,7 @@ def composite_etag(data: bytes, part_size: int) -> str:
     return hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f"-{len(parts)}"
 
 
+@every_server
 @pytest.mark.parametrize("fast_path", ["on", "off"])
 def test_multipart_upload_lands_whole_with_its_version_logged(
     tmp_path, s3, bucket_name, make_config, run_syncd, syncd_env, fast_path
@@ -48,6 +49,7 @@ def test_multipart_upload_lands_whole_with_its_version_logged(
     assert any(r.get("event") == "fastpath_off" for r in json_records(result.stderr)) == (fast_path == "off")
 
 
+@every_server
 def test_files_between_small_and_multipart_are_streamed_whole(
     tmp_path, s3, bucket_name, make_config, run_syncd
 ):
@@ -100,6 +102,7 @@ def test_part_size_grows_so_no_file_needs_more_than_10000_parts() -> None:
     assert part_size_for(20 * MiB, 16 * MiB) == 16 * MiB
 
 
+@every_server
 def test_leftover_multipart_is_aborted_at_start_but_not_another_clients(
     tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
 ):

@@ -47,6 +47,7 @@ class BucketStatus:
     exists: bool = True  # False only in check mode: `syncd run` would create it
     owner_proven: bool = True  # False: accepted on weaker evidence (see ensure_private_bucket)
     acls_ignored: bool = False  # the ACL lists public grants the server ignores (BucketOwnerEnforced)
+    public_acl: tuple[str, ...] = ()  # check mode: the public grants `syncd run` would remove
 
 
 async def ensure_private_bucket(
@@ -77,8 +78,8 @@ async def ensure_private_bucket(
     object_lock: a bucket created here gets Object Lock enabled (and with it versioning).
 
     check_only changes nothing: a missing bucket is reported with exists=False, a public ACL that `run`
-    would remove is reported with private=False (the anonymous probe is skipped then); only what `run`
-    could not fix itself raises.
+    would remove is reported with private=False and its grants in public_acl (the anonymous probe is
+    skipped then); only what `run` could not fix itself raises.
     """
     if not await _exists(client, bucket):
         if check_only:
@@ -122,19 +123,20 @@ async def ensure_private_bucket(
             "ignores ACLs",
         )
         public = []
-    await _check_policy(client, bucket)
-    private = not (public and check_only)
-    if private:
+    still_public = tuple(public) if check_only else ()
+    await _check_policy(client, bucket, public_acl=bool(still_public))
+    if not still_public:
         await _probe_anonymous(bucket, url)
     versioning = await _versioning(client, bucket, enable=not check_only)
     return BucketStatus(
         bucket,
         created,
-        private,
+        not still_public,
         versioning,
         made_private,
         owner_proven=owner_proven,
         acls_ignored=acls_ignored,
+        public_acl=still_public,
     )
 
 
@@ -241,6 +243,13 @@ async def _get_acl(client: Any, bucket: str) -> dict[str, Any]:
             acl: dict[str, Any] = await client.get_bucket_acl(Bucket=bucket)
             _check_is_s3(client, acl)
         except botocore.exceptions.ClientError as exc:
+            # Only the owner may read a bucket's ACL (AWS, RGW): denied on a bucket that is not among ours
+            # is someone else's bucket, not a permission this key lacks.
+            if error_code(exc) in ACCESS_DENIED and await _listed_elsewhere(client, bucket):
+                raise BucketError(
+                    f"bucket {bucket!r} belongs to another account (it is not among this key's buckets "
+                    "and its ACL is not readable); choose another bucket name"
+                ) from exc
             if error_code(exc) not in NOT_FOUND:
                 raise
             # HeadBucket said 404 and CreateBucket said it exists: the name is taken where we cannot see it.
@@ -249,6 +258,15 @@ async def _get_acl(client: Any, bucket: str) -> dict[str, Any]:
                 "choose another bucket name"
             ) from exc
     return acl
+
+
+async def _listed_elsewhere(client: Any, bucket: str) -> bool:
+    """True when ListBuckets answers and does not name the bucket; False when it does or is refused."""
+    try:
+        listed = await client.list_buckets()
+    except botocore.exceptions.ClientError:
+        return False
+    return bucket not in {entry.get("Name") for entry in listed.get("Buckets", [])}
 
 
 def _check_is_s3(client: Any, acl: dict[str, Any]) -> None:
@@ -332,8 +350,13 @@ async def _make_private(client: Any, bucket: str, public: list[str]) -> bool:
     return True
 
 
-async def _check_policy(client: Any, bucket: str) -> None:
-    """Refuse a public bucket policy; syncd never deletes a policy, the user decides what it was for."""
+async def _check_policy(client: Any, bucket: str, *, public_acl: bool) -> None:
+    """Refuse a public bucket policy; syncd never deletes a policy, the user decides what it was for.
+
+    GetBucketPolicyStatus is not enough on its own: Ceph RGW says IsPublic for a public ACL too. So a
+    policy is reported only when GetBucketPolicy shows one, and while a public ACL (public_acl, check
+    mode) could explain the flag, only when that policy allows anyone.
+    """
     with _step(bucket, "read the bucket policy status", "s3:GetBucketPolicyStatus"):
         try:
             status = await client.get_bucket_policy_status(Bucket=bucket)
@@ -345,9 +368,12 @@ async def _check_policy(client: Any, bucket: str) -> None:
                 raise
             status = None
     if status is None:
-        public = await _policy_allows_anyone(client, bucket)
+        public = _allows_anyone(await _read_policy(client, bucket))
+    elif status.get("PolicyStatus", {}).get("IsPublic", False):
+        policy = await _read_policy(client, bucket)
+        public = policy is not None and (not public_acl or _allows_anyone(policy))
     else:
-        public = bool(status.get("PolicyStatus", {}).get("IsPublic", False))
+        public = False
     if public:
         raise BucketError(
             f"bucket {bucket!r} has a public bucket policy; syncd does not delete policies: remove it with "
@@ -355,15 +381,22 @@ async def _check_policy(client: Any, bucket: str) -> None:
         )
 
 
-async def _policy_allows_anyone(client: Any, bucket: str) -> bool:
-    """Without GetBucketPolicyStatus (MinIO, B2): any Allow to Principal "*" is public, conditions or not."""
+async def _read_policy(client: Any, bucket: str) -> str | None:
+    """The bucket policy document; None when there is none (or the server has no bucket policies)."""
     with _step(bucket, "read the bucket policy", "s3:GetBucketPolicy"):
         try:
-            text = (await client.get_bucket_policy(Bucket=bucket))["Policy"]
+            return str((await client.get_bucket_policy(Bucket=bucket))["Policy"])
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) not in UNSUPPORTED | {"NoSuchBucketPolicy"}:
                 raise
-            return False
+            return None
+
+
+def _allows_anyone(text: str | None) -> bool:
+    """Judged from the document (MinIO, B2 have no GetBucketPolicyStatus): any Allow to Principal "*" is
+    public, conditions or not."""
+    if text is None:
+        return False
     try:
         statements = json.loads(text).get("Statement", [])
     except (ValueError, AttributeError):

@@ -17,6 +17,7 @@ from syncd.errors import ConfigError, SyncdError
 from syncd.log import get_logger
 from syncd.metrics import MetricsSink, NullMetrics
 from syncd.notify import Notifier, watchdog_interval
+from syncd.s3 import metadata
 from syncd.s3.bucket import BucketStatus, ensure_private_bucket
 from syncd.s3.client import ErrorKind, classify, describe, error_code
 from syncd.s3.helper import Helper, HelperSettings, put_router
@@ -362,7 +363,7 @@ class Pipeline:
             )
         except Exception:
             return None
-        if _b64_to_hex(head.get("Metadata", {}).get("md5chksum", "")) != md5:
+        if metadata.md5_hex(head.get("Metadata")) != md5:
             return None
         return {"ETag": head.get("ETag", obj.etag), "VersionId": head.get("VersionId")}
 
@@ -682,16 +683,6 @@ class Pipeline:
 
 class _Stop(Exception):
     """Raised inside a TaskGroup to cancel its remaining tasks on a clean stop."""
-
-
-def _b64_to_hex(value: str) -> str:
-    import base64
-    import binascii
-
-    try:
-        return base64.b64decode(value, validate=True).hex()
-    except (binascii.Error, ValueError):
-        return ""
 
 
 async def run_stopping_cleanly(coro: Any) -> None:

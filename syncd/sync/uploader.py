@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.keys import KeyTooLong, key_for_path
 from syncd.ownership import ownership_metadata
+from syncd.s3 import metadata
 from syncd.s3.client import error_code
 from syncd.s3.lock import LockPolicy, ensure_retention, set_retention
 from syncd.s3.retry import Retrier
@@ -128,6 +129,12 @@ def content_type(path: str) -> str:
 
 def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
+
+
+def _etag(response: dict[str, Any]) -> str:
+    """The ETag of a put, a completed multipart upload or a copy, unquoted ("" when the server gave none)."""
+    etag = response.get("ETag") or response.get("CopyObjectResult", {}).get("ETag") or ""
+    return str(etag).strip('"')
 
 
 class Uploader:
@@ -248,17 +255,14 @@ class Uploader:
                 return Outcome("unchanged", rel, key, sig, md5, etag, there.get("VersionId"))
         if self.dry_run:
             return Outcome("would_upload", rel, key, sig, md5)
-        meta = {
-            "src_last_modified_millis": str(sig.mtime_ns // 1_000_000),
-            "md5chksum": b64(bytes.fromhex(md5)),
-            **f.owner,
-        }
+        meta = {**metadata.for_upload(md5, sig.mtime_ns), **f.owner}
         ctype = content_type(rel)
         source = self._copy_source(rel, md5, sig.size)
         if source is not None:
             lock = Locked(self.s.lock)
             copied = await self._copy(source, key, meta, ctype, lock)
             if copied is not None:
+                copied = await self._filled_in(key, copied, md5, sig.size)
                 # Servers may give a copy the source's lock instead of the one asked for: read it back.
                 until = await self._lock_held(key, copied, lock)
                 return self._finish(f, "copied", md5, copied, source_key=source.key, retain_until=until)
@@ -278,6 +282,7 @@ class Uploader:
             return Outcome("changed", rel, key, sig)
         # Some servers drop the lock sent with CreateMultipartUpload (Ceph RGW 16.2), and the lock was
         # dated when the upload began: read it back and set it to now + retain where it falls short.
+        completed = await self._filled_in(key, completed, md5, sig.size)
         until = await self._lock_held(key, completed, lock)
         return self._finish(f, "uploaded", md5, completed, parts=parts, retain_until=until)
 
@@ -314,6 +319,27 @@ class Uploader:
             self.client, self.retrier, self.s.bucket, key, str(version_id), lock.policy, lock.policy.until()
         )
 
+    async def _filled_in(self, key: str, response: dict[str, Any], md5: str, size: int) -> dict[str, Any]:
+        """response with the ETag and VersionId a server left out, read back with HeadObject.
+
+        Ceph RGW omits x-amz-version-id on CopyObject and (16.2) answers CompleteMultipartUpload with an
+        empty ETag. The HEAD is only believed when it shows our bytes (size and md5chksum); an unversioned
+        bucket has no VersionId to find, so the HEAD is made then too, once per copy or multipart upload.
+        """
+        if _etag(response) and response.get("VersionId"):
+            return response
+        try:
+            head = await self.retrier.call(lambda: self.client.head_object(Bucket=self.s.bucket, Key=key))
+        except Exception:
+            return response  # the object is stored; only its record lacks what the server did not say
+        if head.get("ContentLength") != size or metadata.md5_hex(head.get("Metadata")) != md5:
+            return response  # overwritten since: the HEAD describes another version
+        return {
+            **response,
+            "ETag": _etag(response) or head.get("ETag"),
+            "VersionId": response.get("VersionId") or head.get("VersionId"),
+        }
+
     def _finish(
         self,
         f: OpenFile,
@@ -325,7 +351,7 @@ class Uploader:
         parts: int = 0,
         retain_until: float | None = None,
     ) -> Outcome:
-        etag = str(response.get("ETag") or response.get("CopyObjectResult", {}).get("ETag") or "").strip('"')
+        etag = _etag(response)
         if not self._still(f.fd, f.sig) or not self._path_is(f.rel, f.sig):
             # The server has a consistent snapshot, but the file moved on: upload again after it settles.
             action = "changed"
