@@ -39,7 +39,11 @@ def skip_or_fail(reason: str) -> NoReturn:
 
 
 every_server = pytest.mark.servers("seaweedfs", "rgw")
-"""Decorator: run the test once against each real S3 server the suite starts (ids [seaweedfs], [rgw])."""
+"""Decorator: run the test once against each real S3 server the suite starts (ids [seaweedfs], [rgw]).
+
+For tests whose outcome depends on what the server answers (bucket checks, metadata, versions, copies,
+multipart, restore). Tests of local behaviour (config, locks, signals, the watcher, bursts of small files)
+stay on SeaweedFS: on RGW they would only add minutes (RGW takes ~1.7x as long per small PUT here)."""
 
 
 class S3TestServer(SeaweedServer):

@@ -158,7 +158,6 @@ def folder_with(tmp_path: Path) -> Path:
     return folder
 
 
-@every_server
 def test_sigterm_mid_burst_exits_0_and_leaves_nothing_half_done(
     tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
 ):

@@ -44,7 +44,6 @@ def env_for(server: S3TestServer, base: dict[str, str]) -> dict[str, str]:
     )
 
 
-@every_server
 def test_kill_9_mid_burst_then_restart_uploads_everything(
     tmp_path, s3, bucket_name, make_config, start_daemon
 ):
@@ -171,7 +170,6 @@ def test_touch_storm_creates_no_versions(tmp_path, s3, bucket_name, make_config,
     assert new_versions(s3, bucket_name) == before
 
 
-@every_server
 def test_large_file_rewritten_during_upload_ends_with_final_bytes(
     tmp_path, s3, bucket_name, make_config, start_daemon
 ):

@@ -190,7 +190,6 @@ def syncd_bytes(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.C
     )
 
 
-@every_server
 def test_odd_names_map_verbatim_or_escaped_and_list_their_versions(
     tmp_path, s3, bucket_name, make_config, run_syncd
 ):
