@@ -23,6 +23,8 @@ from pathlib import Path
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture (added after the syscall tables merged)
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
+_BENEATH = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS
+_AT_FDCWD = -100
 _O_PATH = getattr(os, "O_PATH", 0)
 DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # to resolve through, not to read
 _TRIES = 8  # openat2 answers EAGAIN when a rename raced the lookup: try again
@@ -30,6 +32,9 @@ _TRIES = 8  # openat2 answers EAGAIN when a rename raced the lookup: try again
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
 
 
 @cache
@@ -48,17 +53,22 @@ def _syscall() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 _works: bool | None = None  # None until the first call tells whether the kernel has openat2
 
 
-def _openat2(dir_fd: int, rel: str, flags: int, mode: int) -> int | None:
+_hows: dict[tuple[int, int, int], _OpenHow] = {}
+
+
+def _openat2(dir_fd: int, rel: str, flags: int, mode: int, resolve: int = _BENEATH) -> int | None:
     """openat2 beneath dir_fd without symlinks; None when the kernel (or a filter) refuses the call."""
     global _works
     fn = _syscall()
     if fn is None or _works is False:
         return None
-    resolve = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & os.O_CREAT else 0, resolve)
+    mode = mode if flags & os.O_CREAT else 0
+    how = _hows.get((flags, mode, resolve))
+    if how is None:  # one per kind of open: syncd makes a handful
+        how = _hows[flags, mode, resolve] = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     name = os.fsencode(rel)
     for _ in range(_TRIES):
-        fd = fn(_SYS_OPENAT2, dir_fd, name, ctypes.byref(how), ctypes.sizeof(how))
+        fd = fn(_SYS_OPENAT2, dir_fd, name, ctypes.byref(how), _HOW_SIZE)
         if fd >= 0:
             _works = True
             return int(fd)
@@ -76,7 +86,7 @@ def _openat2(dir_fd: int, rel: str, flags: int, mode: int) -> int | None:
 
 def _parts(rel: str) -> list[str]:
     parts = rel.split("/") if rel else []
-    if any(part in ("", ".", "..") for part in parts):
+    if "" in parts or "." in parts or ".." in parts:
         raise OSError(errno.EINVAL, "not a plain relative path", rel)
     return parts
 
@@ -133,7 +143,22 @@ def open_at(dir_fd: int, rel: str, flags: int, mode: int = 0o600) -> int:
 
 
 def open_beneath(root: str | Path, rel: str, flags: int, mode: int = 0o600) -> int:
-    """Open root/rel refusing a symlink in any component below root (ELOOP); flags as for os.open."""
+    """Open root/rel refusing a symlink in any component below root (ELOOP); flags as for os.open.
+
+    First in one call on the whole path with no symlink anywhere (the config's folder is resolved, so
+    its own path has none, and rel has no "..": nothing but real directories below the folder can be
+    on the way); only if that meets a symlink is the folder opened to tell whether it was above it.
+    """
+    if rel and os.path.isabs(root):
+        _parts(rel)
+        try:
+            fd = _openat2(_AT_FDCWD, f"{root}/{rel}", flags, mode, _RESOLVE_NO_SYMLINKS)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise OSError(exc.errno, exc.strerror, rel) from None
+        else:
+            if fd is not None:
+                return fd
     root_fd = open_root(root)
     try:
         return open_at(root_fd, rel, flags, mode)
