@@ -473,3 +473,24 @@ def test_current_versions_syncd_did_not_lock_get_locked(
         assert mode == "GOVERNANCE" and until >= started + (RETAIN_LONG if before == "unlocked" else 0)
     status = run_syncd(["status", "-c", str(second)])
     assert "locked: 2 current versions (governance)" in status.stdout, status.stdout
+
+
+@BOTH
+def test_a_changed_mode_keeps_current_versions_locked_in_the_mode_they_have(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any
+) -> None:
+    """object_lock.mode changed from compliance to governance: the server refuses to change a compliance
+    lock, so the extension pass extends it as compliance (it never leaves a current version to expire)."""
+    folder = tmp_path / "data"
+    write(folder / "f.txt", b"compliance")
+    first = run_syncd(["once", "-c", str(make_config(folder, bucket_name, **lock_config("compliance", 20)))])
+    assert first.returncode == 0, first.stderr
+    (uploaded,) = [r for r in json_records(first.stderr) if r.get("event") == "uploaded"]
+    until = rfc3339_ts(uploaded["retain_until"])
+    wait_until(lambda: until - time.time() < 10, timeout=30)  # due: within retain/2 of its end
+    second = run_syncd(["once", "-c", str(make_config(folder, bucket_name, **lock_config("governance", 20)))])
+    assert second.returncode == 0, second.stderr
+    (extended,) = [r for r in json_records(second.stderr) if r.get("event") == "locks_extended"]
+    assert extended["versions"] == 1 and extended["failed"] == 0, second.stderr
+    mode, new_until = retention(s3, bucket_name, "f.txt", uploaded["version_id"])
+    assert mode == "COMPLIANCE" and new_until > until

@@ -111,8 +111,9 @@ async def read_retention(client: Any, bucket: str, key: str, version_id: str) ->
 async def set_retention(
     client: Any, bucket: str, key: str, version_id: str, policy: LockPolicy, until: float
 ) -> Retention:
-    """PutObjectRetention to `until`; when the server refuses (it holds a longer lock, which it may not
-    shorten) the lock it holds is returned if it covers what was asked, else the refusal is raised."""
+    """PutObjectRetention to `until`. When the server refuses, what it holds decides: a lock that covers
+    what was asked (longer, which it may not shorten) is returned; a lock in the other mode is extended in
+    that mode; anything else raises the refusal."""
     try:
         await client.put_object_retention(
             Bucket=bucket,
@@ -126,7 +127,17 @@ async def set_retention(
         held = await read_retention(client, bucket, key, version_id)
         if held.covers(policy, until):
             return held
-        raise
+        if held.mode is None or held.mode == policy.mode:
+            raise
+        # object_lock.mode changed: changing a version's mode needs rights syncd's key should not have
+        # (bypassing governance); extending it in the mode it has keeps it locked all the same.
+        await client.put_object_retention(
+            Bucket=bucket,
+            Key=key,
+            VersionId=version_id,
+            Retention={"Mode": held.mode, "RetainUntilDate": dt.datetime.fromtimestamp(until, dt.UTC)},
+        )
+        return Retention(held.mode, until)
     return Retention(policy.mode, until)
 
 

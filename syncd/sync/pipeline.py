@@ -42,6 +42,7 @@ log = get_logger()
 FLUSH_AFTER = 0.2  # seconds an upload may wait in the state's group commit
 FAILED_RETRY_BASE = 5.0  # seconds before a file the server failed is tried again; doubles each time
 FAILED_RETRY_CAP = 3600.0  # at most this long between two tries of such a file
+LOCK_METRICS_EVERY = 60.0  # seconds between counts of the locked current versions (a scan of the lock index)
 
 
 @dataclass
@@ -118,6 +119,8 @@ class Pipeline:
         self.flush_handle: asyncio.TimerHandle | None = None
         self.lock = LockPolicy.of(config.object_lock)
         self.bucket_lock: BucketLock | None = None
+        self.locks_counted = -LOCK_METRICS_EVERY
+        self.locks_counted_for: tuple[float | None, int] = (None, -1)
         self.extender = (
             None if self.lock is None else LockExtender(client, config.bucket, state, self.lock, self.retrier)
         )
@@ -566,8 +569,7 @@ class Pipeline:
             if counts.last_upload:
                 self.metrics.set_last_success(counts.last_upload)
             if self.lock is not None:
-                locks = self.state.lock_summary()
-                self.metrics.set_locks(locks.locked, locks.earliest)
+                self._count_locks(counts.last_upload)
             self.notifier.status(text)
             self.state.set_meta("status", text)
             if interval and self.healthy():
@@ -576,6 +578,15 @@ class Pipeline:
             if self.helper is not None and self.helper_start is not None and self.helper_start.done():
                 self.helper_start = self.helper.check()  # never awaited here: the heartbeat goes on
             await asyncio.sleep(period)
+
+    def _count_locks(self, last_upload: float | None) -> None:
+        """The lock gauges: counted again after an upload or an extension, else every LOCK_METRICS_EVERY."""
+        extended = self.extender.extended if self.extender is not None else 0
+        changed = (last_upload, extended) != self.locks_counted_for
+        if changed or time.monotonic() >= self.locks_counted + LOCK_METRICS_EVERY:
+            self.locks_counted, self.locks_counted_for = time.monotonic(), (last_upload, extended)
+            locks = self.state.lock_summary()
+            self.metrics.set_locks(locks.locked, locks.earliest)
 
     def healthy(self) -> bool:
         helper_ok = self.helper is None or self.helper.healthy()
