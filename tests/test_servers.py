@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from badserver import Answer, BadServer, Request
+from badserver import Answer, BadServer, Request, error_answer
 from helpers import bucket_objects, json_records, wait_until, write
 from s3front import B2, AwsAclsDisabled, front
 
@@ -280,3 +281,56 @@ def test_aws_acls_disabled_with_grants_listed_is_private_not_exit_3(
     assert ready["private"] is True and ready["made_private"] is False
     assert events(records, "bucket_acl_ignored"), "the inert grant is reported"
     assert keys_in(s3, bucket_name) == {"a.txt"}
+
+
+# -- throttling -----------------------------------------------------------------------------------------
+
+
+class ConcurrencyLimit:
+    """A server that takes at most `limit` object PUTs at once (each held `hold` seconds) and answers
+    503 SlowDown to the rest, as a provider's per-prefix limit does."""
+
+    def __init__(self, limit: int, hold: float) -> None:
+        self.limit, self.hold = limit, hold
+        self.inflight = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Answer | None:
+        if request.method != "PUT" or _is_bucket_path(request.path):
+            return None
+        with self.lock:
+            if self.inflight >= self.limit:
+                return error_answer(503, "SlowDown", "Please reduce your request rate.")
+            self.inflight += 1
+        try:
+            time.sleep(self.hold)
+        finally:
+            with self.lock:
+                self.inflight -= 1
+        return None
+
+
+def _is_bucket_path(path: str) -> bool:
+    return "/" not in urllib.parse.urlsplit(path).path.strip("/")
+
+
+def test_slowdown_shrinks_the_requests_in_flight_instead_of_storming(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """A server that takes 3 PUTs at once and answers SlowDown above that, 60 files and workers: 16. syncd
+    lowers its window of requests in flight to what the server takes: fewer SlowDowns than files, no
+    outage (was: 16 in flight throughout, several SlowDowns per file, each one an s3_unreachable)."""
+    folder = tmp_path / "data"
+    for i in range(60):
+        write(folder / f"f{i:02d}.txt", b"x" * i)
+    with front(s3_server.endpoint_url, ConcurrencyLimit(3, hold=0.1)) as limited:
+        config = make_config(folder, bucket_name, workers=16, s3={"endpoint_url": limited.url})
+        result = run_syncd(["once", "-c", str(config)], timeout=120)
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    slowdowns = len(rejected(limited, "SlowDown"))
+    assert 0 < slowdowns < 40, f"{slowdowns} SlowDown answers for 60 files"
+    records = json_records(result.stderr)
+    assert not events(records, "s3_unreachable"), "a server asking to slow down is not unreachable"
+    assert events(records, "s3_throttled")
+    assert len(keys_in(s3, bucket_name)) == 60

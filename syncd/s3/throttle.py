@@ -29,6 +29,7 @@ THROTTLE_CODES = frozenset(
     }
 )
 DECREASE = 0.8  # the window kept after a SlowDown: halving wastes a quarter of the server's rate
+START = 8  # requests in flight at first; doubled every round trip until the first SlowDown (slow start)
 MAX_RETRY_AFTER = 300.0  # seconds: a larger Retry-After is a server's mistake, not a plan
 LOG_EVERY = 60.0  # seconds between two `s3_throttled` records
 
@@ -60,14 +61,18 @@ def retry_after(exc: BaseException) -> float | None:
 class Throttle:
     """A window of requests in flight, at most `limit` (the config's `workers`).
 
-    A SlowDown shrinks the window to DECREASE of itself, once per round trip (answers to requests sent
-    before the last decrease do not count again); each answered request grows it by 1/window, one
-    request per window of answers (additive increase).
+    It starts at START and grows by one per answer (doubling every round trip) until the first SlowDown
+    halves it: a server that allows only part of `workers` sees a few extra requests, not a storm. From
+    then on a SlowDown shrinks it to DECREASE of itself, once per round trip (answers to requests sent
+    before the last decrease do not count again), and each answer grows it by 1/window, one request per
+    window of answers (additive increase). It grows only while it is full: a window syncd does not use
+    proves nothing about the server.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
-        self.window = float(self.limit)
+        self.window = float(min(START, self.limit))
+        self.slow_start = True
         self.inflight = 0
         self.decreased_at = 0.0
         self.throttles = 0
@@ -111,8 +116,10 @@ class Throttle:
                 self.inflight += 1
 
     def answered(self) -> None:
-        if self.window < self.limit:
-            self.window = min(float(self.limit), self.window + 1.0 / self.window)
+        """A request that held a place was answered (its place is given back already)."""
+        if self.window < self.limit and self.inflight + 1 >= int(self.window):
+            step = 1.0 if self.slow_start else 1.0 / self.window
+            self.window = min(float(self.limit), self.window + step)
             self._wake()
 
     def slow_down(self, sent: float, reason: str) -> None:
@@ -121,7 +128,8 @@ class Throttle:
         if sent < self.decreased_at:
             return  # in flight before the last decrease: that decrease already answered it
         self.decreased_at = time.monotonic()
-        self.window = max(1.0, self.window * DECREASE)
+        self.window = max(1.0, self.window * (0.5 if self.slow_start else DECREASE))
+        self.slow_start = False
         if self.decreased_at - self.logged_at >= LOG_EVERY:
             self.logged_at = self.decreased_at
             log.warning("s3_throttled", reason=reason, in_flight=int(self.window), throttled=self.throttles)
