@@ -7,14 +7,16 @@ to the real SeaweedFS except the answers it reproduces.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from badserver import Answer, BadServer, Request, error_answer
 from helpers import bucket_objects, json_records, wait_until, write
 from s3front import B2, AwsAclsDisabled, front
@@ -335,3 +337,48 @@ def test_slowdown_shrinks_the_requests_in_flight_instead_of_storming(
     assert not events(records, "s3_unreachable"), "a server asking to slow down is not unreachable"
     assert events(records, "s3_throttled")
     assert len(keys_in(s3, bucket_name)) == 100
+
+
+# -- the original repro on Ceph RGW ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def osd_setting(server: Any, name: str, value: str) -> Iterator[None]:
+    """`ceph config set osd NAME VALUE` on the session's RGW cluster for the block, then removed."""
+
+    def ceph(*args: str) -> None:
+        subprocess.run(
+            server._ceph_command(["ceph", *args]),
+            check=True,
+            capture_output=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    ceph("config", "set", "osd", name, value)
+    try:
+        yield
+    finally:
+        ceph("config", "rm", "osd", name)
+
+
+@pytest.mark.servers("rgw")
+def test_rgw_key_longer_than_the_osd_takes_fails_that_file_only(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """Issue 11's repro: osd_max_object_name_len = 460 and a ~440-byte key (RGW's object name adds the
+    bucket marker): RGW answers 500 for that key only. `once` exits 1 naming it, the other file is
+    uploaded (was: exit 0, '1 owed', 'Task exception was never retrieved')."""
+    folder = tmp_path / "data"
+    long_name = "d" * 200 + "/" + "f" * 239
+    write(folder / "good.txt", b"good")
+    write(folder / long_name, b"long")
+    with osd_setting(s3_server, "osd_max_object_name_len", "460"):
+        config = make_config(folder, bucket_name)
+        result = run_syncd(["once", "--retry-for", "10s", "-c", str(config)], timeout=120)
+    no_traceback(result)
+    assert result.returncode == 1, result.stderr
+    failed = events(json_records(result.stderr), "upload_failed")
+    assert [r["path"] for r in failed] == [long_name] and "500" in failed[0]["reason"], failed
+    assert f"failed: {long_name}" in result.stderr
+    assert keys_in(s3, bucket_name) == {"good.txt"}
