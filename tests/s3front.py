@@ -127,6 +127,28 @@ class B2:
         return None
 
 
+class R2:
+    """Cloudflare R2's S3 API ("S3 API compatibility" page): no ACLs, no versioning, no bucket policies.
+
+    - GetBucketAcl, PutBucketAcl, GetBucketVersioning, PutBucketVersioning, GetBucketPolicyStatus,
+      GetBucketPolicy -> 501 NotImplemented;
+    - CreateBucket takes no x-amz-acl -> 501 NotImplemented when it carries one;
+    - an unsigned request is refused 403 (buckets are reached in public only through r2.dev or a domain).
+    """
+
+    UNIMPLEMENTED = ("acl", "versioning", "policyStatus", "policy")
+
+    def __call__(self, request: Request) -> Answer | None:
+        if not request.signed:
+            return error_answer(403, "AccessDenied", "Access Denied")
+        query = request.query
+        if any(name in query for name in self.UNIMPLEMENTED) or (
+            request.method == "PUT" and _is_bucket(request) and not query and "x-amz-acl" in request.headers
+        ):
+            return error_answer(501, "NotImplemented", "Not Implemented")
+        return None
+
+
 def front(upstream: str, answer: Callable[[Request], Answer | None]) -> BadServer:
     """A pass-through front on 127.0.0.1 that answers with `answer` where it returns an Answer."""
     return BadServer("proxy", upstream=upstream, answer=answer)

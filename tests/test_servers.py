@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from badserver import Answer, BadServer, Request, error_answer
 from helpers import bucket_objects, json_records, wait_until, write
-from s3front import B2, AwsAclsDisabled, front
+from s3front import B2, R2, AwsAclsDisabled, front
 
 
 def events(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -283,6 +283,32 @@ def test_aws_acls_disabled_with_grants_listed_is_private_not_exit_3(
     assert ready["private"] is True and ready["made_private"] is False
     assert events(records, "bucket_acl_ignored"), "the inert grant is reported"
     assert keys_in(s3, bucket_name) == {"a.txt"}
+
+
+def test_r2_without_acls_or_versioning_uploads_and_says_it_keeps_no_history(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """R2 answers NotImplemented to GetBucketAcl and GetBucketVersioning (and to an ACL on CreateBucket):
+    syncd creates the bucket, proves it private with the anonymous probe, uploads, and says there is no
+    history; `on_delete: delete` is refused (was: NotImplemented retried as an outage, exit 75)."""
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    with front(s3_server.endpoint_url, R2()) as r2:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": r2.url})
+        result = run_syncd(["once", "--retry-for", "10s", "-c", str(config)], timeout=90)
+        checked = run_syncd(["check", "-c", str(config)], timeout=60)
+        deleting = make_config(folder, bucket_name, on_delete="delete", s3={"endpoint_url": r2.url})
+        refused = run_syncd(["once", "-c", str(deleting)], timeout=60)
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    records = json_records(result.stderr)
+    ready = events(records, "bucket_ready")[0]
+    assert ready["created"] is True and ready["private"] is True and ready["versioning"] == "Unsupported"
+    assert events(records, "bucket_unversioned") and not events(records, "s3_unreachable")
+    assert keys_in(s3, bucket_name) == {"a.txt"}
+    assert checked.returncode == 0 and "versioning Unsupported" in checked.stdout, checked.stdout
+    assert "keeps no history" in checked.stdout
+    assert refused.returncode == 2 and "needs a versioned bucket" in refused.stderr, refused.stderr
 
 
 # -- throttling -----------------------------------------------------------------------------------------

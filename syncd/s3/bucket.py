@@ -250,6 +250,10 @@ async def _get_acl(client: Any, bucket: str) -> dict[str, Any]:
                     f"bucket {bucket!r} belongs to another account (it is not among this key's buckets "
                     "and its ACL is not readable); choose another bucket name"
                 ) from exc
+            if error_code(exc) in UNSUPPORTED:
+                # No ACLs on this server (R2): nothing they could grant; the anonymous probe proves privacy.
+                log.info("bucket_acl_unsupported", bucket=bucket, reason=describe(exc))
+                return {}
             if error_code(exc) not in NOT_FOUND:
                 raise
             # HeadBucket said 404 and CreateBucket said it exists: the name is taken where we cannot see it.
@@ -489,7 +493,7 @@ async def _versioning(client: Any, bucket: str, *, enable: bool) -> str:
     (no s3:PutBucketVersioning, e.g. on B2 where buckets are always versioned) starts without warnings.
     """
     status = await _read_versioning(client, bucket)
-    if enable and status != "Enabled":
+    if enable and status not in ("Enabled", "Unsupported"):
         try:
             await client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         except botocore.exceptions.ClientError as exc:
@@ -515,5 +519,11 @@ async def _versioning(client: Any, bucket: str, *, enable: bool) -> str:
 
 
 async def _read_versioning(client: Any, bucket: str) -> str:
+    """The bucket's versioning status; "Unsupported" where the server has no versioning (R2)."""
     with _step(bucket, "read the versioning status", "s3:GetBucketVersioning"):
-        return str((await client.get_bucket_versioning(Bucket=bucket)).get("Status") or "Disabled")
+        try:
+            return str((await client.get_bucket_versioning(Bucket=bucket)).get("Status") or "Disabled")
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in UNSUPPORTED:
+                raise
+            return "Unsupported"

@@ -74,6 +74,8 @@ def classify(exc: BaseException) -> ErrorKind:
         return ErrorKind.TRANSIENT
     if isinstance(exc, botocore.exceptions.ClientError):
         status = http_status(exc)
+        if code == "NotImplemented" or status == 501:
+            return ErrorKind.PERMANENT  # the server lacks the operation (R2, B2): asking again will not help
         return ErrorKind.TRANSIENT if status >= 500 or status in (408, 429) else ErrorKind.PERMANENT
     if isinstance(exc, ssl.SSLCertVerificationError | botocore.exceptions.SSLError):
         return ErrorKind.PERMANENT
