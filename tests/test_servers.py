@@ -95,6 +95,27 @@ def test_once_when_the_whole_server_fails_mid_run_exits_75_naming_what_is_owed(
     assert len(events(json_records(result.stderr), "s3_unreachable")) == 1
 
 
+def test_once_when_every_put_fails_but_headbucket_answers_is_an_outage(
+    tmp_path, s3_server, bucket_name, make_config, run_syncd
+):
+    """Every object PUT answered 500 while HeadBucket still answers (a server whose storage is down):
+    other keys failing too with nothing served makes it an outage, exit 75, not one failure per file."""
+    folder = tmp_path / "data"
+    for name in ("a.txt", "b.txt", "c.txt"):
+        write(folder / name, name.encode())
+
+    def object_put(method: str, path: str) -> bool:
+        return method == "PUT" and not _is_bucket_path(path)
+
+    with BadServer("500", upstream=s3_server.endpoint_url, only=object_put) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url})
+        result = run_syncd(["once", "--retry-for", "3s", "-c", str(config)], timeout=90)
+    no_traceback(result)
+    assert result.returncode == 75, result.stderr
+    assert "3 files still owed" in result.stderr, result.stderr
+    assert len(events(json_records(result.stderr), "s3_unreachable")) == 1
+
+
 def test_run_fails_one_key_retries_it_later_and_keeps_going(
     tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
 ):

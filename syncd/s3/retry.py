@@ -22,6 +22,8 @@ from syncd.s3.throttle import Throttle, retry_after, throttled
 T = TypeVar("T")
 log = get_logger()
 KEY_ATTEMPTS = 4  # tries of one object's request while the server answers others, before it fails
+OTHER_KEYS_FAILING = 2  # other keys failing with nothing served since: the server is failing, not a key
+FAILING_WINDOW = 60.0  # seconds a key's failure counts towards that
 PROBE_TIMEOUT = 10.0  # seconds for the HeadBucket that tells a failing key from a failing server
 
 
@@ -38,7 +40,9 @@ class Outage:
         self.listeners: list[Callable[[bool, str], None]] = []
         self.retry_listeners: list[Callable[[], None]] = []  # called for every failed attempt
         self.probe = probe
-        self.answered_at = -1.0  # monotonic time the server last answered a request
+        self.answered_at = -1.0  # monotonic time the server last answered a request (the probe included)
+        self.served_at = -1.0  # monotonic time a request last succeeded (not the probe)
+        self.failing: dict[str, float] = {}  # key -> when a request about it last failed
         self._probing: asyncio.Task[bool] | None = None
 
     @property
@@ -60,13 +64,32 @@ class Outage:
             for listener in self.listeners:
                 listener(True, self.reason)
 
-    def succeeded(self) -> None:
+    def succeeded(self, *, probe: bool = False) -> None:
         self.answered_at = time.monotonic()
+        if not probe:
+            self.served_at = self.answered_at
         if self.down_since is not None:
             log.info("s3_recovered", down_s=round(time.monotonic() - self.down_since, 1))
             self.down_since = None
             for listener in self.listeners:
                 listener(False, "")
+
+    async def only_this_key(self, key: str, since: float) -> bool:
+        """A request about `key` sent at `since` failed: is that key's failure alone? Yes when another
+        request succeeded since; no when other keys fail too and nothing succeeded; else the probe says."""
+        now = time.monotonic()
+        self.failing = {k: t for k, t in self.failing.items() if now - t < FAILING_WINDOW}
+        self.failing[key] = now
+        if self.served_at >= since:
+            return True
+        others = sum(1 for k, t in self.failing.items() if k != key and t > self.served_at)
+        if others >= OTHER_KEYS_FAILING:
+            return False
+        if not await self.server_answers(since):
+            return False
+        if self.down:
+            self.succeeded(probe=True)  # it answers, and no other key fails: the outage is over
+        return True
 
     async def server_answers(self, since: float) -> bool:
         """Has the server answered anything since `since`? Without a later answer, probe it (one probe
@@ -90,7 +113,7 @@ class Outage:
             if classify(exc) is ErrorKind.TRANSIENT:
                 return False
             # Any other answer (403 for a key without s3:ListBucket included) is the server answering.
-        self.succeeded()
+        self.answered_at = time.monotonic()
         return True
 
 
@@ -158,7 +181,7 @@ class Retrier:
                 continue
             if kind is ErrorKind.CLOCK and attempt == 0:
                 log.error("clock_skewed", reason=describe(exc), hint="fix this machine's clock (NTP)")
-            if key is not None and kind is ErrorKind.TRANSIENT and await self.outage.server_answers(sent):
+            if key is not None and kind is ErrorKind.TRANSIENT and await self.outage.only_this_key(key, sent):
                 key_failures += 1
                 self.outage.retried()
                 if key_failures >= KEY_ATTEMPTS:
