@@ -190,13 +190,17 @@ class Daemon:
             return None
         try:
             async with open_client(new.s3, pool=4) as client:
-                await ensure_private_bucket(
+                status = await ensure_private_bucket(
                     client,
                     new.bucket,
                     region=new.s3.region,
                     endpoint_url=new.s3.endpoint_url,
                     check_only=True,
                 )
+                if new.object_lock is not None and status.exists:
+                    from syncd.s3.lock import check_bucket_lock
+
+                    await check_bucket_lock(client, new.bucket)  # an unlocked bucket: rejected, old config on
         except Exception as exc:
             log.error("reload_rejected", reason=str(exc) if isinstance(exc, SyncdError) else describe(exc))
             self.notifier.ready(pipeline.status_line())

@@ -494,3 +494,27 @@ def test_a_changed_mode_keeps_current_versions_locked_in_the_mode_they_have(
     assert extended["versions"] == 1 and extended["failed"] == 0, second.stderr
     mode, new_until = retention(s3, bucket_name, "f.txt", uploaded["version_id"])
     assert mode == "COMPLIANCE" and new_until > until
+
+
+def test_reload_that_adds_object_lock_on_an_unlocked_bucket_is_rejected(
+    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, start_daemon: Any
+) -> None:
+    """SIGHUP with object_lock added while the bucket cannot lock: one reload_rejected record saying so,
+    and the daemon goes on with the config it had."""
+    import signal
+
+    from test_service import edit_config
+
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    config = make_config(folder, bucket_name)
+    daemon = start_daemon(config)
+    daemon.wait_for_event("uploaded", path="a.txt")
+    edit_config(config, **lock_config())
+    start = len(daemon.records())
+    os.kill(daemon.pid, signal.SIGHUP)
+    rejected = daemon.wait_for_event("reload_rejected", start=start)
+    assert "does not have Object Lock enabled" in rejected["reason"]
+    write(folder / "b.txt", b"b")
+    daemon.wait_for_event("uploaded", path="b.txt")  # still running, on the old config
+    assert daemon.terminate() == 0
