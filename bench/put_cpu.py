@@ -4,8 +4,8 @@ Starts its own SeaweedFS on free loopback ports (syncd.seaweed.SeaweedServer whe
 by hand), PUTs N x 16 KiB objects with 64 concurrent tasks through each path in turn (plain, fast, plain,
 fast, ...) and prints wall seconds, client CPU per PUT (user+sys of this process) and server CPU per PUT,
 then each mode's range over the rounds and ratios of the medians. The machine may be shared: run a few rounds.
-`--before FILE` adds the FastPut of another version of syncd/fastpath.py as a third mode, e.g.
-`git show HEAD:syncd/fastpath.py > /tmp/fastpath_before.py`.
+`--before FILE` adds the FastPut of another version of syncd/s3/fastpath.py as a third mode (one made as
+`FastPut(client, bucket)`, as before December 2026), e.g. `git show ea5cf0b:syncd/fastpath.py > /tmp/b.py`.
 
     /work/venv/bin/python bench/put_cpu.py -n 5000 --rounds 3 [--uvloop] [--only fast] [--before FILE]
 """
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syncd.s3.client import S3Settings, open_client
-from syncd.s3.fastpath import FastPut, why_not
+from syncd.s3.client import S3Settings, credentials_of, open_client
+from syncd.s3.fastpath import FastPut
 
 BODY_SIZE = 16 * 1024
 ACCESS_KEY = "BENCHADMINKEY"
@@ -198,9 +198,9 @@ async def bench(url: str, server_pid: int | None, args: argparse.Namespace) -> l
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             await client.create_bucket(Bucket=BUCKET)
         await client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-        fast = FastPut.create(client, BUCKET)
-        if fast is None:
-            raise SystemExit(f"FastPut unavailable: {why_not(client, BUCKET)}")
+        fast = await FastPut.create(client, settings, BUCKET, credentials_of(client), pool=args.concurrency)
+        if isinstance(fast, str):
+            raise SystemExit(f"FastPut unavailable: {fast}")
         modes: dict[str, Put] = {"plain": client.put_object}
         if args.before:
             modes["before"] = _load_fast_put(args.before)(client, BUCKET).put_object

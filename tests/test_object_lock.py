@@ -19,7 +19,6 @@ import pytest
 from helpers import json_records, list_delete_markers, list_versions, wait_until, write
 
 from syncd.s3 import fastpath
-from syncd.s3.fastpath import why_not
 
 MiB = 1024 * 1024
 RETAIN_LONG = 3600  # seconds: nothing in these tests waits for it
@@ -279,9 +278,9 @@ def test_versions_and_status_show_the_locks(
 def test_fast_path_put_carries_the_lock_headers_signed_as_botocore_signs_them(
     s3_server: Any, s3: Any, bucket_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """FastPut's PUT (own signer and botocore's) sends the Object Lock headers the client sends, with
-    Content-MD5, and the server locks the version it makes."""
-    from test_fastpath import UNSENT, Clock, client_and_fast, md5_b64
+    """FastPut's PUT signs the Object Lock headers the client sends, with Content-MD5, as botocore's
+    S3SigV4Auth and the client itself sign them, and the server locks the version it makes."""
+    from test_fastpath import Clock, botocore_signs, client_and_fast, md5_b64, sent_headers, signed_part
 
     monkeypatch.delenv(fastpath.ENV_SWITCH, raising=False)
     s3.create_bucket(Bucket=bucket_name, ObjectLockEnabledForBucket=True)
@@ -291,29 +290,33 @@ def test_fast_path_put_carries_the_lock_headers_signed_as_botocore_signs_them(
     body = b"locked body"
     seen: list[Any] = []
 
-    async def both() -> tuple[dict[str, Any], tuple[str, dict[str, str]], tuple[str, dict[str, str]]]:
+    async def both() -> tuple[dict[str, Any], dict[str, str], tuple[str, str, None]]:
         async with client_and_fast(s3_server, bucket_name) as (client, fast):
-            assert why_not(client, bucket_name) is None
             client.meta.events.register("before-send.s3.PutObject", lambda request, **_: seen.append(request))
             await client.put_object(Bucket=bucket_name, Key="k", Body=body, ContentMD5=md5_b64(body), **lock)
-            headers = fastpath._lock_headers("GOVERNANCE", until)
-            own = await fast._signed("k", body, md5_b64(body), None, None, headers)
-            monkeypatch.setattr(fast, "_own_signer", False)
-            theirs = await fast._signed("k", body, md5_b64(body), None, None, headers)
-            monkeypatch.setattr(fast, "_own_signer", True)
+            frozen = await fast._credentials.get_frozen_credentials()
+            own = fast._own_signed(
+                "k",
+                "",
+                md5_b64(body),
+                hashlib.sha256(body).hexdigest(),
+                None,
+                None,
+                frozen,
+                False,
+                fastpath._lock_headers("GOVERNANCE", until),
+            )
             sent = await fast.put_object(Key="f", Body=body, ContentMD5=md5_b64(body), **lock)
-            return sent, own, theirs
+            return sent, own, (frozen.access_key, frozen.secret_key, None)
 
-    sent, own, botocore_signed = asyncio.run(both())
+    sent, own, creds = asyncio.run(both())
     (request,) = seen
-    client_headers = {
-        k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items() if k not in UNSENT
+    assert signed_part(own) == signed_part(sent_headers(request))
+    assert {k: v for k, v in own.items() if k in ("X-Amz-Date", "Authorization")} == {
+        k: v for k, v in botocore_signs(request.url, own, body, creds).items() if k != "X-Amz-Content-SHA256"
     }
-    client_headers["Accept-Encoding"] = "identity"  # added by aiobotocore's transport after before-send
-    del client_headers["Expect"]  # not signed; FastPut skips the 100-continue round trip for small bodies
-    assert own[1] == client_headers == botocore_signed[1]
-    assert own[1]["x-amz-object-lock-mode"] == "GOVERNANCE"
-    assert own[1]["Content-MD5"] == md5_b64(body)
+    assert own["x-amz-object-lock-mode"] == "GOVERNANCE"
+    assert own["Content-MD5"] == md5_b64(body)
     assert retention(s3, bucket_name, "f", sent["VersionId"]) == ("GOVERNANCE", until.timestamp())
 
 

@@ -7,7 +7,9 @@ import base64
 import contextlib
 import enum
 import hashlib
+import http.client
 import ssl
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,6 +50,76 @@ TRANSIENT_CODES = frozenset(
     }
 )
 CLOCK_CODES = frozenset({"RequestTimeTooSkewed"})
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection
+READ_TIMEOUT = 120.0  # seconds the server may stay silent while answering
+BODY_CAP = 1024 * 1024  # bytes of an error (or other unexpected) response body read; the rest is dropped
+
+
+class FastPathOff(Exception):
+    """The fast path turned itself off during this request: send it again at once, by the plain client."""
+
+
+def response_error(status: int, headers: dict[str, str], body: bytes, operation: str) -> Exception:
+    """The ClientError botocore raises for this S3 error response: the XML's fields, else the status."""
+    error: dict[str, str] = {}
+    meta: dict[str, Any] = {"HTTPStatusCode": status, "HTTPHeaders": headers, "RetryAttempts": 0}
+    if "x-amz-request-id" in headers:
+        meta["RequestId"] = headers["x-amz-request-id"]
+        meta["HostId"] = headers.get("x-amz-id-2", "")
+    if body.strip():
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError:
+            root = None
+        if root is not None:
+            for child in root:
+                if len(child) == 0:
+                    error[child.tag.rpartition("}")[2]] = child.text or ""
+    for name in ("RequestId", "HostId"):
+        if name in error:
+            meta[name] = error.pop(name)
+    if not error.get("Code"):
+        error = {"Code": str(status), "Message": http.client.responses.get(status, "")}
+    exc: Exception = botocore.exceptions.ClientError({"Error": error, "ResponseMetadata": meta}, operation)
+    return exc
+
+
+def redirect_error(status: int, headers: dict[str, str], body: bytes, operation: str) -> Exception:
+    """A 3xx as an error naming where it points: syncd never follows a redirect (its bytes and version
+    id would come from a server that is not the configured one)."""
+    exc: Any = response_error(status, headers, body, operation)
+    location = headers.get("location", "") or exc.response["Error"].get("Endpoint", "")
+    said = exc.response["Error"].get("Message", "")
+    exc.response["Error"]["Message"] = (
+        f"the server redirects to {location or '(no Location)'}; syncd does not follow redirects: set "
+        f"endpoint_url to the server that stores the bucket{f' ({said})' if said else ''}"
+    )
+    redirect: Exception = exc
+    return redirect
+
+
+async def read_capped(content: Any, cap: int = BODY_CAP) -> bytes:
+    """At most `cap` bytes of a response body (an aiohttp StreamReader); the rest is never read."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < cap:
+        chunk = await content.read(min(1 << 16, cap - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+# Every request ends: a server that sends one byte every few seconds never trips the read timeout. The base
+# covers connecting and a server that thinks for READ_TIMEOUT; a body adds a second per MIN_BANDWIDTH bytes.
+REQUEST_TIMEOUT = CONNECT_TIMEOUT + READ_TIMEOUT
+MIN_BANDWIDTH = 16 * 1024  # bytes/s: a request moving its bytes slower than this is stuck
+
+
+def request_deadline(size: int = 0, base: float = REQUEST_TIMEOUT) -> float:
+    """Seconds a request with a `size`-byte body (or answer) may take in all."""
+    return base + size / MIN_BANDWIDTH
 
 
 def error_code(exc: BaseException) -> str:
@@ -135,8 +207,8 @@ def boto_config(settings: S3Settings, pool: int) -> BotoConfig:
         region_name=settings.region,
         max_pool_connections=max(pool, 10),
         retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=120,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
         request_checksum_calculation=settings.checksum,
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if settings.endpoint_url else {},
@@ -170,6 +242,15 @@ def content_md5_instead_of_crc32(params: dict[str, Any], **_: Any) -> None:
         params["headers"]["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
+# The credentials each open client signs with (the session's: refreshable ones renew themselves).
+_credentials: dict[int, Any] = {}
+
+
+def credentials_of(client: Any) -> Any:
+    """The session credentials of a client from open_client (for signers of our own: the fast path)."""
+    return _credentials[id(client)]
+
+
 @contextlib.asynccontextmanager
 async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[Any]:
     """The process's one S3 client, sized for `pool` concurrent requests."""
@@ -183,6 +264,11 @@ async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[Any
         if settings.checksum == "when_required":
             client.meta.events.register("before-call.s3", content_md5_instead_of_crc32)
         # Found once here, so every command (versions, restore, verify too) says what is missing.
-        if await session.get_credentials() is None:
+        credentials = await session.get_credentials()
+        if credentials is None:
             raise CredentialsError(NO_CREDENTIALS)
-        yield client
+        _credentials[id(client)] = credentials
+        try:
+            yield client
+        finally:
+            _credentials.pop(id(client), None)

@@ -1,28 +1,23 @@
-"""A cheaper put_object for small files: the client's connection pool, without its pipeline.
+"""Small PUTs and streamed parts signed and sent by syncd itself, on public library APIs only.
 
-Stock aiobotocore spends 1.2-1.6 ms of CPU per small PUT, most of it on work that is the same for every PUT
-to one bucket: the endpoint ruleset (re-run for every new key), the user-agent string, event hooks, request
-preparation and its HTTP wrapper. FastPut does that work once per bucket; per PUT it only signs and sends on
-the client's own aiohttp session: about 0.27 ms for 16 KiB (bench/put_cpu.py), most of it in aiohttp.
+The plain client spends over a millisecond of CPU per small PUT, most of it on work that is the same for every
+PUT to one bucket (endpoint rules, request preparation, event hooks). FastPut does that work once and per PUT
+only signs and sends (figures: bench/README.md). It is built from syncd's own config (endpoint_url, region,
+path addressing, bucket) and public APIs: the session's credentials (refreshable ones renew themselves in
+get_frozen_credentials), its own aiohttp session sized to the workers, its own SigV4 signer (tests check it
+against botocore's S3SigV4Auth), responses parsed with the standard library and raised as botocore's
+ClientError and transport exceptions, so syncd's one retry policy sorts them as it sorts the client's.
 
-Signing: botocore's S3SigV4Auth takes ~80 us per PUT (re-parsing the URL, email.message header maps,
-deriving the signing key). FastPut signs the fixed header set it sends with plain string operations and a
-signing key cached per (credentials, UTC day): ~20 us for 16 KiB over http, half of it the payload SHA-256.
-tests/test_fastpath.py checks the URL and every header against S3SigV4Auth and the client's own request.
-Headers outside that set (metadata names that are not plain tokens, non-ASCII content types) are signed by
-S3SigV4Auth itself; SYNCD_FASTPATH_SIGNER=botocore, read when a FastPut is created, signs every PUT that way.
+Decided by behaviour, not by library versions: `FastPut.create` sends one signed probe (an UploadPart to an
+upload that does not exist, so nothing is stored) and says why not when the server does not take it. Later,
+a SignatureDoesNotMatch that the plain client does not get turns the fast path off for good with a warning,
+and the request goes out again through the client: it is never taken for wrong credentials.
+SYNCD_FASTPATH=0 turns it off.
 
-Parts: upload_part sends a part the caller hashed already (Content-MD5, and the payload SHA-256 on http)
-and streams from an async iterable, so a part is re-read from disk as it goes out instead of being held;
-bytes that changed in between are refused by the server (BadDigest).
-
-It reaches into library internals, so it only runs against the versions it was checked with
-(TESTED_VERSIONS); `create()` returns None otherwise and the caller keeps using client.put_object.
-SYNCD_FASTPATH=0 turns it off, SYNCD_FASTPATH=force skips the version check.
-
-Integrity: Content-MD5 is sent on every PUT (computed here when the caller gives none), so the server rejects
-damaged bytes with BadDigest. Over http the payload SHA-256 is signed as well, as botocore does; over https
-the payload is UNSIGNED-PAYLOAD with Content-MD5, as botocore does for streaming S3 uploads on TLS.
+Integrity: Content-MD5 on every PUT, so the server refuses damaged bytes (BadDigest). Over http the payload
+SHA-256 is signed as well; over https the payload is UNSIGNED-PAYLOAD with Content-MD5, as botocore does for
+S3 uploads on TLS. Redirects are never followed (a 3xx is an error naming its Location), every request has a
+deadline scaled to its size (client.request_deadline) and response bodies are read up to a cap.
 """
 
 from __future__ import annotations
@@ -34,118 +29,91 @@ import hmac
 import os
 import re
 import socket
+import ssl
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterable, Callable
-from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-import botocore.auth
 import botocore.exceptions
-import botocore.handlers
-import botocore.parsers
-from aiobotocore.httpsession import AIOHTTPSession
-from botocore.compat import HTTPHeaders
-from botocore.httpsession import (
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    ReadTimeoutError,
-    SSLError,
-)
-from botocore.regions import EndpointResolverBuiltins as Builtins
 from yarl import URL
 
-TESTED_VERSIONS = {"botocore": "1.40.61", "aiobotocore": "2.25.1", "aiohttp": "3.14.5"}
+from syncd.config import S3Settings
+from syncd.log import get_logger
+from syncd.s3.client import (
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    FastPathOff,
+    describe,
+    error_code,
+    read_capped,
+    redirect_error,
+    request_deadline,
+    response_error,
+)
+
+log = get_logger()
 ENV_SWITCH = "SYNCD_FASTPATH"
-SIGNER_SWITCH = "SYNCD_FASTPATH_SIGNER"  # "botocore": sign every PUT with S3SigV4Auth (for debugging)
 # Below this size waiting for "100 Continue" costs a round trip and a loop wake-up for nothing: a rejected
 # small body is cheap to have sent. At and above it we ask first, as botocore does for every PUT.
 EXPECT_CONTINUE_MIN = 1024 * 1024
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+PROBE_UPLOAD_ID = "syncd-fast-path-probe"
+PROBE_NAME = ".syncd fast-path probe~"  # a space and a tilde: the key's quoting is signed as sent
+# Answers to the probe that prove the server checked our signature and took it: the upload does not exist.
+PROBE_ACCEPTED = frozenset({"NoSuchUpload", "InvalidArgument", "InvalidRequest", "InvalidPart"})
+# botocore's rule for bucket names it sends as they are (anything else it refuses before sending).
+_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}").fullmatch
+# Metadata names our signer takes: RFC 9110 tokens, as syncd's own names are. A PUT with other names (or a
+# non-ASCII content type) goes to the plain client, which has its own rules for them.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
+# The seconds the signature's X-Amz-Date is taken from (tests freeze it, as they freeze botocore's clock).
+_clock: Callable[[], float] = time.time
 
 
-def installed_versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in TESTED_VERSIONS}
-
-
-def why_not(client: Any, bucket: str) -> str | None:
-    """Why FastPut cannot stand in for this client's put_object on this bucket (None: it can)."""
+def why_not(settings: S3Settings, bucket: str) -> str | None:
+    """Why the fast path cannot serve this config (None: it can, if the probe agrees)."""
     switch = os.environ.get(ENV_SWITCH, "").strip().lower()
     if switch in ("0", "off", "false", "no"):
         return f"{ENV_SWITCH}={switch}"
-    if switch != "force" and (found := installed_versions()) != TESTED_VERSIONS:
-        return f"library versions {found} differ from the tested {TESTED_VERSIONS}"
-    try:
-        return _config_problem(client, bucket)
-    except AttributeError as exc:  # a client shaped differently from the one this was written against
-        return f"unexpected client internals: {exc}"
-
-
-def _config_problem(client: Any, bucket: str) -> str | None:
-    meta = client.meta
-    config = meta.config
-    signer = client._request_signer
-    builtins = client._ruleset_resolver._builtins
-    endpoint = builtins.get(Builtins.SDK_ENDPOINT)
-    if meta.service_model.service_name != "s3":
-        return "not an S3 client"
-    if not isinstance(client._endpoint.http_session, AIOHTTPSession):
-        return "the client does not use aiohttp"
+    endpoint = settings.endpoint_url
     if not endpoint:
-        return "no endpoint_url (AWS endpoints: virtual hosts, region redirects, S3 Express)"
+        return "no endpoint_url: AWS endpoints (regions, FIPS, dualstack) are left to the client's rules"
     parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or parts.path not in ("", "/") or parts.query:
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
         return f"endpoint_url {endpoint!r} is not a bare http(s)://host[:port]"
-    if not builtins.get(Builtins.AWS_S3_FORCE_PATH_STYLE):
-        return "addressing_style is not 'path'"
-    if builtins.get(Builtins.AWS_S3_ACCELERATE) or builtins.get(Builtins.AWS_USE_FIPS):
-        return "accelerate or FIPS endpoints"
-    if builtins.get(Builtins.AWS_USE_DUALSTACK):
-        return "dualstack endpoints"
-    if signer._signature_version != "s3v4" or signer._signing_name != "s3":
-        return f"signature version {signer._signature_version!r} is not s3v4"
-    if not signer._region_name or signer._region_name != builtins.get(Builtins.AWS_REGION):
-        return "the signing region is not the client's region"
-    if signer._credentials is None:
-        return "no credentials (unsigned requests)"
-    if config.request_checksum_calculation != "when_required":
-        return "request_checksum_calculation is not 'when_required' (the client would add CRC32 headers)"
-    if client._endpoint.http_session._proxy_config.proxy_url_for(endpoint):
-        return "a proxy is configured for the endpoint"
-    try:
-        botocore.handlers.validate_bucket_name({"Bucket": bucket})
-    except botocore.exceptions.ParamValidationError as exc:
-        return str(exc)
+    if settings.checksum != "when_required":
+        return f"checksum: {settings.checksum} (the client adds CRC32 checksums to PUTs)"
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
+        return f"a proxy is set for {parts.scheme} (the client goes through it)"
+    if not _BUCKET(bucket):
+        return f"bucket name {bucket!r} is not one the client sends as it is"
     return None
 
 
-@dataclass(slots=True)
-class _SigningRequest:
-    """The parts of botocore's AWSRequest that S3SigV4Auth reads, without its per-read prepare() step.
-
-    AWSRequest.body re-prepares the whole request on every read (twice per signature); the signer only
-    needs the bytes. The equivalence test checks the Authorization header against the client's own.
-    """
-
-    url: str
-    headers: HTTPHeaders
-    body: bytes
-    context: dict[str, Any]
-    method: str = "PUT"
-    params: dict[str, str] = field(default_factory=dict)
+def host_of(url: str) -> str:
+    """The Host header aiohttp sends for url, which SigV4 signs: no default port, IPv6 in brackets."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
 
 
-# The seconds the signature's X-Amz-Date is taken from (tests freeze it, as they freeze botocore's clock).
-_clock: Callable[[], float] = time.time
-# Metadata names our signer takes: RFC 9110 tokens. botocore signs anything else as it comes (a name with
-# spaces or a colon keeps them in the canonical headers), so those PUTs are signed by S3SigV4Auth itself.
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch
-
-
-def _quote_key(key: str) -> str:
+def quote_key(key: str) -> str:
     """The key as it goes into the URL path and the canonical request (botocore's quoting for S3)."""
     return quote(key.encode(), safe="/~")
 
@@ -163,20 +131,17 @@ def _lock_headers(mode: str | None, until: dt.datetime | None) -> dict[str, str]
 
 
 def _trim(value: str) -> str:
-    """SigV4's Trimall, exactly as SigV4Auth._header_value does it."""
+    """SigV4's Trimall: outer whitespace off, inner runs of it one space."""
     return " ".join(value.split())
 
 
-class _SigV4:
-    """S3SigV4Auth's Authorization header for FastPut's PUTs, without its per-request parsing.
-
-    Everything that is the same for every PUT to one bucket (host, path prefix, scope) is worked out here
-    once; the signing key is derived once per (credentials, UTC day). The caller builds the canonical header
-    lines of the fixed header set it sends.
+class SigV4:
+    """SigV4 for S3 requests to one bucket: what is the same for each (host, path prefix, scope) is worked
+    out once, and the signing key once per (credentials, UTC day). Callers build the canonical header lines.
     """
 
     def __init__(self, base_url: str, region: str) -> None:
-        self.host = botocore.auth._host_from_url(base_url)  # botocore's own rules: default ports, IPv6
+        self.host = host_of(base_url)
         self._path = urlsplit(base_url).path  # S3 paths are signed as sent, not normalised
         self._region = region
         self._scope_tail = f"/{region}/s3/aws4_request"
@@ -193,7 +158,8 @@ class _SigV4:
             self._second = second
         return self._stamp
 
-    def _signing_key(self, access_key: str, secret_key: str, date: str) -> bytes:
+    def signing_key(self, access_key: str, secret_key: str, date: str) -> bytes:
+        """The derived key for this day's scope; four HMACs, so kept until the day or the keys change."""
         if self._key_for != (access_key, secret_key, date):
             key = ("AWS4" + secret_key).encode()
             for part in (date, self._region, "s3", "aws4_request"):
@@ -211,17 +177,19 @@ class _SigV4:
         signed_headers: str,
         payload_hash: str,
         query: str = "",
+        method: str = "PUT",
     ) -> str:
-        """The Authorization header of a PUT to `quoted_key` with these sorted, trimmed header lines.
+        """The Authorization header of a request to `quoted_key` with these sorted, trimmed header lines.
 
-        query: the canonical query string (sorted, percent-encoded), as sent.
+        query: the canonical query string (sorted by name, percent-encoded), as sent.
         """
         canonical = (
-            f"PUT\n{self._path}{quoted_key}\n{query}\n{canonical_headers}\n\n{signed_headers}\n{payload_hash}"
+            f"{method}\n{self._path}{quoted_key}\n{query}\n{canonical_headers}\n\n{signed_headers}\n"
+            f"{payload_hash}"
         )
         scope = stamp[:8] + self._scope_tail
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        key = self._signing_key(access_key, secret_key, stamp[:8])
+        key = self.signing_key(access_key, secret_key, stamp[:8])
         signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
         return (
             f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
@@ -229,70 +197,111 @@ class _SigV4:
         )
 
 
-class FastPut:
-    """A drop-in for client.put_object(...) for one bucket on a path-style endpoint_url.
+def _user_agent() -> str:
+    try:
+        version = metadata.version("syncd")
+    except metadata.PackageNotFoundError:
+        version = "0"
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"syncd/{version} aiohttp/{aiohttp.__version__} Python/{python}"
 
-    Create one per bucket after the client is open (`FastPut.create(client, bucket)`, None means use
-    client.put_object), close it before the client. It shares the client's credentials (refreshed per
-    request), signer settings and aiohttp connection pool, so it adds no sockets of its own. It does not
-    retry: syncd retries in one place.
+
+class FastPut:
+    """client.put_object / upload_part for one bucket on a path-style endpoint_url.
+
+    Made by `await FastPut.create(...)` (which probes the server), closed before the client. It does not
+    retry: syncd retries in one place. `on` turns False when the server refuses its signatures but not the
+    client's; from then on every call goes to the client.
     """
 
-    def __init__(self, client: Any, bucket: str) -> None:
-        signer = client._request_signer
-        endpoint = client._ruleset_resolver._builtins[Builtins.SDK_ENDPOINT].rstrip("/")
+    def __init__(
+        self, settings: S3Settings, bucket: str, region: str, credentials: Any, client: Any, pool: int
+    ) -> None:
+        endpoint = (settings.endpoint_url or "").rstrip("/")
         self.bucket = bucket
+        self.on = True
+        self.off_reason = ""
         self._client = client
-        self._signer = signer
-        self._region = signer._region_name
-        self._http: AIOHTTPSession = client._endpoint.http_session
-        self._session: aiohttp.ClientSession | None = None
+        self._credentials = credentials
+        self._pool = pool
         self._base = f"{endpoint}/{quote(bucket.encode(), safe='-_.~')}/"
-        self._user_agent = client._user_agent_creator.to_string()
-        # What S3SigV4Auth reads to choose a signed or UNSIGNED-PAYLOAD body, as the client's request has.
-        self._context = {"client_config": client.meta.config, "has_streaming_input": True}
         self._base_url = URL(self._base, encoded=True)
-        self._sigv4 = _SigV4(self._base, self._region)
+        self._sigv4 = SigV4(self._base, region)
         self._host_line = "host:" + self._sigv4.host
-        self._own_signer = os.environ.get(SIGNER_SWITCH, "").strip().lower() != "botocore"
-        # S3SigV4Auth's own choice for a PUT with Content-MD5 to this URL and config: it depends on neither
-        # the key nor the body.
-        probe = HTTPHeaders()
-        probe["Content-MD5"] = "probe"
-        probe_request = _SigningRequest(self._base + "probe", probe, b"", dict(self._context))
-        reference = botocore.auth.S3SigV4Auth(None, "s3", self._region)
-        self._sign_payload: bool = reference._should_sha256_sign_payload(probe_request)
-        model = client.meta.service_model
-        # Per operation: its output shape (for botocore's error parser) and its response header members.
-        self._outputs: dict[str, tuple[Any, dict[str, tuple[str, str]]]] = {}
-        for name in ("PutObject", "UploadPart"):
-            shape = model.operation_model(name).output_shape
-            members = {
-                member.serialization.get("name", member_name).lower(): (member_name, member.type_name)
-                for member_name, member in shape.members.items()
-                if member.serialization.get("location") == "header"
-            }
-            self._outputs[name] = (shape, members)
-        # With one attempt per request (client.boto_config) the client's standard retry handler marks every
-        # parsed response, success or error, as MaxAttemptsReached.
-        retries = client.meta.config.retries or {}
-        one_attempt = (
-            retries.get("mode") in ("standard", "adaptive") and retries.get("total_max_attempts") == 1
-        )
-        self._retry_metadata: dict[str, Any] = {"MaxAttemptsReached": True} if one_attempt else {}
+        # As botocore: https with Content-MD5 leaves the payload unsigned, http signs its SHA-256.
+        self._sign_payload = self._base.startswith("http:")
+        self._user_agent = _user_agent()
+        self._http: aiohttp.ClientSession | None = None
         self._closed = False
 
     @classmethod
-    def create(cls, client: Any, bucket: str) -> FastPut | None:
-        """A FastPut for `bucket`, or None when this client or these library versions are not supported."""
-        if why_not(client, bucket) is not None:
-            return None
-        return cls(client, bucket)
+    async def create(
+        cls,
+        client: Any,
+        settings: S3Settings,
+        bucket: str,
+        credentials: Any,
+        *,
+        pool: int,
+        probe_key: str = "",
+        probe: bool = True,
+    ) -> FastPut | str:
+        """A probed FastPut for `bucket`, or why the plain client stays in charge.
+
+        client: the plain client (the fallback, and its region when the config names none); credentials:
+        the session's (get_frozen_credentials()); pool: connections, one per worker; probe_key: where the
+        probe pretends to upload a part (syncd's prefix, which its permissions cover); probe=False: another
+        FastPut of this config probed already (the helper process's, made before the bucket may exist).
+        """
+        why = why_not(settings, bucket)
+        if why is None and credentials is None:
+            why = "no credentials (unsigned requests)"
+        if why is not None:
+            return why
+        fast = cls(settings, bucket, settings.region or client.meta.region_name, credentials, client, pool)
+        why = await fast.probe(probe_key + PROBE_NAME) if probe else None
+        if why is not None:
+            await fast.close()
+            return why
+        return fast
+
+    async def probe(self, key: str) -> str | None:
+        """None when the server takes a PUT signed here (content type, metadata, query and all); else why.
+
+        An UploadPart to an upload that does not exist: a server checks the signature first and then
+        answers NoSuchUpload; nothing is stored.
+        """
+        body = b"syncd fast path probe"
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        quoted = quote_key(key)
+        query = f"partNumber=1&uploadId={PROBE_UPLOAD_ID}"
+        try:
+            credentials = await self._credentials.get_frozen_credentials()
+            payload_hash = hashlib.sha256(body).hexdigest() if self._sign_payload else UNSIGNED_PAYLOAD
+            headers = self._own_signed(
+                quoted, query, md5, payload_hash, "text/plain", {"syncd-probe": "1"}, credentials, False
+            )
+            await self._send(
+                f"{self._base}{quoted}?uploadId={PROBE_UPLOAD_ID}&partNumber=1", headers, body, len(body)
+            )
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in PROBE_ACCEPTED:
+                return None
+            return f"the server refused the fast path's signed probe: {describe(exc)}"
+        except Exception as exc:
+            return f"the fast path's probe failed: {describe(exc)}"
+        return None
 
     async def close(self) -> None:
-        """Stop using the client's pool; the pool itself closes with the client."""
         self._closed = True
-        self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    @property
+    def payload_signed(self) -> bool:
+        """Whether requests carry the payload's SHA-256 (http, as botocore does) or UNSIGNED-PAYLOAD."""
+        return self._sign_payload
 
     async def put_object(
         self,
@@ -307,24 +316,41 @@ class FastPut:
         ObjectLockRetainUntilDate: dt.datetime | None = None,
     ) -> dict[str, Any]:
         """PUT one object; returns and raises what client.put_object would for these arguments."""
-        if Bucket is not None and Bucket != self.bucket:
-            raise ValueError(f"this FastPut is for bucket {self.bucket!r}, not {Bucket!r}")
-        if Metadata and len({name.lower() for name in Metadata}) != len(Metadata):
-            # Names equal but for case: the client signs every value but sends only the last one (its
-            # request fails); FastPut would send them all. Whatever the client does, do that.
-            args: dict[str, Any] = {
-                "ContentMD5": ContentMD5,
-                "ContentType": ContentType,
-                "ObjectLockMode": ObjectLockMode,
-                "ObjectLockRetainUntilDate": ObjectLockRetainUntilDate,
-            }
-            args = {name: value for name, value in args.items() if value is not None}
-            return await self._client.put_object(  # type: ignore[no-any-return]
-                Bucket=self.bucket, Key=Key, Body=Body, Metadata=Metadata, **args
-            )
+        self._check_bucket(Bucket)
+        args: dict[str, Any] = {"Key": Key, "Body": Body}
+        given = {
+            "ContentMD5": ContentMD5,
+            "ContentType": ContentType,
+            "Metadata": Metadata,
+            "ObjectLockMode": ObjectLockMode,
+            "ObjectLockRetainUntilDate": ObjectLockRetainUntilDate,
+        }
+        args.update((name, value) for name, value in given.items() if value is not None)
+        if not self.on or not self._plain(ContentType, Metadata) or not isinstance(Body, bytes | bytearray):
+            return await self._client.put_object(Bucket=self.bucket, **args)  # type: ignore[no-any-return]
+        if not isinstance(Key, str) or not Key:
+            raise botocore.exceptions.ParamValidationError(report=f"Invalid Key {Key!r}: a non-empty string")
+        quoted = quote_key(Key)
+        # Always sent: the server checks the bytes it received against it (BadDigest), on http and https.
+        md5 = ContentMD5 or base64.b64encode(hashlib.md5(Body).digest()).decode()
+        # Asked per request: refreshable credentials renew themselves inside get_frozen_credentials().
+        credentials = await self._credentials.get_frozen_credentials()
+        payload_hash = hashlib.sha256(Body).hexdigest() if self._sign_payload else UNSIGNED_PAYLOAD
+        expect = len(Body) >= EXPECT_CONTINUE_MIN
         lock = _lock_headers(ObjectLockMode, ObjectLockRetainUntilDate)
-        url, headers = await self._signed(Key, Body, ContentMD5, ContentType, Metadata, lock)
-        return await self._send(url, headers, Body, "PutObject")
+        headers = self._own_signed(
+            quoted, "", md5, payload_hash, ContentType, Metadata, credentials, expect, lock
+        )
+        try:
+            return await self._send(self._base + quoted, headers, Body, len(Body))
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "SignatureDoesNotMatch":
+                raise
+            # The client decides: if it gets the same PUT through, our signing is what is wrong. If it
+            # does not, its error (wrong credentials, say) is the answer.
+            response: dict[str, Any] = await self._client.put_object(Bucket=self.bucket, **args)
+            self._turn_off(exc)
+            return response
 
     async def put_object_streamed(
         self,
@@ -341,55 +367,28 @@ class FastPut:
     ) -> dict[str, Any]:
         """put_object for a body streamed from disk and hashed already, as upload_part does for parts.
 
-        Always signed by FastPut's own signer (botocore's needs the bytes): metadata names must be plain
-        tokens, values and the content type ASCII.
+        Metadata names must be plain tokens, values and the content type ASCII.
         """
-        if Metadata:
-            botocore.handlers.validate_ascii_metadata({"Metadata": Metadata})
-            if not self._plain_metadata(Metadata):
-                raise ValueError("streamed PUTs take metadata names that are tokens, distinct without case")
-        if ContentType is not None and not ContentType.isascii():
-            raise ValueError("streamed PUTs take an ASCII content type")
-        quoted = _quote_key(Key)
+        if not self._plain(ContentType, Metadata):
+            raise ValueError("streamed PUTs take metadata names that are tokens and ASCII values")
+        args: dict[str, Any] = {"Key": Key, "ContentLength": ContentLength, "ContentMD5": ContentMD5}
+        given = {
+            "ContentType": ContentType,
+            "Metadata": Metadata or None,
+            "ObjectLockMode": ObjectLockMode,
+            "ObjectLockRetainUntilDate": ObjectLockRetainUntilDate,
+        }
+        args.update((name, value) for name, value in given.items() if value is not None)
+        if not self.on:
+            return await self._client.put_object(  # type: ignore[no-any-return]
+                Bucket=self.bucket, Body=await _joined(Body, ContentLength), **args
+            )
+        quoted = quote_key(Key)
         lock = _lock_headers(ObjectLockMode, ObjectLockRetainUntilDate)
         headers = await self._streamed_headers(
             quoted, "", ContentLength, ContentMD5, PayloadSHA256, ContentType, Metadata, lock
         )
-        return await self._send(self._base + quoted, headers, Body, "PutObject")
-
-    async def _streamed_headers(
-        self,
-        quoted: str,
-        query: str,
-        length: int,
-        md5: str,
-        sha256: str | None,
-        content_type: str | None,
-        metadata: dict[str, str] | None,
-        lock: dict[str, str] | None = None,
-    ) -> dict[str, str]:
-        """Signed headers for a body hashed by the caller and streamed: Content-Length is given."""
-        credentials = await self._signer._credentials.get_frozen_credentials()
-        expect = length >= EXPECT_CONTINUE_MIN
-        payload_hash = self._payload_hash(sha256)
-        headers = self._own_signed(
-            quoted, query, md5, payload_hash, content_type, metadata, credentials, expect, lock
-        )
-        headers["Content-Length"] = str(length)
-        return headers
-
-    def _payload_hash(self, sha256: str | None) -> str:
-        """What X-Amz-Content-SHA256 says for a body hashed by the caller."""
-        if not self._sign_payload:
-            return str(botocore.auth.UNSIGNED_PAYLOAD)
-        if not sha256:
-            raise ValueError("PayloadSHA256 is required: this endpoint signs the payload (http)")
-        return sha256
-
-    @property
-    def payload_signed(self) -> bool:
-        """Whether requests carry the payload's SHA-256 (http, as botocore does) or UNSIGNED-PAYLOAD."""
-        return self._sign_payload
+        return await self._send_or_off(self._base + quoted, headers, Body, ContentLength)
 
     async def upload_part(
         self,
@@ -409,59 +408,57 @@ class FastPut:
         from disk, so a part is never held in memory whole; bytes that changed in between are refused by
         the server (BadDigest, XAmzContentSHA256Mismatch). Returns and raises what the client would.
         """
-        if Bucket is not None and Bucket != self.bucket:
-            raise ValueError(f"this FastPut is for bucket {self.bucket!r}, not {Bucket!r}")
+        self._check_bucket(Bucket)
+        if not self.on:
+            return await self._client.upload_part(  # type: ignore[no-any-return]
+                Bucket=self.bucket,
+                Key=Key,
+                UploadId=UploadId,
+                PartNumber=PartNumber,
+                Body=await _joined(Body, ContentLength),
+                ContentLength=ContentLength,
+                ContentMD5=ContentMD5,
+            )
         url, headers = await self._part_signed(
             Key, UploadId, PartNumber, ContentLength, ContentMD5, PayloadSHA256
         )
-        return await self._send(url, headers, Body, "UploadPart")
+        return await self._send_or_off(url, headers, Body, ContentLength)
 
     async def _part_signed(
         self, key: str, upload_id: str, number: int, length: int, md5: str, sha256: str | None
     ) -> tuple[str, dict[str, str]]:
         """The URL and headers of an UploadPart, as botocore sends them (Content-Length given: streamed)."""
-        quoted = _quote_key(key)
+        quoted = quote_key(key)
         upload_id = quote(upload_id, safe="-_.~")
         query = f"partNumber={number}&uploadId={upload_id}"  # canonical: sorted by name
         headers = await self._streamed_headers(quoted, query, length, md5, sha256, None, None)
         return f"{self._base}{quoted}?uploadId={upload_id}&partNumber={number}", headers
 
-    async def _signed(
+    async def _streamed_headers(
         self,
-        key: str,
-        body: bytes,
-        content_md5: str | None,
+        quoted: str,
+        query: str,
+        length: int,
+        md5: str,
+        sha256: str | None,
         content_type: str | None,
         metadata: dict[str, str] | None,
         lock: dict[str, str] | None = None,
-    ) -> tuple[str, dict[str, str]]:
-        """The URL and headers of the PUT, in botocore's order, signed as S3SigV4Auth signs them.
-
-        lock: the Object Lock headers (_lock_headers), signed like every x-amz- header."""
-        if not isinstance(key, str) or not key:
-            raise botocore.exceptions.ParamValidationError(report=f"Invalid Key {key!r}: a non-empty string")
-        if not isinstance(body, bytes | bytearray | memoryview):
-            raise botocore.exceptions.ParamValidationError(report=f"Invalid Body type {type(body).__name__}")
-        own = self._own_signer
-        if metadata:
-            botocore.handlers.validate_ascii_metadata({"Metadata": metadata})
-            own = own and self._plain_metadata(metadata)
-        quoted = _quote_key(key)
-        # Always sent: the server checks the bytes it received against it (BadDigest), on http and https.
-        md5 = content_md5 or base64.b64encode(hashlib.md5(body).digest()).decode()
-        own = own and md5.isascii() and (content_type is None or content_type.isascii())
-        # Asked per request: refreshable credentials renew themselves inside get_frozen_credentials().
-        credentials = await self._signer._credentials.get_frozen_credentials()
-        if not own:
-            return self._botocore_signed(quoted, body, md5, content_type, metadata, credentials, lock)
-        payload_hash = (
-            hashlib.sha256(body).hexdigest() if self._sign_payload else botocore.auth.UNSIGNED_PAYLOAD
-        )
-        expect = len(body) >= EXPECT_CONTINUE_MIN
+    ) -> dict[str, str]:
+        """Signed headers for a body hashed by the caller and streamed: Content-Length is given."""
+        credentials = await self._credentials.get_frozen_credentials()
+        if not self._sign_payload:
+            payload_hash = UNSIGNED_PAYLOAD
+        elif sha256:
+            payload_hash = sha256
+        else:
+            raise ValueError("PayloadSHA256 is required: this endpoint signs the payload (http)")
+        expect = length >= EXPECT_CONTINUE_MIN
         headers = self._own_signed(
-            quoted, "", md5, payload_hash, content_type, metadata, credentials, expect, lock
+            quoted, query, md5, payload_hash, content_type, metadata, credentials, expect, lock
         )
-        return self._base + quoted, headers
+        headers["Content-Length"] = str(length)
+        return headers
 
     def _own_signed(
         self,
@@ -475,8 +472,10 @@ class FastPut:
         expect: bool,
         lock: dict[str, str] | None = None,
     ) -> dict[str, str]:
-        """The headers of a PUT with FastPut's fixed header set, in botocore's order, signed as
-        S3SigV4Auth signs them. query: the canonical query string (sorted, percent-encoded), as sent."""
+        """The headers of a PUT: Content-MD5, Content-Type, metadata, Object Lock, the token and SigV4's.
+
+        query: the canonical query string (sorted, percent-encoded), as sent; lock: _lock_headers().
+        """
         stamp = self._sigv4.timestamp()
         token = credentials.token
         lines = ["content-md5:" + _trim(md5)]
@@ -519,79 +518,97 @@ class FastPut:
             payload_hash,
             query,
         )
-        headers["Accept-Encoding"] = "identity"  # as aiobotocore sends it (botocore issue 1255)
+        headers["Accept-Encoding"] = "identity"  # unsigned: bodies come back as the server wrote them
         return headers
 
     @staticmethod
-    def _plain_metadata(metadata: dict[str, str]) -> bool:
-        """Whether our signer covers these metadata names: tokens, distinct without case."""
-        names = {name.lower() for name in metadata if _TOKEN(name)}
-        return len(names) == len(metadata)
+    def _plain(content_type: str | None, metadata: dict[str, str] | None) -> bool:
+        """Whether our signer covers these headers: ASCII, metadata names tokens distinct without case."""
+        if content_type is not None and not (isinstance(content_type, str) and content_type.isascii()):
+            return False
+        if not metadata:
+            return True
+        names = {name.lower() for name in metadata if isinstance(name, str) and _TOKEN(name)}
+        values = all(isinstance(value, str) and value.isascii() for value in metadata.values())
+        return values and len(names) == len(metadata)
 
-    def _botocore_signed(
-        self,
-        quoted: str,
-        body: bytes,
-        md5: str,
-        content_type: str | None,
-        metadata: dict[str, str] | None,
-        credentials: Any,
-        lock: dict[str, str] | None = None,
-    ) -> tuple[str, dict[str, str]]:
-        """The same PUT signed by botocore's S3SigV4Auth: the reference, and the signer for odd headers."""
-        url = self._base + quoted
-        headers = HTTPHeaders()
-        headers["Content-MD5"] = md5
-        if content_type is not None:
-            headers["Content-Type"] = content_type
-        if metadata:
-            for name, value in metadata.items():
-                headers["x-amz-meta-" + name] = value
-        for name, value in (lock or {}).items():
-            headers[name] = value
-        headers["User-Agent"] = self._user_agent
-        if len(body) >= EXPECT_CONTINUE_MIN:
-            headers["Expect"] = "100-continue"
-        request = _SigningRequest(url, headers, bytes(body), dict(self._context))
-        botocore.auth.S3SigV4Auth(credentials, "s3", self._region).add_auth(request)
-        sent = dict(headers.items())
-        sent["Accept-Encoding"] = "identity"  # as aiobotocore sends it (botocore issue 1255)
-        return url, sent
+    def _check_bucket(self, bucket: str | None) -> None:
+        if bucket is not None and bucket != self.bucket:
+            raise ValueError(f"this FastPut is for bucket {self.bucket!r}, not {bucket!r}")
 
-    async def _send(
-        self, url: str, headers: dict[str, str], body: bytes | AsyncIterable[bytes], operation: str
+    def _turn_off(self, exc: BaseException) -> None:
+        if self.on:
+            self.on = False
+            self.off_reason = f"the server refuses its signatures but not the client's: {describe(exc)}"
+            log.warning("fastpath_off", reason=self.off_reason, hint="uploads go on through the plain client")
+
+    async def _send_or_off(
+        self, url: str, headers: dict[str, str], body: AsyncIterable[bytes], size: int
     ) -> dict[str, Any]:
-        """Send on the client's pool; transport failures become the botocore exceptions aiobotocore raises."""
+        """_send for a streamed body; a SignatureDoesNotMatch the client does not get turns us off."""
+        try:
+            return await self._send(url, headers, body, size)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "SignatureDoesNotMatch":
+                raise
+            # The body is spent: ask the client something signed of its own. Wrong credentials fail
+            # there too (and that error is the answer); else the caller sends again through the client.
+            await self._client.head_bucket(Bucket=self.bucket)
+            self._turn_off(exc)
+            raise FastPathOff(self.off_reason) from exc
+
+    def _session(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("FastPut is closed")
-        if self._session is None:
-            self._session = await self._http._get_session(None)
+        if self._http is None:
+            context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._pool, ssl=context),
+                timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._http
+
+    async def _send(
+        self, url: str, headers: dict[str, str], body: bytes | AsyncIterable[bytes], size: int
+    ) -> dict[str, Any]:
+        """PUT; transport failures become the botocore exceptions the client raises."""
+        session = self._session()
+        # The whole request, body and answer, has one deadline: a server dripping bytes never trips the
+        # socket read timeout, and a stuck request must become a retry, not a hung worker.
+        deadline = aiohttp.ClientTimeout(
+            total=request_deadline(size), sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+        )
         try:
-            async with self._session.put(self._target(url), headers=headers, data=body) as response:
-                payload = await response.read()
+            async with session.put(
+                self._target(url), headers=headers, data=body, allow_redirects=False, timeout=deadline
+            ) as response:
                 status = response.status
-                raw = {k.decode().lower(): v.decode() for k, v in response.raw_headers}
+                raw = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.raw_headers}
+                payload = await read_capped(response.content)
         except aiohttp.ClientSSLError as e:
-            raise SSLError(endpoint_url=url, error=e) from e
-        except (
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientPayloadError,
-            aiohttp.http_exceptions.BadStatusLine,
-        ) as e:
-            raise ConnectionClosedError(error=e, endpoint_url=url) from e
+            raise botocore.exceptions.SSLError(endpoint_url=url, error=e) from e
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as e:
+            raise botocore.exceptions.ConnectionClosedError(endpoint_url=url, error=e) from e
         except aiohttp.ServerTimeoutError as e:
             if str(e).lower().startswith("connect"):
-                raise ConnectTimeoutError(endpoint_url=url, error=e) from e
-            raise ReadTimeoutError(endpoint_url=url, error=e) from e
-        except (aiohttp.ClientConnectorError, aiohttp.ClientConnectionError, socket.gaierror) as e:
-            raise EndpointConnectionError(endpoint_url=url, error=e) from e
+                raise botocore.exceptions.ConnectTimeoutError(endpoint_url=url, error=e) from e
+            raise botocore.exceptions.ReadTimeoutError(endpoint_url=url, error=e) from e
+        except (aiohttp.ClientConnectorError, socket.gaierror) as e:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url=url, error=e) from e
         except TimeoutError as e:
-            raise ReadTimeoutError(endpoint_url=url, error=e) from e
-        except Exception as e:
-            raise HTTPClientError(error=e) from e
-        if status >= 300:
-            raise self._client_error(status, raw, payload, operation)
-        return self._parse_ok(status, raw, operation)
+            raise botocore.exceptions.ReadTimeoutError(endpoint_url=url, error=e) from e
+        except aiohttp.ClientConnectionError as e:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url=url, error=e) from e
+        except aiohttp.ClientError as e:
+            raise botocore.exceptions.HTTPClientError(error=e) from e
+        operation = "UploadPart" if "?" in url else "PutObject"
+        if 300 <= status < 400:
+            raise redirect_error(status, raw, payload, operation)
+        if status >= 300 or status < 200:
+            raise response_error(status, raw, payload, operation)
+        return _parsed_ok(status, raw)
 
     def _target(self, url: str) -> URL:
         """URL(url, encoded=True) for a URL under this bucket, without parsing all of it again."""
@@ -599,36 +616,44 @@ class FastPut:
             return URL(url, encoded=True)
         return self._base_url.with_path(self._base_url.raw_path + url[len(self._base) :], encoded=True)
 
-    def _parse_ok(self, status: int, headers: dict[str, str], operation: str) -> dict[str, Any]:
-        """What client.put_object returns: ResponseMetadata as botocore fills it, the header members."""
-        meta: dict[str, Any] = {}
-        if "x-amzn-requestid" in headers:
-            meta["RequestId"] = headers["x-amzn-requestid"]
-        elif "x-amz-request-id" in headers:
-            meta["RequestId"] = headers["x-amz-request-id"]
-            meta["HostId"] = headers.get("x-amz-id-2", "")
-        meta.update(HTTPStatusCode=status, HTTPHeaders=headers, RetryAttempts=0, **self._retry_metadata)
-        parsed: dict[str, Any] = {"ResponseMetadata": meta}
-        members = self._outputs[operation][1]
-        for header, value in headers.items():
-            member = members.get(header)
-            if member is None:
-                continue
-            name, type_name = member
-            if type_name == "boolean":
-                parsed[name] = value.lower() == "true"
-            elif type_name in ("integer", "long"):
-                parsed[name] = int(value)
-            else:
-                parsed[name] = value
-        return parsed
 
-    def _client_error(self, status: int, headers: dict[str, str], body: bytes, operation: str) -> Exception:
-        """The exception the client raises for this response, parsed by botocore's own parser."""
-        parser = botocore.parsers.create_parser("rest-xml")
-        response = {"status_code": status, "headers": headers, "body": body}
-        parsed = parser.parse(response, self._outputs[operation][0])
-        parsed.setdefault("ResponseMetadata", {}).update(RetryAttempts=0, **self._retry_metadata)
-        code = parsed.get("Error", {}).get("Code")
-        error_class: type[Exception] = self._client.exceptions.from_code(code)
-        return error_class(parsed, operation)
+# Response headers of PutObject/UploadPart and the members the client returns them as (text ones).
+_MEMBERS = {
+    "etag": "ETag",
+    "x-amz-version-id": "VersionId",
+    "x-amz-expiration": "Expiration",
+    "x-amz-server-side-encryption": "ServerSideEncryption",
+    "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId",
+    "x-amz-server-side-encryption-customer-algorithm": "SSECustomerAlgorithm",
+    "x-amz-server-side-encryption-customer-key-md5": "SSECustomerKeyMD5",
+    "x-amz-server-side-encryption-context": "SSEKMSEncryptionContext",
+    "x-amz-request-charged": "RequestCharged",
+    "x-amz-checksum-crc32": "ChecksumCRC32",
+    "x-amz-checksum-crc32c": "ChecksumCRC32C",
+    "x-amz-checksum-sha1": "ChecksumSHA1",
+    "x-amz-checksum-sha256": "ChecksumSHA256",
+}
+
+
+def _parsed_ok(status: int, headers: dict[str, str]) -> dict[str, Any]:
+    """What client.put_object returns: the header members and ResponseMetadata."""
+    meta: dict[str, Any] = {}
+    if "x-amz-request-id" in headers:
+        meta["RequestId"] = headers["x-amz-request-id"]
+        meta["HostId"] = headers.get("x-amz-id-2", "")
+    meta.update(HTTPStatusCode=status, HTTPHeaders=headers, RetryAttempts=0)
+    parsed: dict[str, Any] = {"ResponseMetadata": meta}
+    for header, name in _MEMBERS.items():
+        if header in headers:
+            parsed[name] = headers[header]
+    if "x-amz-server-side-encryption-bucket-key-enabled" in headers:
+        parsed["BucketKeyEnabled"] = headers["x-amz-server-side-encryption-bucket-key-enabled"] == "true"
+    return parsed
+
+
+async def _joined(body: AsyncIterable[bytes], length: int) -> bytes:
+    """A streamed body in memory, for the client once the fast path is off (the parts in flight then)."""
+    data = b"".join([chunk async for chunk in body])
+    if len(data) != length:
+        raise ValueError(f"the body has {len(data)} bytes, not {length}")
+    return data

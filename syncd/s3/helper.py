@@ -275,13 +275,20 @@ async def _serve() -> int:
     settings: HelperSettings = await _read(reader)
     configure_logging(settings.log_format, settings.log_level)
 
-    from syncd.s3.client import open_client
-    from syncd.s3.fastpath import FastPut, why_not
+    from syncd.s3.client import credentials_of, open_client
+    from syncd.s3.fastpath import FastPut
 
     async with open_client(settings.s3, pool=settings.pool) as client:
-        fast = FastPut.create(client, settings.bucket)
-        if fast is None:
-            writer.write(_frame(("unavailable", 0, f"no fast path: {why_not(client, settings.bucket)}")))
+        fast = await FastPut.create(
+            client,
+            settings.s3,
+            settings.bucket,
+            credentials_of(client),
+            pool=settings.pool,
+            probe=False,  # the main process probes once the bucket is there, then routes PUTs here
+        )
+        if isinstance(fast, str):
+            writer.write(_frame(("unavailable", 0, f"no fast path: {fast}")))
             await writer.drain()
             return 0
         writer.write(_frame(("ready", os.getpid(), None)))

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from syncd.errors import UnavailableError
 from syncd.log import get_logger
-from syncd.s3.client import ErrorKind, classify, describe
+from syncd.s3.client import ErrorKind, FastPathOff, classify, describe
 from syncd.s3.throttle import Throttle, retry_after, throttled
 
 T = TypeVar("T")
@@ -164,6 +164,8 @@ class Retrier:
                 self.throttle.answered()
                 self.outage.succeeded()
                 return result
+            if isinstance(exc, FastPathOff):
+                continue  # sent again at once, by the plain client: not an outage
             kind = classify(exc)
             if kind not in (ErrorKind.TRANSIENT, ErrorKind.CLOCK):
                 raise exc

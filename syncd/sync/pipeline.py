@@ -202,16 +202,21 @@ class Pipeline:
             if self.lock is not None and not self.dry_run:
                 self.state.adopt_unlocked()  # current versions from before object_lock: lock them too
             if not self.dry_run:
-                self._enable_fast_path()
+                await self._enable_fast_path()
         return status
 
-    def _enable_fast_path(self) -> None:
+    async def _enable_fast_path(self) -> None:
+        from syncd.s3.client import credentials_of
         from syncd.s3.fastpath import FastPut, why_not
 
-        self.fast = FastPut.create(self.client, self.config.bucket)
-        if self.fast is None:
-            log.info("fastpath_off", reason=why_not(self.client, self.config.bucket))
+        c = self.config
+        fast = await FastPut.create(
+            self.client, c.s3, c.bucket, credentials_of(self.client), pool=c.workers + 8, probe_key=c.prefix
+        )
+        if isinstance(fast, str):  # a warning when the server refused it, not the config
+            (log.info if why_not(c.s3, c.bucket) else log.warning)("fastpath_off", reason=fast)
             return
+        self.fast = fast
         put_object = self.fast.put_object
         if self.helper is not None:
             put_object = put_router(self.helper, put_object)

@@ -166,12 +166,17 @@ class Uploader:
         self.by_content = by_content
         self.multipart_started = multipart_started
         self.multipart_ended = multipart_ended
-        self.fast = fast
+        self._fast = fast
         self.put_object: Callable[..., Awaitable[dict[str, Any]]] = put_object or (
             fast.put_object if fast is not None else client.put_object
         )
         self.remote = remote
         self.dry_run = dry_run
+
+    @property
+    def fast(self) -> FastPut | None:
+        """The fast path while it is on (it turns itself off when the server refuses its signatures)."""
+        return self._fast if self._fast is not None and self._fast.on else None
 
     def key_for(self, rel: str) -> str:
         try:
