@@ -174,6 +174,7 @@ class Daemon:
     async def _reload(self, pipeline: Pipeline) -> Config | None:
         """SIGHUP: apply what can change live; return a new Config when the pipeline must restart."""
         self.notifier.reloading()
+        pipeline.folder.forget_mount()  # the hint of folder_still_unavailable: a disk gone for good
         old = pipeline.config
         try:
             new = load_config(old.path)

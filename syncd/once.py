@@ -115,6 +115,13 @@ async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress:
         print(f"syncd once: failed: {_show(rel)}: {reason}", file=sys.stderr)
     if len(s.failures) > NAMED_FAILURES:
         print(f"syncd once: ... and {len(s.failures) - NAMED_FAILURES} more (syncd status)", file=sys.stderr)
+    if not pipeline.folder.ok:
+        print(
+            f"syncd once: error: {pipeline.folder.problem}: {config.folder}; nothing was synced from it "
+            f"(mount it, or check the path), {counts.owed} files still owed",
+            file=sys.stderr,
+        )
+        return EXIT_SOME_FAILED
     return EXIT_SOME_FAILED if s.failed + s.skipped else EXIT_OK
 
 

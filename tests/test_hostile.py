@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -830,6 +831,7 @@ class LoopDisk:
     """A small ext4 "disk" on a loop device: every mount has the same st_dev and the same files."""
 
     def __init__(self, image: Path) -> None:
+        self.image = image
         with open(image, "wb") as f:
             f.truncate(16 * 1024 * 1024)
         for command in (["mkfs.ext4", "-q", "-F", str(image)], ["losetup", "--find", "--show", str(image)]):
@@ -853,6 +855,14 @@ class LoopDisk:
                 return
             time.sleep(0.1)
         raise AssertionError(f"cannot unmount {target}: {result.stderr.strip()}")
+
+    def replug(self) -> None:
+        """The same disk on another loop device: a disk plugged in again gets another device number."""
+        result = subprocess.run(
+            ["losetup", "--find", "--show", str(self.image)], check=True, capture_output=True, text=True
+        )
+        subprocess.run(["losetup", "-d", self.device], check=True, capture_output=True)
+        self.device = result.stdout.strip()
 
     def close(self) -> None:
         for target in getattr(self, "mounted", []):
@@ -925,6 +935,101 @@ def test_changes_after_a_remount_are_watched(tmp_path, s3, bucket_name, make_con
     write(folder / "after-remount.txt", b"after")
     found_by_the_watcher(daemon, "after-remount.txt", start)
     assert "after-remount.txt" in keys_in(s3, bucket_name)
+    assert daemon.terminate() == 0
+
+
+def test_started_before_its_disk_is_mounted_waits_paused_and_resumes(
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd, loop_disk
+):
+    """Boot order: syncd ran on the disk before, and starts again while the mountpoint is still bare."""
+    folder = folder_on(loop_disk, tmp_path)
+    config = make_config(
+        folder, bucket_name, on_delete="delete", rescan_interval=1, folder_grace=1, log={"level": "debug"}
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt"})
+    assert daemon.terminate() == 0
+    loop_disk.umount(folder)
+    write(folder / "in-the-bare-mountpoint.txt", b"not on the disk")
+
+    once = run_syncd(["once", "-c", str(config)])
+    assert once.returncode == 1, once.stderr
+    assert f"error: folder not mounted: {folder}" in once.stderr.splitlines()[-1], once.stderr
+    assert keys_in(s3, bucket_name) == {"a.txt", "b.txt"}
+
+    daemon = start_daemon(config)
+    unavailable = daemon.wait_for_event("folder_unavailable", timeout=60)
+    assert unavailable["reason"] == "folder not mounted" and unavailable["mount"] == str(folder)
+    daemon.wait_for_event("ready", timeout=60)
+    wait_until(lambda: "paused: folder not mounted" in run_syncd(["status", "-c", str(config)]).stdout)
+    alert = daemon.wait_for_event("folder_still_unavailable", timeout=30)  # folder_grace: 1s
+    assert alert["level"] == "error" and "mount" in alert["hint"]
+    held_back(daemon, 0)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    loop_disk.mount(elsewhere)
+    write(elsewhere / "while-away.txt", b"written on the disk before it was mounted at the folder")
+    loop_disk.umount(elsewhere)
+    start = len(daemon.records())
+    loop_disk.mount(folder)
+    daemon.wait_for_event("folder_available", start=start, timeout=30)
+    wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt", "while-away.txt"}, timeout=30)
+    write(folder / "after.txt", b"after the mount")
+    wait_until(lambda: "after.txt" in keys_in(s3, bucket_name), timeout=30)
+    wait_until(lambda: "watching" in run_syncd(["status", "-c", str(config)]).stdout)
+    assert "in-the-bare-mountpoint.txt" not in keys_in(s3, bucket_name)
+    assert not list_delete_markers(s3, bucket_name)
+    assert not events(daemon.records(), "deleted") and not events(daemon.records(), "delete_guard_tripped")
+    assert daemon.terminate() == 0
+
+
+def test_reload_takes_a_folder_whose_disk_is_gone_for_good_as_it_is(
+    tmp_path, s3, bucket_name, make_config, start_daemon, loop_disk
+):
+    """What folder_still_unavailable's hint says: SIGHUP forgets the mount, and the folder is synced as is."""
+    folder = folder_on(loop_disk, tmp_path)
+    config = make_config(folder, bucket_name)
+    daemon = start_daemon(config)
+    wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt"}, timeout=60)
+    assert daemon.terminate() == 0
+    loop_disk.umount(folder)
+    write(folder / "now-a-plain-directory.txt", b"the folder is on the root file system from now on")
+
+    daemon = start_daemon(config)
+    daemon.wait_for_event("folder_unavailable", timeout=60)
+    daemon.wait_for_event("ready", timeout=60)
+    assert keys_in(s3, bucket_name) == {"a.txt", "b.txt"}
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.wait_for_event("folder_mount_forgotten", timeout=20)
+    daemon.wait_for_event("folder_available", timeout=20)
+    wait_until(lambda: "now-a-plain-directory.txt" in keys_in(s3, bucket_name), timeout=30)
+    assert daemon.terminate() == 0
+
+
+def test_a_disk_plugged_in_again_as_another_device_is_synced_again(
+    tmp_path, s3, bucket_name, make_config, start_daemon, loop_disk
+):
+    folder = folder_on(loop_disk, tmp_path)
+    config = make_config(folder, bucket_name, on_delete="delete", rescan_interval=1, log={"level": "debug"})
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt"})
+    before = folder.stat().st_dev
+
+    start = len(daemon.records())
+    loop_disk.umount(folder)
+    daemon.wait_for_event("folder_unavailable", start=start, timeout=20)
+    loop_disk.replug()
+    loop_disk.mount(folder)
+    assert folder.stat().st_dev != before
+    changed = daemon.wait_for_event("folder_device_changed", start=start, timeout=20)
+    daemon.wait_for_event("folder_available", start=daemon.records().index(changed), timeout=20)
+    write(folder / "after-replug.txt", b"on the disk, plugged in again")
+    wait_until(lambda: "after-replug.txt" in keys_in(s3, bucket_name), timeout=30)
+    assert not list_delete_markers(s3, bucket_name)
+    assert not events(daemon.records(), "delete_guard_tripped")
     assert daemon.terminate() == 0
 
 

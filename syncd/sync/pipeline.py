@@ -94,7 +94,7 @@ class Pipeline:
         self.scheduler = Scheduler()
         self.watcher = Watcher(config.folder, self._on_watch_events, self._on_watch_restart)
         self.rescan_now = asyncio.Event()
-        self.folder = Folder(config.folder, self.watcher, self.rescan_now)
+        self.folder = Folder(config.folder, self.watcher, self.rescan_now, state, config.folder_grace)
         self.deletions = Deletions(config, client, state, self.retrier, self.folder, dry_run=dry_run)
         self.settler = Settler(
             config.folder,
@@ -559,7 +559,7 @@ class Pipeline:
         if self.outage.down:
             return f"waiting for S3 ({self.outage.reason}): {c.owed} owed"
         if not self.folder.ok:
-            return f"folder {self.config.folder} unavailable: paused, {c.owed} owed"
+            return f"paused: {self.folder.problem} ({self.config.folder}), {c.owed} owed"
         last = f", last {int(time.time() - c.last_upload)} s ago" if c.last_upload else ""
         return f"watching {self.config.folder}: {c.owed} owed, {c.files:,} uploaded, {c.failed} failed{last}"
 
@@ -641,14 +641,19 @@ class Pipeline:
         while self.scheduler.inflight:
             await asyncio.sleep(0.05)
 
+    def _once_busy(self) -> bool:
+        """Files settling or queued, or deletions waiting: `once` is not done."""
+        return bool(len(self.settler) or len(self.scheduler) or self.deletions.busy)
+
     async def run_once(self) -> None:
         """Bring the bucket up to date with the folder, then return."""
         try:
             async with asyncio.TaskGroup() as group:
                 await self.start_workers(group)
-                await self.queue_owed()
-                await self.reconcile("once")
-                while len(self.settler) or len(self.scheduler) or self.deletions.busy:
+                if self.folder.available():  # not mounted: what is owed stays owed, nothing is walked
+                    await self.queue_owed()
+                    await self.reconcile("once")
+                while self._once_busy() and self.folder.recently_available():  # gone: owed till next time
                     if self.fatal is not None:
                         await self._cancel_workers()
                         raise self.fatal
