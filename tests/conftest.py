@@ -97,10 +97,15 @@ def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Tes
 
 @pytest.fixture(scope="session")
 def rgw_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RgwTestServer]:
-    """The session's Ceph RGW (one mon, one memstore OSD, radosgw), users `admin` and `other`.
+    """The session's Ceph RGW (one mon, one memstore OSD, radosgw) with users `admin` and `other`.
 
-    Started at its first use (~3 s), stopped at the end of the session. Where RGW is not installed the
-    tests that use it skip with the reason; with CI=true they fail instead.
+    On both servers: mark the test `@every_server` (helpers) and use `s3_server`, `s3`, `make_config`...
+    RGW only: `s3_client(rgw_server, rgw_server.admin)` is a boto3 client; `rgw_server.create_user(
+    Identity.generate("name"))` adds an account; `rgw_server.create_subuser(rgw_server.admin, identity,
+    "read")` gives keys with narrowed rights on admin's buckets (read, write, readwrite, full);
+    `rgw_server.admin_command(...)` runs radosgw-admin. Started at first use (1-3 s), stopped at the end
+    of the session. Where Ceph is not installed the tests that use it skip with the reason; with CI=true
+    they fail instead.
     """
     server = RgwTestServer(tmp_path_factory.mktemp("rgw"))
     try:

@@ -119,6 +119,9 @@ class RgwServer:
             users = [self._user_create_command(identity) for identity in self.identities]
             self._run_parallel(users, deadline)
             self._wait_answering(deadline)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.stop()
+            raise RgwUnavailable(f"Ceph RGW did not start (logs in {self.log_dir}): {exc}") from exc
         except BaseException:
             self.stop()
             raise
