@@ -14,7 +14,7 @@ all requests that were answered SlowDown (each one is a retried request). Goal: 
 
 N must stay well below what syncd, the front and SeaweedFS manage together on this machine unthrottled
 (about 140-230 PUT/s on the shared 2-core machine): otherwise the machine, not the server's limit, is
-what the figure measures. Run it with `--rate 100000` first to see that ceiling.
+what the figure measures. A first run through the same front without a limit shows that ceiling.
 """
 
 from __future__ import annotations
@@ -118,9 +118,12 @@ async def serve(front: RateFront) -> tuple[web.AppRunner, int]:
     return runner, port
 
 
-async def one_run(args: argparse.Namespace, server: object, identity: object, root: Path, n: int) -> str:
+async def one_run(
+    args: argparse.Namespace, server: object, identity: object, root: Path, n: int, rate: float
+) -> tuple[str, float]:
+    """One `syncd once` through a front allowing `rate` requests/s: its line and the achieved rate."""
     upstream: str = server.endpoint_url  # type: ignore[attr-defined]
-    front = RateFront(upstream, args.rate, args.latency, args.retry_after, args.burst)
+    front = RateFront(upstream, rate, args.latency, args.retry_after, args.burst)
     runner, port = await serve(front)
     try:
         folder = root / f"data-{n}"
@@ -153,13 +156,14 @@ async def one_run(args: argparse.Namespace, server: object, identity: object, ro
         puts = c.put_times
         achieved = (len(puts) - 1) / (puts[-1] - puts[0]) if len(puts) > 1 else 0.0
         throttled_records = err.decode().count('"s3_throttled"')
+        label = f"run {n}" if rate == args.rate else "reference (no limit)"
         return (
-            f"run {n}: {len(puts)} PUTs in {wall:.1f} s; achieved {achieved:.0f}/s = "
+            f"{label}: {len(puts)} PUTs in {wall:.1f} s; achieved {achieved:.0f}/s = "
             f"{achieved / args.rate:.2f} of N={args.rate:g}/s; "
             f"{c.throttled} of {c.requests} requests answered SlowDown "
             f"({100 * c.throttled / max(c.requests, 1):.1f}% retried); {throttled_records} s3_throttled "
             f"records; {out.decode().strip()}"
-        )
+        ), achieved
     finally:
         assert front.session is not None
         await front.session.close()
@@ -178,6 +182,9 @@ def main() -> int:
     parser.add_argument("--burst", type=float, default=0.5, help="seconds of requests the bucket holds")
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--no-reference", dest="reference", action="store_false", help="skip the unlimited run first"
+    )
     args = parser.parse_args()
 
     from syncd.seaweed import Identity, SeaweedServer
@@ -194,8 +201,15 @@ def main() -> int:
                 f"{args.size} B, workers {args.workers}",
                 flush=True,
             )
+            if args.reference:
+                line, ceiling = asyncio.run(one_run(args, server, identity, root, 0, float("inf")))
+                print(line, flush=True)
+                if ceiling < 1.5 * args.rate:
+                    print(
+                        f"warning: this machine manages {ceiling:.0f}/s unthrottled: lower --rate", flush=True
+                    )
             for n in range(1, args.repeat + 1):
-                print(asyncio.run(one_run(args, server, identity, root, n)), flush=True)
+                print(asyncio.run(one_run(args, server, identity, root, n, args.rate))[0], flush=True)
         finally:
             server.stop()
     return 0
