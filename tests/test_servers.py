@@ -71,6 +71,25 @@ def test_once_with_one_key_failing_on_a_working_server_exits_1_naming_it(
     assert front.matched >= 2, "the failing PUT is tried more than once"
 
 
+def test_verify_repair_with_one_key_failing_exits_1_naming_it(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """`verify --repair` uploads what is missing through the same path: the key the server keeps failing
+    is named and the exit is 1 (was: retried as an outage for verify's 10 minutes, then exit 0)."""
+    folder = tmp_path / "data"
+    write(folder / "good.txt", b"good")
+    with BadServer("500", upstream=s3_server.endpoint_url, only=put_of("bad.txt")) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url})
+        assert run_syncd(["once", "-c", str(config)]).returncode == 0
+        write(folder / "bad.txt", b"bad")
+        result = run_syncd(["verify", "--repair", "-c", str(config)], timeout=90)
+    no_traceback(result)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "bad.txt: not uploaded" in result.stdout
+    assert "failed: bad.txt: InternalError" in result.stderr
+    assert keys_in(s3, bucket_name) == {"good.txt"}
+
+
 def test_once_when_the_whole_server_fails_mid_run_exits_75_naming_what_is_owed(
     tmp_path, s3_server, bucket_name, make_config, run_syncd
 ):
