@@ -62,10 +62,10 @@ class RgwTestServer(RgwServer):
 
     kind = "rgw"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, settings: Mapping[str, str] | None = None) -> None:
         self.admin = Identity.generate("admin")
         self.other = Identity.generate("other")
-        super().__init__(data_dir, [self.admin, self.other])
+        super().__init__(data_dir, [self.admin, self.other], settings)
 
 
 TestServer = S3TestServer | RgwTestServer

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -81,11 +82,19 @@ class RgwServer:
 
     Same shape as SeaweedServer where the tests meet it: `endpoint_url`, `identities`, `start()`/`stop()`,
     a context manager. `create_user` adds a user later; `admin_command` runs any radosgw-admin command.
+    `settings` add to or override SETTINGS, e.g. {"osd_max_object_name_len": "460"} for a server that
+    answers 500 to long keys.
     """
 
-    def __init__(self, data_dir: Path, identities: tuple[Identity, ...] | list[Identity]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        identities: tuple[Identity, ...] | list[Identity],
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.identities = tuple(identities)
+        self.settings = {**SETTINGS, **(settings or {})}
         self.conf_path = self.data_dir / "ceph.conf"
         self.log_dir = self.data_dir / "log"
         self.rgw_port = 0
@@ -237,7 +246,7 @@ class RgwServer:
             f"osd_data = {root}/osd/$cluster-$id",
             f"keyring = {root}/keyring",
             f"rgw_data = {root}/rgw",
-            *(f"{key} = {value}" for key, value in SETTINGS.items()),
+            *(f"{key} = {value}" for key, value in self.settings.items()),
             "[client.rgw]",
             f"rgw_frontends = beast endpoint={HOST}:{self.rgw_port}",
         ]

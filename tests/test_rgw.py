@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+import boto3
 import botocore.exceptions
 import pytest
+from botocore.config import Config
 from helpers import RgwTestServer, s3_client
 
 from syncd.s3 import metadata
@@ -70,3 +73,22 @@ def test_our_metadata_is_read_in_every_spelling_a_server_returns() -> None:
         assert metadata.md5_hex(meta) == "5eb63bbbe01eeed093cb22bb8f5acdc3"  # md5(b"hello world")
     assert metadata.mtime_ns({"src-last-modified-millis": "soon"}) is None
     assert metadata.md5_hex({"md5chksum": "not base64!"}) is None
+
+
+def test_an_rgw_of_its_own_takes_settings(tmp_path: Path) -> None:
+    """RgwTestServer(dir, settings): here the object name limit that makes RGW answer 500 to long keys."""
+    with RgwTestServer(tmp_path / "rgw", {"osd_max_object_name_len": "460"}) as server:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=server.admin.access_key,
+            aws_secret_access_key=server.admin.secret_key,
+            config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}),
+        )
+        s3.create_bucket(Bucket="long-keys")
+        s3.put_object(Bucket="long-keys", Key="k" * 100, Body=b"fits")
+        with pytest.raises(botocore.exceptions.ClientError) as caught:
+            s3.put_object(Bucket="long-keys", Key="k" * 440, Body=b"too long for the OSD")
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert server.pids == {}
