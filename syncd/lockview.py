@@ -105,9 +105,12 @@ def rights_lines(rights: KeyRights, mode: str) -> list[str]:
 async def version_notes(client: Any, bucket: str, found: list[Version], retrier: Retrier) -> dict[str, str]:
     """Version ID -> its lock for `versions` ("locked: governance until 2026-12-03T10:00:00Z")."""
 
+    gate = asyncio.Semaphore(8)  # a file with thousands of versions: a few requests at a time
+
     async def note(v: Version) -> tuple[str, str]:
         try:
-            held = await retrier.call(lambda: read_retention(client, bucket, v.key, v.version_id))
+            async with gate:
+                held = await retrier.call(lambda: read_retention(client, bucket, v.key, v.version_id))
         except Exception as exc:
             return v.version_id, f"lock unknown ({describe(exc)})"
         if held.mode is None or held.until is None:
