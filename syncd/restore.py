@@ -14,7 +14,6 @@ from syncd.admin import rel_from_user_path, show
 from syncd.config import Config
 from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError, SyncdError
 from syncd.keys import key_for_path, rel_path_for_key
-from syncd.ownership import recorded_ownership
 from syncd.restore_target import Refused, RestoreTarget
 from syncd.s3 import metadata
 from syncd.s3.client import describe, open_client
@@ -157,7 +156,7 @@ async def _restore_one(
             )
             return False
         try:
-            placed = pending.place(recorded_ownership(meta), metadata.mtime_ns(meta), force)
+            placed = pending.place(metadata.ownership(meta), metadata.mtime_ns(meta), force)
         except Refused as exc:
             print(f"{exc}; not restored", file=sys.stderr)
             return False

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncd import beneath
-from syncd.ownership import NO_MODE, Ownership
+from syncd.s3.metadata import NO_MODE, Ownership
 
 TEMP_PREFIX = ".syncd-restore-"
 _TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"(?:(\d+)-)?[0-9a-z_]+")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from syncd.keys import KeyTooLong, key_for_path
-from syncd.ownership import ownership_metadata
 from syncd.s3 import metadata
 from syncd.s3.client import error_code
 from syncd.s3.lock import LockPolicy, ensure_retention, set_retention
@@ -84,7 +83,7 @@ class OpenFile:
     key: str
     fd: int
     sig: Signature
-    owner: dict[str, str]  # mode, uid and gid as object metadata (ownership_metadata)
+    owner: dict[str, str]  # mode, uid and gid as object metadata (metadata.owner)
     known: FileRecord | None
     started: float
 
@@ -203,7 +202,7 @@ class Uploader:
             sig = Signature.of(st)
             if known is not None and known_sig is not None and sig.same_as(known_sig, self.s.ignore_inode):
                 return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
-            f = OpenFile(rel, key, fd, sig, ownership_metadata(st), known, started)
+            f = OpenFile(rel, key, fd, sig, metadata.owner(st), known, started)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
                     body = await read_soon(fd, sig.size)
