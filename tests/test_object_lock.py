@@ -42,7 +42,7 @@ BOTH = pytest.mark.servers("seaweedfs", "rgw")
 
 
 @BOTH
-@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "helper"])
+@pytest.mark.parametrize("sender", ["fast-path", "helper", "plain-client"])
 def test_every_version_is_locked_on_every_sender(
     tmp_path: Path,
     s3: Any,
@@ -50,7 +50,8 @@ def test_every_version_is_locked_on_every_sender(
     make_config: Any,
     run_syncd: Any,
     start_daemon: Any,
-    processes: int,
+    syncd_env: dict[str, str],
+    sender: str,
 ) -> None:
     """syncd creates the bucket with Object Lock; small PUTs (fast path, helper), streamed PUTs, multipart
     uploads and server-side copies all get the mode and a retain-until >= their upload time + retain, and
@@ -65,14 +66,15 @@ def test_every_version_is_locked_on_every_sender(
         bucket_name,
         multipart_threshold="5MiB",
         multipart_chunksize="5MiB",
-        upload_processes=processes,
+        upload_processes=2 if sender == "helper" else 1,
         **lock_config(),
     )
-    if processes == 1:
-        result = run_syncd(["once", "-c", str(config)])
+    if sender != "helper":
+        env = dict(syncd_env, SYNCD_FASTPATH="0" if sender == "plain-client" else "1")
+        result = run_syncd(["once", "-c", str(config)], env=env)
         assert result.returncode == 0, result.stderr
         write(folder / "copy-of-big.bin", big)  # same bytes: a server-side copy
-        result2 = run_syncd(["once", "-c", str(config)])
+        result2 = run_syncd(["once", "-c", str(config)], env=env)
         assert result2.returncode == 0, result2.stderr
         logged = json_records(result.stderr) + json_records(result2.stderr)
     else:  # the helper process sends the small PUTs once it runs: write them after it started
@@ -87,8 +89,9 @@ def test_every_version_is_locked_on_every_sender(
         logged = daemon.records()
         stopped = next(r for r in logged if r.get("event") == "helper_stopped")
         assert stopped["puts"] >= 1  # the helper's FastPut sent the small PUT, lock headers and all
-    # The small and streamed PUTs went through the fast path.
-    assert not [r for r in logged if r.get("event") in ("fastpath_off", "helper_unavailable")]
+    # The small and streamed PUTs went through the fast path, or (SYNCD_FASTPATH=0) the client's put_object.
+    off = [r for r in logged if r.get("event") in ("fastpath_off", "helper_unavailable")]
+    assert bool(off) == (sender == "plain-client"), off
     lock_conf = s3.get_object_lock_configuration(Bucket=bucket_name)["ObjectLockConfiguration"]
     assert lock_conf["ObjectLockEnabled"] == "Enabled"
     records = {r["path"]: r for r in logged if r.get("event") in ("uploaded", "copied")}
