@@ -107,9 +107,11 @@ def test_server_outage_mid_burst_and_daemon_started_while_server_down(
     # A daemon started while the server is down waits, says so, and uploads once it is back.
     own_server.stop()
     write(folder / "c/late.txt", b"written before the server came back")
-    late = start_daemon(config, env=env)
-    late.wait_for_event("s3_unreachable", timeout=60)
-    time.sleep(3)
+    endpoint = {"endpoint_url": own_server.endpoint_url}
+    late = start_daemon(make_config(folder, "outage", s3=endpoint, log={"level": "debug"}), env=env)
+    unreachable = late.wait_for_event("s3_unreachable", timeout=60)
+    down = late.records().index(unreachable)
+    wait_until(lambda: len([r for r in late.records()[down:] if r.get("event") == "s3_retried"]) >= 3)
     assert late.returncode is None
     assert not [r for r in late.records() if r.get("event") == "ready"]
     own_server.start()

@@ -90,7 +90,9 @@ def test_files_not_in_the_page_cache_are_read_in_threads_and_land_whole(
     assert result.returncode == 0, result.stderr
     assert bucket_objects(s3, bucket_name) == tree(folder)
     threaded = [r["size"] for r in json_records(result.stderr) if r.get("event") == "read_in_thread"]
-    assert sorted(threaded) == sorted(cold_sizes)  # each cold file once, the warm one never
+    # Cold files only, each at most once, the warm one never. Not necessarily all of them: the RWF_NOWAIT
+    # attempt starts readahead, and on a fast disk the bytes can be cached by the time it looks.
+    assert threaded and len(set(threaded)) == len(threaded) and set(threaded) <= cold_sizes, threaded
 
 
 def test_part_size_grows_so_no_file_needs_more_than_10000_parts() -> None:

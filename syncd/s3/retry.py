@@ -51,6 +51,7 @@ class Outage:
 
     def retried(self) -> None:
         self.retries += 1
+        log.debug("s3_retried", retries=self.retries)  # tests wait on it: still trying, still up
         for retried in self.retry_listeners:
             retried()
 
