@@ -18,7 +18,16 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from helpers import bucket_objects, every_server, list_delete_markers, s3_client, tree, wait_until, write
+from helpers import (
+    bucket_objects,
+    every_server,
+    list_delete_markers,
+    s3_client,
+    skip_or_fail,
+    tree,
+    wait_until,
+    write,
+)
 
 from syncd.config import S3Settings
 from syncd.errors import ConfigError
@@ -455,8 +464,16 @@ def assert_refused(port: int) -> None:
         sock.connect(("127.0.0.1", port))
 
 
+def needs_prometheus() -> None:
+    """prometheus-client is in the test extra: missing, it skips here and fails in CI."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        skip_or_fail("prometheus-client is not installed (pip install 'syncd[metrics]')")
+
+
 def test_metrics_endpoint_counts_uploads(tmp_path, bucket_name, make_config, start_daemon):
-    pytest.importorskip("prometheus_client")
+    needs_prometheus()
     port = free_port()
     folder = tmp_path / "data"
     sizes = {"a.bin": 1000, "b.bin": 2345, "c.bin": 7}
@@ -503,7 +520,7 @@ def test_metrics_endpoint_counts_uploads(tmp_path, bucket_name, make_config, sta
 
 
 def test_metrics_count_retries_while_s3_is_unreachable(tmp_path, bucket_name, make_config, start_daemon):
-    pytest.importorskip("prometheus_client")
+    needs_prometheus()
     port, nothing_there = free_port(), free_port()
     folder = tmp_path / "data"
     write(folder / "a.txt", b"a")
@@ -523,7 +540,7 @@ def test_metrics_count_retries_while_s3_is_unreachable(tmp_path, bucket_name, ma
 
 
 def test_metrics_objects_have_their_own_registries_and_free_the_port():
-    pytest.importorskip("prometheus_client")
+    needs_prometheus()
     port_a, port_b = free_port(), free_port()
     a, b = Metrics(), Metrics()
     a.start(f"127.0.0.1:{port_a}")
