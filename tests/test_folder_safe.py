@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 from badserver import BadServer
-from helpers import Daemon, bucket_objects, json_records, list_versions, skip_or_fail, wait_until
+from helpers import (
+    Daemon,
+    bucket_objects,
+    every_server,
+    json_records,
+    list_versions,
+    skip_or_fail,
+    wait_until,
+)
 
 from syncd.seaweed import die_with_parent
 
@@ -245,6 +253,7 @@ def test_private_file_owned_by_nobody_comes_back_private_and_owned_by_nobody(
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 65534, 65534)
 
 
+@every_server
 def test_mode_is_recorded_by_every_upload_path(tmp_path, s3, bucket_name, make_config, run_syncd):
     """Single PUT through the helper process, streamed PUT, multipart, server-side copy."""
     folder = tmp_path / "data"
@@ -269,6 +278,7 @@ def test_mode_is_recorded_by_every_upload_path(tmp_path, s3, bucket_name, make_c
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in dest.iterdir()} == modes
 
 
+@every_server
 def test_chmod_alone_makes_no_version_and_restore_gives_the_uploaded_mode(
     tmp_path, s3, bucket_name, make_config, run_syncd
 ):
