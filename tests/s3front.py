@@ -80,7 +80,7 @@ class B2:
     - PutBucketAcl takes only the canned `private` and `public-read`;
     - GetBucketPolicyStatus, GetBucketPolicy -> 501 NotImplemented;
     - buckets are always versioned: GetBucketVersioning says Enabled, PutBucketVersioning -> 501;
-    - `slowdown(n, retry_after)`: the next n object PUTs are answered 503 SlowDown with Retry-After.
+    - `slowdown(n, retry_after)`: the next n PutObject requests are answered 503 SlowDown with Retry-After.
     """
 
     def __init__(self) -> None:
@@ -114,7 +114,7 @@ class B2:
                 return error_answer(
                     400, "InvalidArgument", "Only the canned ACLs private and public-read are supported."
                 )
-        if request.method == "PUT" and not _is_bucket(request) and "acl" not in query:
+        if request.method == "PUT" and not _is_bucket(request) and not query:
             with self.lock:
                 if self.slowdowns > 0:
                     self.slowdowns -= 1

@@ -29,6 +29,8 @@ THROTTLE_CODES = frozenset(
     }
 )
 DECREASE = 0.8  # the window kept after a SlowDown: halving wastes a quarter of the server's rate
+GROWTH = 0.5  # requests added to the window per window of answers: each SlowDown episode costs retries,
+# so a slower climb back means fewer of them for the same average
 START = 8  # requests in flight at first; doubled every round trip until the first SlowDown (slow start)
 MAX_RETRY_AFTER = 300.0  # seconds: a larger Retry-After is a server's mistake, not a plan
 LOG_EVERY = 60.0  # seconds between two `s3_throttled` records
@@ -64,9 +66,9 @@ class Throttle:
     It starts at START and grows by one per answer (doubling every round trip) until the first SlowDown
     halves it: a server that allows only part of `workers` sees a few extra requests, not a storm. From
     then on a SlowDown shrinks it to DECREASE of itself, once per round trip (answers to requests sent
-    before the last decrease do not count again), and each answer grows it by 1/window, one request per
-    window of answers (additive increase). It grows only while it is full: a window syncd does not use
-    proves nothing about the server.
+    before the last decrease do not count again), and each answer grows it by GROWTH/window: one request
+    per two windows of answers (additive increase). It grows only while it is full: a window syncd does
+    not use proves nothing about the server.
     """
 
     def __init__(self, limit: int) -> None:
@@ -118,7 +120,7 @@ class Throttle:
     def answered(self) -> None:
         """A request that held a place was answered (its place is given back already)."""
         if self.window < self.limit and self.inflight + 1 >= int(self.window):
-            step = 1.0 if self.slow_start else 1.0 / self.window
+            step = 1.0 if self.slow_start else GROWTH / self.window
             self.window = min(float(self.limit), self.window + step)
             self._wake()
 
