@@ -132,7 +132,8 @@ def test_once_when_every_put_fails_but_headbucket_answers_is_an_outage(
     no_traceback(result)
     assert result.returncode == 75, result.stderr
     assert "3 files still owed" in result.stderr, result.stderr
-    assert len(events(json_records(result.stderr), "s3_unreachable")) == 1
+    records = json_records(result.stderr)
+    assert len(events(records, "s3_unreachable")) == 1
 
 
 def test_run_fails_one_key_retries_it_later_and_keeps_going(

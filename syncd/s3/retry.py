@@ -83,14 +83,18 @@ class Outage:
         self.failing[key] = now
         if self.served_at >= since:
             return True
-        others = sum(1 for k, t in self.failing.items() if k != key and t > self.served_at)
+        if self._others_failing(key) >= OTHER_KEYS_FAILING or not await self.server_answers(since):
+            return False
+        others = self._others_failing(key)  # again: more may have failed while the probe was out
         if others >= OTHER_KEYS_FAILING:
             return False
-        if not await self.server_answers(since):
-            return False
-        if self.down:
+        if self.down and others == 0:
             self.succeeded(probe=True)  # it answers, and no other key fails: the outage is over
         return True
+
+    def _others_failing(self, key: str) -> int:
+        """Keys other than `key` that failed since the last request that succeeded."""
+        return sum(1 for k, t in self.failing.items() if k != key and t > self.served_at)
 
     async def server_answers(self, since: float) -> bool:
         """Has the server answered anything since `since`? Without a later answer, probe it (one probe
