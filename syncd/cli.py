@@ -118,7 +118,8 @@ def load(args: argparse.Namespace) -> Config:
     from syncd.config import load_config
     from syncd.log import configure_logging
 
-    config = load_config(args.config or default_config_path())
+    reads_only = args.command in ("status", "versions")  # these work while the folder is not mounted
+    config = load_config(args.config or default_config_path(), folder_must_exist=not reads_only)
     configure_logging(config.log.format, config.log.level)
     return config
 

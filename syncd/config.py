@@ -261,8 +261,12 @@ class _Reader:
         return _Reader(value, self.file, f"{self.section}{key}.")
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the config file; raise ConfigError naming the file and key on any problem."""
+def load_config(path: str | os.PathLike[str], *, folder_must_exist: bool = True) -> Config:
+    """Read and validate the config file; raise ConfigError naming the file and key on any problem.
+
+    folder_must_exist=False is for commands that only read the state and the bucket (status, versions):
+    they must work while the folder's disk is not mounted.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -283,13 +287,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{file}: the config must be a mapping of keys (folder:, bucket:, ...)")
-    return parse_config(data, file)
+    return parse_config(data, file, folder_must_exist=folder_must_exist)
 
 
-def parse_config(data: Mapping[str, Any], file: Path) -> Config:
+def parse_config(data: Mapping[str, Any], file: Path, *, folder_must_exist: bool = True) -> Config:
     _check_keys(data, file)
     top = _Reader(data, file)
-    folder = _parse_folder(top, file)
+    folder = _parse_folder(top, file, must_exist=folder_must_exist)
     bucket = _parse_bucket(top)
     raw_prefix = top.str_("prefix", "") or ""
     try:
@@ -405,13 +409,15 @@ def _parse_object_lock(top: _Reader) -> ObjectLockSettings | None:
     return ObjectLockSettings(mode=mode, retain=retain)
 
 
-def _parse_folder(top: _Reader, file: Path) -> Path:
+def _parse_folder(top: _Reader, file: Path, *, must_exist: bool = True) -> Path:
     raw = top.required("folder", "set it to the directory to back up, e.g. folder: /srv/data")
     if not isinstance(raw, str):
         raise ConfigError(f"{top.where('folder')}: expected a path, got {raw!r}")
     folder = Path(raw).expanduser()
     if not folder.is_absolute():
         folder = (file.parent / folder).resolve()
+    if not folder.exists() and not must_exist:
+        return folder.resolve()
     if not folder.exists():
         raise ConfigError(f"{top.where('folder')}: {folder} does not exist; create it or fix the path")
     if not folder.is_dir():

@@ -1008,6 +1008,29 @@ def test_reload_takes_a_folder_whose_disk_is_gone_for_good_as_it_is(
     assert daemon.terminate() == 0
 
 
+def test_a_folder_below_its_mount_point_pauses_as_not_mounted(
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd, loop_disk
+):
+    """folder: /mnt/disk/photos: unmounting the disk takes the folder itself away, which is not 'missing'."""
+    mountpoint = folder_on(loop_disk, tmp_path)
+    folder = mountpoint / "photos"
+    write(folder / "p.jpg", b"a photo")
+    config = make_config(folder, bucket_name, on_delete="delete", log={"level": "debug"})
+    daemon = start_daemon(config)
+    wait_until(lambda: keys_in(s3, bucket_name) == {"p.jpg"}, timeout=60)
+    start = len(daemon.records())
+    loop_disk.umount(mountpoint)
+    unavailable = daemon.wait_for_event("folder_unavailable", start=start, timeout=20)
+    assert unavailable["reason"] == "folder not mounted" and unavailable["mount"] == str(mountpoint)
+    wait_until(lambda: "paused: folder not mounted" in run_syncd(["status", "-c", str(config)]).stdout)
+    loop_disk.mount(mountpoint)
+    daemon.wait_for_event("folder_available", start=start, timeout=20)
+    write(folder / "q.jpg", b"another")
+    wait_until(lambda: keys_in(s3, bucket_name) == {"p.jpg", "q.jpg"}, timeout=30)
+    assert not list_delete_markers(s3, bucket_name)
+    assert daemon.terminate() == 0
+
+
 def test_a_disk_plugged_in_again_as_another_device_is_synced_again(
     tmp_path, s3, bucket_name, make_config, start_daemon, loop_disk
 ):

@@ -70,8 +70,8 @@ class Folder:
         """The folder exists, under the mount point it had (or a deeper one), on the same inode there."""
         try:
             st = os.stat(self.path)
-        except OSError:
-            return self._settle(False, "folder missing")
+        except OSError:  # a folder below its mount point is missing when the disk is not mounted
+            return self._settle(False, "folder not mounted" if self._unmounted() else "folder missing")
         if self.ok and st.st_dev == self.dev:
             if st.st_ino != self.ino:
                 # A new directory at the folder's path: the watches are on the old one.
@@ -81,7 +81,7 @@ class Folder:
                 self.rescan.set()
             return True
         mount = mount_point(str(self.path))
-        if self.mount is not None and len(mount) < len(self.mount):
+        if self._unmounted(mount):
             return self._settle(False, "folder not mounted")  # its disk is gone: the mountpoint is bare
         if self.mount != mount:
             self.mount = mount  # first look, or a file system mounted at or above the folder since
@@ -96,6 +96,12 @@ class Folder:
                 self.rescan.set()
         self.dev, self.ino = st.st_dev, st.st_ino
         return self._settle(True, "")
+
+    def _unmounted(self, mount: str | None = None) -> bool:
+        """The folder's mount point is not mounted: the deepest mount above it is a shallower one."""
+        if self.mount is None:
+            return False
+        return len(mount_point(str(self.path)) if mount is None else mount) < len(self.mount)
 
     def forget_mount(self) -> None:
         """Take the folder as it is now, mounted or not (a disk that is gone for good); on reload."""
