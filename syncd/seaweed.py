@@ -57,6 +57,8 @@ PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+RUN_DIR_PREFIX = "syncd-weed-"
+STALE_RUN_DIR_AGE = 600.0  # seconds: a run dir this old whose weed is gone was left by a killed owner
 S3_SOCKET = "s3.sock"  # in the server's private run dir (a short /tmp path: sun_path holds 107 bytes)
 PIPE_CHUNK = 256 * 1024
 
@@ -241,7 +243,8 @@ class SeaweedServer:
         self._write_identities()
         if self.isolated:
             self._remove_run_dir()
-            self._run_dir = Path(tempfile.mkdtemp(prefix="syncd-weed-"))
+            _remove_stale_run_dirs()
+            self._run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
             self._gate = S3Gate(self.ports["s3"], self._run_dir / S3_SOCKET)
             try:
                 self._gate.open()
@@ -392,6 +395,21 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _remove_stale_run_dirs() -> None:
+    """Run dirs of servers whose owner was killed (SIGKILL skips stop()): theirs, old, weed gone."""
+    now = time.time()
+    for run_dir in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
+        try:
+            st = run_dir.lstat()
+        except OSError:
+            continue
+        if st.st_uid != os.getuid() or now - st.st_mtime < STALE_RUN_DIR_AGE:
+            continue  # someone else's, or maybe a server still starting
+        s3_socket = run_dir / S3_SOCKET
+        if not s3_socket.exists() or _is_stale_socket(s3_socket):
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _socket_named(port: int) -> bool:
