@@ -308,17 +308,11 @@ class Uploader:
     async def _lock_held(self, key: str, response: dict[str, Any], lock: Locked) -> float | None:
         """The retain-until the server holds for the new version, extended to now + retain if short.
 
-        A copy's answer may lack the new VersionId (Ceph RGW 16.2): the key's current version is then
-        looked up and written into `response` (only this syncd writes the key, one upload at a time).
+        A copy's answer may lack the new VersionId (Ceph RGW 16.2): _filled_in, called first, looks it up.
         """
-        if lock.policy is None:
-            return lock.until
         version_id = response.get("VersionId")
-        if not version_id:
-            head = await self.retrier.call(lambda: self.client.head_object(Bucket=self.s.bucket, Key=key))
-            version_id = response["VersionId"] = head.get("VersionId")
-            if not version_id:
-                return lock.until
+        if lock.policy is None or not version_id:
+            return lock.until
         return await ensure_retention(
             self.client, self.retrier, self.s.bucket, key, str(version_id), lock.policy, lock.policy.until()
         )
