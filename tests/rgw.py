@@ -159,6 +159,16 @@ class RgwServer:
     ) -> None:
         self.stop()
 
+    def ceph(self, *args: str, timeout: float = 60) -> None:
+        """`ceph ARGS` against this cluster (e.g. `config set osd NAME VALUE`); raises when it fails."""
+        subprocess.run(
+            self._ceph_command(["ceph", *args]),
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
     def admin_command(self, *args: str, timeout: float = 60) -> str:
         """`radosgw-admin ARGS` against this cluster; its stdout (JSON for most commands)."""
         result = subprocess.run(

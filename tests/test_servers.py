@@ -412,21 +412,11 @@ def test_slowdown_shrinks_the_requests_in_flight_instead_of_storming(
 @contextlib.contextmanager
 def osd_setting(server: Any, name: str, value: str) -> Iterator[None]:
     """`ceph config set osd NAME VALUE` on the session's RGW cluster for the block, then removed."""
-
-    def ceph(*args: str) -> None:
-        subprocess.run(
-            server._ceph_command(["ceph", *args]),
-            check=True,
-            capture_output=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
-
-    ceph("config", "set", "osd", name, value)
+    server.ceph("config", "set", "osd", name, value)
     try:
         yield
     finally:
-        ceph("config", "rm", "osd", name)
+        server.ceph("config", "rm", "osd", name)
 
 
 @pytest.mark.servers("rgw")
