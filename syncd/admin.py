@@ -124,7 +124,7 @@ class Comparison:
 async def compare(config: Config, state: StateStore) -> Comparison:
     """Bucket, state and folder side by side; unchanged files are judged by their stat, never read."""
     from syncd.sync import scan
-    from syncd.sync.state import Signature
+    from syncd.sync.state import Signature, unchanged
 
     async with open_client(config.s3, pool=4) as client:
         retrier = Retrier(Outage(), give_up_after=120)
@@ -143,7 +143,7 @@ async def compare(config: Config, state: StateStore) -> Comparison:
             problems.append((rel, "missing in the bucket"))
         elif obj.size != rec.sig.size or (rec.etag and obj.etag != rec.etag):
             problems.append((rel, "different in the bucket"))
-        elif rel in local and not Signature.of(local[rel]).same_as(rec.sig, config.ignore_inode):
+        elif rel in local and not unchanged(Signature.of(local[rel]), rec.sig, config.ignore_inode):
             problems.append((rel, "changed locally, not uploaded yet"))
     for rel in local:
         if rel not in records:

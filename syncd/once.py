@@ -30,8 +30,8 @@ class Progress:
 
     def draw(self, pipeline: Any, final: bool = False) -> None:
         s = pipeline.stats
-        done = s.uploaded + s.copied + s.unchanged + s.failed + s.skipped
-        pending = len(pipeline.scheduler) + len(pipeline.settler)
+        done = s.done
+        pending = len(pipeline.queue) + len(pipeline.settler)
         total = done + pending
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = s.bytes / elapsed

@@ -17,7 +17,7 @@ from syncd.keys import key_for_path, rel_path_for_key
 from syncd.restore_target import Refused, RestoreTarget
 from syncd.s3 import metadata
 from syncd.s3.client import describe, open_client
-from syncd.s3.listing import Version, list_versions
+from syncd.s3.listing import Version, list_versions, object_md5
 from syncd.s3.retry import Outage, Retrier
 
 
@@ -148,7 +148,7 @@ async def _restore_one(
             print(f"{dest}: download failed: {describe(exc)}", file=sys.stderr)
             return False
         meta = response.get("Metadata", {})
-        expected = _expected_md5(meta, str(response.get("ETag", "")).strip('"'))
+        expected = object_md5(meta, str(response.get("ETag", "")))
         if expected is not None and expected != md5.hexdigest():
             print(
                 f"{dest}: MD5 mismatch (got {md5.hexdigest()}, expected {expected}); not restored",
@@ -171,12 +171,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _expected_md5(meta: dict[str, str], etag: str) -> str | None:
-    recorded = metadata.md5_hex(meta)
-    if recorded is not None:
-        return recorded
-    if len(etag) == 32 and "-" not in etag:
-        return etag
-    return None

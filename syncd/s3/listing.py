@@ -1,13 +1,34 @@
-"""What the bucket holds: paginated listings of current objects and of every version."""
+"""What the bucket holds: paginated listings, the remote index, and what an object's MD5 is.
+
+An object's MD5 is in one of two places: the ETag of a single-part unencrypted upload, or the
+`md5chksum` metadata syncd sets on every object (multipart and encrypted ETags are not MD5s): object_md5
+asks both (metadata.py reads the metadata, under any spelling a server returns).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from syncd.log import get_logger
+from syncd.s3 import metadata
 from syncd.s3.client import error_code
 from syncd.s3.retry import Retrier
+
+log = get_logger()
+
+
+def plain_md5(etag: str) -> str | None:
+    """The ETag (without quotes) when it is the content MD5: single-part, unencrypted uploads."""
+    return etag if len(etag) == 32 and "-" not in etag else None
+
+
+def object_md5(meta: Mapping[str, str] | None, etag: str) -> str | None:
+    """An object's MD5 as its headers tell it: our metadata first, else a plain ETag; None if unknown."""
+    return metadata.md5_hex(meta) or plain_md5(etag.strip('"'))
 
 
 @dataclass(frozen=True)
@@ -17,8 +38,7 @@ class RemoteObject:
 
     @property
     def plain_md5(self) -> str | None:
-        """The ETag is the content MD5 for single-part, unencrypted uploads; None when it is not."""
-        return self.etag if len(self.etag) == 32 and "-" not in self.etag else None
+        return plain_md5(self.etag)
 
 
 @dataclass(frozen=True)
@@ -85,3 +105,52 @@ async def list_versions(client: Any, bucket: str, prefix: str, retrier: Retrier)
             return out
         kwargs["KeyMarker"] = page.get("NextKeyMarker")
         kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker")
+
+
+class RemoteIndex:
+    """The bucket's current objects under the prefix, so a fresh state re-uploads nothing it has.
+
+    Loaded by the first scan that meets a file the state does not know, dropped once the queue is idle
+    (a steady daemon does not keep a copy of the bucket's listing in memory).
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str, retrier: Retrier) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.retrier = retrier
+        self.objects: dict[str, RemoteObject] | None = None  # None: not listed yet
+
+    @property
+    def loaded(self) -> bool:
+        return self.objects is not None
+
+    async def load(self) -> None:
+        started = time.monotonic()
+        self.objects = await list_current(self.client, self.bucket, self.prefix, self.retrier)
+        log.info(
+            "bucket_listed", objects=len(self.objects), duration_ms=int((time.monotonic() - started) * 1000)
+        )
+
+    def drop(self) -> None:
+        """Forget the listing for good: from now on the state alone says what is uploaded."""
+        self.objects = {}
+
+    async def holds(self, key: str, size: int, md5: str) -> dict[str, Any] | None:
+        """The current object for key already has these bytes: its ETag and VersionId, else None."""
+        if not self.objects:
+            return None
+        obj = self.objects.pop(key, None)
+        if obj is None or obj.size != size:
+            return None
+        if obj.plain_md5 == md5:
+            return {"ETag": obj.etag, "VersionId": None}  # the listing proves it: no HEAD per file
+        try:  # multipart or encrypted: the ETag is no MD5, our metadata is
+            head = await self.retrier.call(
+                lambda: self.client.head_object(Bucket=self.bucket, Key=key), key=key
+            )
+        except Exception:
+            return None
+        if metadata.md5_hex(head.get("Metadata")) != md5:
+            return None
+        return {"ETag": head.get("ETag", obj.etag), "VersionId": head.get("VersionId")}

@@ -1,4 +1,10 @@
-"""One config's pipeline: the stages in one TaskGroup (start, run / run_once, drain)."""
+"""One config's pipeline: the stages in one TaskGroup (start, run / run_once, reconcile, drain).
+
+A changed file travels down the stages and never comes back up through a callback:
+watcher -> settle (note_changes) -> queue -> uploader (path -> Outcome) -> recorder (state row, record).
+The workers here only move a path from the queue to the uploader and its outcome to the recorder; a file
+that changed during its upload goes round again through note_changes, like any other change.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,8 @@ import asyncio
 import contextlib
 import functools
 import os
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.config import Config
@@ -17,13 +21,12 @@ from syncd.errors import ConfigError, SyncdError
 from syncd.log import get_logger
 from syncd.metrics import MetricsSink, NullMetrics
 from syncd.notify import Notifier, watchdog_interval
-from syncd.s3 import metadata
 from syncd.s3.bucket import BucketStatus, ensure_private_bucket
 from syncd.s3.client import ErrorKind, classify, describe, error_code
 from syncd.s3.helper import Helper, HelperSettings, put_router
 from syncd.s3.lifecycle import ensure_noncurrent_expiry
-from syncd.s3.listing import RemoteObject, list_current
-from syncd.s3.lock import BucketLock, LockPolicy, check_bucket_lock, rfc3339
+from syncd.s3.listing import RemoteIndex
+from syncd.s3.lock import BucketLock, LockPolicy, check_bucket_lock
 from syncd.s3.retry import Outage, Retrier
 from syncd.s3.throttle import Throttle
 from syncd.sync import scan
@@ -32,34 +35,24 @@ from syncd.sync.files import FileSkipped, present
 from syncd.sync.folder import Folder
 from syncd.sync.limits import ByteBudget, RateLimit
 from syncd.sync.locks import LockExtender
-from syncd.sync.queue import Scheduler
+from syncd.sync.queue import UploadQueue
+from syncd.sync.recorder import Recorder, Stats
 from syncd.sync.settle import Settler
-from syncd.sync.state import Counts, Signature, StateStore
-from syncd.sync.uploader import Outcome, Uploader, UploadSettings
+from syncd.sync.state import Counts, Signature, StateStore, unchanged
+from syncd.sync.uploader import Uploader, UploadSettings
 from syncd.sync.watcher import Watcher
 
 log = get_logger()
-FLUSH_AFTER = 0.2  # seconds an upload may wait in the state's group commit
-FAILED_RETRY_BASE = 5.0  # seconds before a file the server failed is tried again; doubles each time
-FAILED_RETRY_CAP = 3600.0  # at most this long between two tries of such a file
+CREDENTIALS_PAUSE = 30.0  # seconds a worker waits after the server rejected the credentials
 LOCK_METRICS_EVERY = 60.0  # seconds between counts of the locked current versions (a scan of the lock index)
 
 
-@dataclass
-class Stats:
-    uploaded: int = 0
-    copied: int = 0
-    unchanged: int = 0
-    failed: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run's
-    skipped: int = 0
-    bytes: int = 0
-    last_upload: float | None = None
-    to_upload: list[str] = field(default_factory=list)  # dry-run: what would be uploaded
-
-
 class Pipeline:
-    """One config's pipeline: `run()` watches until stopped, `run_once()` catches up and returns."""
+    """One config's pipeline: `run()` watches until stopped, `run_once()` catches up and returns.
+
+    `prepare()` first: it checks the bucket and chooses how small files are sent, and only then is the
+    Uploader built (once).
+    """
 
     def __init__(
         self,
@@ -80,43 +73,12 @@ class Pipeline:
         self.dry_run = dry_run
         self.on_progress = on_progress
         self.metrics: MetricsSink = metrics or NullMetrics()
-        self.stats = Stats()
         self.outage = Outage(probe=lambda: client.head_bucket(Bucket=config.bucket))
         self.outage.listeners.append(self._outage_changed)
         self.outage.retry_listeners.append(self.metrics.retried)
         self.throttle = Throttle(config.workers)
         self.retrier = Retrier(self.outage, give_up_after=retry_for, throttle=self.throttle)
-        self.fatal: SyncdError | None = None  # raised in a worker: ends the run (once: exit 75)
-        self.fatal_event = asyncio.Event()
-        self.retry_timers: dict[str, asyncio.TimerHandle] = {}
-        self.excludes = config.excludes()
-        self.walk_opts = scan.WalkOptions(config.folder, self.excludes, config.follow_symlinks)
-        self.scheduler = Scheduler()
-        self.watcher = Watcher(config.folder, self._on_watch_events, self._on_watch_restart)
-        self.rescan_now = asyncio.Event()
-        self.folder = Folder(config.folder, self.watcher, self.rescan_now, state, config.folder_grace)
-        self.deletions = Deletions(config, client, state, self.retrier, self.folder, dry_run=dry_run)
-        self.settler = Settler(
-            config.folder,
-            config.settle,
-            config.max_delay,
-            release=self.scheduler.put,
-            on_dir=self._on_dir,
-            on_gone=self.deletions.note_gone,
-            on_skip=self._on_skip,
-            follow_symlinks=config.follow_symlinks,
-        )
-        self.remote: dict[str, RemoteObject] | None = None
-        self.stopping = False
-        self.bucket: BucketStatus | None = None
-        self.workers_wanted = config.workers
-        self.worker_tasks: set[asyncio.Task[None]] = set()
-        self.workers_running = 0
-        self.scanned_files = 0
-        self.fast: Any = None
-        self.helper: Helper | None = None
-        self.helper_start: asyncio.Task[None] | None = None
-        self.flush_handle: asyncio.TimerHandle | None = None
+        self.retry_timers: dict[str, asyncio.TimerHandle] = {}  # failed files, to be tried again
         self.lock = LockPolicy.of(config.object_lock)
         self.bucket_lock: BucketLock | None = None
         self.locks_counted = -LOCK_METRICS_EVERY
@@ -124,35 +86,45 @@ class Pipeline:
         self.extender = (
             None if self.lock is None else LockExtender(client, config.bucket, state, self.lock, self.retrier)
         )
-        self.uploader = self._make_uploader(None)
+        self.excludes = config.excludes()
+        self.walk_opts = scan.WalkOptions(config.folder, self.excludes, config.follow_symlinks)
+        self.queue = UploadQueue()
+        self.watcher = Watcher(config.folder, self._watched_paths_changed, self._watch_restarted)
+        self.rescan_now = asyncio.Event()
+        self.folder = Folder(config.folder, self.watcher, self.rescan_now, state, config.folder_grace)
+        self.deletions = Deletions(config, client, state, self.retrier, self.folder, dry_run=dry_run)
+        self.settler = Settler(
+            config.folder,
+            config.settle,
+            config.max_delay,
+            release=self.queue.put,
+            on_dir=self._dir_appeared,
+            on_gone=self.deletions.note_gone,
+            on_skip=self._not_a_file,
+            follow_symlinks=config.follow_symlinks,
+        )
+        self.remote = RemoteIndex(client, config.bucket, config.prefix, self.retrier)
+        self.recorder = Recorder(state, self.metrics, locking=self.lock is not None, dry_run=dry_run)
+        self._uploader: Uploader | None = None  # built once, by prepare()
+        self.group: asyncio.TaskGroup | None = None  # owns every task of a run (workers, walks, loops)
+        self.stopping = False
+        self.bucket: BucketStatus | None = None
+        self.workers_wanted = config.workers
+        self.workers_running = 0
+        self.scanned_files = 0
+        self.fast_put: Any = None
+        self.helper: Helper | None = None
+        self.helper_start: asyncio.Task[None] | None = None
 
-    def _make_uploader(self, fast: Any, put_object: Any = None) -> Uploader:
-        c = self.config
-        settings = UploadSettings(
-            root=c.folder,
-            bucket=c.bucket,
-            prefix=c.prefix,
-            multipart_threshold=c.multipart_threshold,
-            multipart_chunksize=c.multipart_chunksize,
-            follow_symlinks=c.follow_symlinks,
-            ignore_inode=c.ignore_inode,
-            lock=self.lock,
-        )
-        return Uploader(
-            self.client,
-            settings,
-            self.retrier,
-            ByteBudget(c.max_inflight),
-            RateLimit(c.bandwidth_limit),
-            lookup=self.state.get,
-            by_content=self.state.by_content,
-            multipart_started=lambda upload_id, key, rel: self.state.add_multipart(upload_id, key, rel),
-            multipart_ended=self.state.remove_multipart,
-            fast=fast,
-            put_object=put_object,
-            remote=self._remote_same,
-            dry_run=self.dry_run,
-        )
+    @property
+    def stats(self) -> Stats:
+        return self.recorder.stats
+
+    @property
+    def uploader(self) -> Uploader:
+        if self._uploader is None:
+            raise RuntimeError("Pipeline.prepare() builds the uploader: call it first")
+        return self._uploader
 
     # -- startup ---------------------------------------------------------------------------------------
     async def prepare(self, *, check_only: bool = False) -> BucketStatus:
@@ -175,6 +147,7 @@ class Pipeline:
         self.bucket = status
         if self.lock is not None and status.exists:
             self.bucket_lock = await self.retrier.call(lambda: check_bucket_lock(self.client, c.bucket))
+        put_object = None
         if not check_only:
             if c.on_delete == "delete" and status.versioning != "Enabled":
                 raise ConfigError(
@@ -202,10 +175,37 @@ class Pipeline:
             if self.lock is not None and not self.dry_run:
                 self.state.adopt_unlocked()  # current versions from before object_lock: lock them too
             if not self.dry_run:
-                await self._enable_fast_path()
+                put_object = await self._enable_fast_path()
+        self._uploader = self._build_uploader(put_object)
         return status
 
-    async def _enable_fast_path(self) -> None:
+    def _build_uploader(self, put_object: Any) -> Uploader:
+        c = self.config
+        settings = UploadSettings(
+            root=c.folder,
+            bucket=c.bucket,
+            prefix=c.prefix,
+            multipart_threshold=c.multipart_threshold,
+            multipart_chunksize=c.multipart_chunksize,
+            follow_symlinks=c.follow_symlinks,
+            ignore_inode=c.ignore_inode,
+            lock=self.lock,
+        )
+        return Uploader(
+            self.client,
+            settings,
+            self.retrier,
+            ByteBudget(c.max_inflight),
+            RateLimit(c.bandwidth_limit),
+            state=self.state,
+            remote=self.remote,
+            fast_put=self.fast_put,
+            put_object=put_object,
+            dry_run=self.dry_run,
+        )
+
+    async def _enable_fast_path(self) -> Any:
+        """The fast path when it works here (and the helper process in front of it): its put_object."""
         from syncd.s3.client import credentials_of
         from syncd.s3.fastpath import FastPut, why_not
 
@@ -215,12 +215,12 @@ class Pipeline:
         )
         if isinstance(fast, str):  # a warning when the server refused it, not the config
             (log.info if why_not(c.s3, c.bucket) else log.warning)("fastpath_off", reason=fast)
-            return
-        self.fast = fast
-        put_object = self.fast.put_object
+            return None
+        self.fast_put = fast
+        put_object = self.fast_put.put_object
         if self.helper is not None:
             put_object = put_router(self.helper, put_object)
-        self.uploader = self._make_uploader(self.fast, put_object)
+        return put_object
 
     async def _start_helper(self, helper: Helper) -> None:
         try:
@@ -255,8 +255,8 @@ class Pipeline:
             self.notifier.status(f"waiting for S3 ({reason})")
             self.notifier.extend_timeout(120)
 
-    # -- inputs: watcher events, walks, deletions -----------------------------------------------------
-    def _on_watch_events(self, paths: list[str]) -> None:
+    # -- intake: watcher events and walks become owed, settling paths ----------------------------------
+    def _watched_paths_changed(self, paths: list[str]) -> None:
         changes: list[tuple[str, os.stat_result | None]] = []
         for path in paths:
             rel = scan.relative(self.config.folder, path)
@@ -279,25 +279,24 @@ class Pipeline:
         for rel, st in changes:
             self.settler.add(rel, st)
 
-    def _on_watch_restart(self, reason: str) -> None:
+    def _watch_restarted(self, reason: str) -> None:
         log.info("rescan_requested", reason="watcher restarted")
         self.rescan_now.set()
 
-    def _on_dir(self, rel: str) -> None:
+    def _dir_appeared(self, rel: str) -> None:
         """A directory appeared: its files may predate the watch on it, so walk it now."""
         if not self.dry_run:
             self.state.forget([rel])
-        task = asyncio.get_running_loop().create_task(self._walk_new_dir(rel))
-        self.worker_tasks.add(task)  # owned with the workers: cancelled at shutdown
-        task.add_done_callback(self.worker_tasks.discard)
+        if self.group is not None and not self.stopping:
+            self.group.create_task(self._walk_new_dir(rel), name=f"walk {rel}")
 
     async def _walk_new_dir(self, rel: str) -> None:
         if self.excludes.excluded_dir(rel):
             return
         async for batch in scan.batches(self.walk_opts, start=rel):
-            self._feed(batch, known=None)
+            self._owe_changed(batch, uploaded=None)
 
-    def _on_skip(self, rel: str) -> None:
+    def _not_a_file(self, rel: str) -> None:
         """Not a file syncd uploads (FIFO, socket, symlink not followed): nothing is owed for it."""
         if not self.dry_run:
             self.state.forget_owed(rel)
@@ -309,18 +308,18 @@ class Pipeline:
             log.debug("scan_paused", reason=reason)  # tests wait on it: the rescan looked and held back
             return 0
         started = time.monotonic()
-        known = self.state.signatures()
-        before = len(self.scheduler) + len(self.settler)
+        uploaded = self.state.signatures()
+        before = len(self.queue) + len(self.settler)
         owed = 0
         self.scanned_files = 0
         async for batch in scan.batches(self.walk_opts):
             self.scanned_files += len(batch)
-            if self.remote is None and any(rel not in known for rel, _st in batch):
-                await self._load_remote_index()
-            owed += self._feed(batch, known)
+            if not self.remote.loaded and any(rel not in uploaded for rel, _st in batch):
+                await self.remote.load()
+            owed += self._owe_changed(batch, uploaded)
         if not self.folder.available():
             return owed  # went away during the walk: the "missing" files are not deletions
-        for rel in known:
+        for rel in uploaded:  # what the walk did not meet
             if not present(
                 self.config.folder, rel, self.config.follow_symlinks
             ) and not self.excludes.excluded(rel):
@@ -335,79 +334,59 @@ class Pipeline:
         )
         return owed
 
-    def _feed(self, batch: list[tuple[str, os.stat_result]], known: dict[str, Any] | None) -> int:
+    def _owe_changed(
+        self, batch: list[tuple[str, os.stat_result]], uploaded: dict[str, Signature] | None
+    ) -> int:
+        """Owe the walked files that are not unchanged since their upload; how many were.
+
+        `uploaded` is the state's signatures for a whole walk (each entry met is taken out, so what is
+        left was not met); None looks each file up instead, for the walk of one new directory.
+        """
         changed: list[tuple[str, os.stat_result | None]] = []
         for rel, st in batch:
-            sig = known.pop(rel, None) if known is not None else self.state_sig(rel)
-            if sig is None or not Signature.of(st).same_as(sig, self.config.ignore_inode):
+            sig = uploaded.pop(rel, None) if uploaded is not None else self._uploaded_sig(rel)
+            if not unchanged(Signature.of(st), sig, self.config.ignore_inode):
                 changed.append((rel, st))
         self.note_changes(changed)
         return len(changed)
 
-    def state_sig(self, rel: str) -> Signature | None:
+    def _uploaded_sig(self, rel: str) -> Signature | None:
         rec = self.state.get(rel)
         return rec.sig if rec else None
 
-    async def _load_remote_index(self) -> None:
-        """What the bucket already holds under the prefix, so a fresh state re-uploads nothing it has."""
-        started = time.monotonic()
-        self.remote = await list_current(self.client, self.config.bucket, self.config.prefix, self.retrier)
-        log.info(
-            "bucket_listed", objects=len(self.remote), duration_ms=int((time.monotonic() - started) * 1000)
-        )
-
-    async def _remote_same(self, key: str, size: int, md5: str) -> dict[str, Any] | None:
-        """The bucket's current object for key already has these bytes: its ETag and VersionId, else None."""
-        if not self.remote:
-            return None
-        obj = self.remote.pop(key, None)
-        if obj is None or obj.size != size:
-            return None
-        if obj.plain_md5 == md5:
-            return {"ETag": obj.etag, "VersionId": None}  # the listing proves it: no HEAD per file
-        try:  # multipart or encrypted: the ETag is no MD5, our md5chksum metadata is
-            head = await self.retrier.call(
-                lambda: self.client.head_object(Bucket=self.config.bucket, Key=key), key=key
-            )
-        except Exception:
-            return None
-        if metadata.md5_hex(head.get("Metadata")) != md5:
-            return None
-        return {"ETag": head.get("ETag", obj.etag), "VersionId": head.get("VersionId")}
-
-    # -- workers ---------------------------------------------------------------------------------------
+    # -- workers: queue -> uploader -> recorder ----------------------------------------------------
     def set_workers(self, n: int) -> None:
         """Start workers up to n; surplus ones (after a reload lowered `workers`) end after their file."""
         self.workers_wanted = n
         self.throttle.set_limit(n)
+        if self.group is None:
+            return  # run() starts them
         for i in range(self.workers_running, n):
             self.workers_running += 1
-            task = asyncio.get_running_loop().create_task(self.worker(), name=f"worker-{i}")
-            self.worker_tasks.add(task)
-            task.add_done_callback(self.worker_tasks.discard)
+            self.group.create_task(self._work(), name=f"worker-{i}")
 
-    async def worker(self) -> None:
+    async def _work(self) -> None:
         try:
             while not self.stopping and self.workers_running <= self.workers_wanted:
-                await self._work_one()
+                await self._take_one()
         finally:
             self.workers_running -= 1
 
-    async def _work_one(self) -> None:
-        rel = await self.scheduler.get()
+    async def _take_one(self) -> None:
+        rel = await self.queue.get()
         try:
             if self.folder.recently_available():
-                await self.process(rel)
+                await self._upload_one(rel)
             else:
                 self.settler.add(rel)  # try again when the folder is back
                 await asyncio.sleep(1)
         finally:
-            if self.scheduler.done(rel) and not self.stopping:
+            if self.queue.done(rel) and not self.stopping:
                 self.settler.add(rel)
             if self.on_progress:
                 self.on_progress(self)
 
-    async def process(self, rel: str) -> None:
+    async def _upload_one(self, rel: str) -> None:
         owed_since = None if self.dry_run else self.state.owed_since(rel)
         try:
             outcome = await self.uploader.upload(rel)
@@ -415,49 +394,33 @@ class Pipeline:
             if exc.gone:
                 log.info("vanished", path=rel, reason=exc.reason)
                 self.deletions.note_gone(rel)
-                return
-            self.stats.skipped += 1
-            self.stats.failures.append((rel, exc.reason))
-            self.metrics.failed()
-            log.warning("upload_skipped", path=rel, reason=exc.reason)
-            if not self.dry_run:
-                self.state.record_failure(rel, exc.reason)
+            else:
+                self.recorder.skipped(rel, exc.reason)
             return
-        except SyncdError as exc:
-            # Not raised out of the worker (nothing awaits it there): the run loop raises it.
-            if self.fatal is None:
-                self.fatal = exc
-                self.fatal_event.set()
-            return
+        except SyncdError:
+            raise  # what the user must fix (or once's --retry-for ran out): the run's TaskGroup ends the run
         except Exception as exc:
             await self._failed(rel, exc)
             return
-        self._record(outcome, owed_since)
+        self.recorder.record(outcome, owed_since)
+        if outcome.action == "changed":
+            self.note_changes([(rel, None)])  # upload it again once it settles
 
     async def _failed(self, rel: str, exc: Exception) -> None:
         kind = classify(exc)
         if kind is ErrorKind.CREDENTIALS:
+            # Not this file's fault: wait (the outage shows in the status) and try it again.
             self.outage.failed(exc)
             log.error("credentials_rejected", path=rel, reason=describe(exc))
-            await asyncio.sleep(30)
+            await asyncio.sleep(CREDENTIALS_PAUSE)
             self.settler.add(rel)
             return
-        self.stats.failed += 1
-        self.stats.failures.append((rel, describe(exc)))
-        self.metrics.failed()
-        reason = describe(exc)
-        if self.dry_run:
-            log.error("upload_failed", path=rel, reason=reason)
-            return
-        attempts = self.state.record_failure(rel, reason)
-        if kind is ErrorKind.TRANSIENT and not self.stopping:
-            # The server failed this file while answering others: try again later, ever less often.
-            delay = min(FAILED_RETRY_BASE * 2 ** min(attempts - 1, 20), FAILED_RETRY_CAP)
-            delay *= random.uniform(0.8, 1.2)
-            log.error("upload_failed", path=rel, reason=reason, attempts=attempts, retry_in_s=round(delay, 1))
-            self._retry_later(rel, delay)
-        else:
-            log.error("upload_failed", path=rel, reason=reason, attempts=attempts)
+        # The server failed this file while answering others: try it again later, ever less often.
+        retry_in = self.recorder.failed(
+            rel, describe(exc), retry=kind is ErrorKind.TRANSIENT and not self.stopping
+        )
+        if retry_in is not None:
+            self._retry_later(rel, retry_in)
 
     def _retry_later(self, rel: str, delay: float) -> None:
         old = self.retry_timers.pop(rel, None)
@@ -470,66 +433,6 @@ class Pipeline:
                 self.note_changes([(rel, None)])
 
         self.retry_timers[rel] = asyncio.get_running_loop().call_later(delay, again)
-
-    def _record_upload(self, outcome: Outcome, owed_since: float | None) -> None:
-        """Store the upload in the state's group commit; commit it within FLUSH_AFTER seconds."""
-        self.state.record_upload(outcome.record(), owed_since=owed_since)
-        if self.state.pending and self.flush_handle is None:
-            self.flush_handle = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
-
-    def _flush(self) -> None:
-        if self.flush_handle is not None:
-            self.flush_handle.cancel()  # a no-op when the timer itself is calling
-            self.flush_handle = None
-        self.state.flush()
-
-    def _record(self, outcome: Outcome, owed_since: float | None) -> None:
-        rel = outcome.path
-        if outcome.action == "would_upload":
-            self.stats.to_upload.append(rel)
-            return
-        if outcome.action == "unchanged":
-            self.stats.unchanged += 1
-            self._record_upload(outcome, owed_since)
-            if self.lock is not None:  # adopted from the bucket: the extension pass locks it
-                self.state.adopt_lock(rel, outcome.key, outcome.version_id)
-            log.debug("unchanged", path=rel, key=outcome.key)
-            return
-        if outcome.version_id is not None or outcome.etag is not None:
-            # A new version exists in the bucket: log it (every version has its record) and store it.
-            self.stats.last_upload = time.time()
-            self._record_upload(outcome, owed_since)
-            if self.lock is not None:
-                self.state.record_lock(rel, outcome.key, outcome.version_id, outcome.retain_until or 0.0)
-            if outcome.source_key:
-                self.stats.copied += 1
-                self.metrics.copied()
-            else:
-                self.stats.uploaded += 1
-                self.stats.bytes += outcome.sig.size
-                self.metrics.uploaded(outcome.sig.size)
-            self.metrics.set_last_success(self.stats.last_upload)
-            fields: dict[str, Any] = {
-                "path": rel,
-                "key": outcome.key,
-                "size": outcome.sig.size,
-                "etag": outcome.etag,
-                "version_id": outcome.version_id,
-                "duration_ms": outcome.duration_ms,
-                "md5": outcome.md5,
-            }
-            if outcome.source_key:
-                fields["source_key"] = outcome.source_key
-            if outcome.multipart_parts:
-                fields["parts"] = outcome.multipart_parts
-            if outcome.retain_until is not None:
-                fields["retain_until"] = rfc3339(outcome.retain_until)
-            if outcome.action == "changed":
-                fields["changed_during_upload"] = True
-            log.info("copied" if outcome.source_key else "uploaded", **fields)
-        if outcome.action == "changed":
-            log.info("changed_during_upload", path=rel)
-            self.note_changes([(rel, None)])
 
     # -- the loops -------------------------------------------------------------------------------------
     async def queue_owed(self) -> None:
@@ -550,9 +453,9 @@ class Pipeline:
 
     async def drop_remote_index_when_idle(self) -> None:
         await asyncio.sleep(0.5)
-        while len(self.settler) or len(self.scheduler):
+        while len(self.settler) or len(self.queue):
             await asyncio.sleep(0.5)
-        self.remote = {}
+        self.remote.drop()
 
     def status_line(self, counts: Counts | None = None) -> str:
         c = counts or self.state.counts()
@@ -597,7 +500,8 @@ class Pipeline:
         helper_ok = self.helper is None or self.helper.healthy()
         return self.watcher.healthy() and helper_ok
 
-    async def start_workers(self, group: asyncio.TaskGroup) -> None:
+    def _start_stages(self, group: asyncio.TaskGroup) -> None:
+        self.group = group
         group.create_task(self.settler.run(), name="settler")
         group.create_task(self.deletions.run(), name="deletions")
         self.set_workers(self.workers_wanted)
@@ -606,7 +510,7 @@ class Pipeline:
         """Watch and upload until `stop` is set; then drain in-flight uploads within stop_timeout."""
         try:
             async with asyncio.TaskGroup() as group:
-                await self.start_workers(group)
+                self._start_stages(group)
                 group.create_task(self.watcher.run(), name="watcher")
                 # The watcher task sets up its inotify watches before its first await: once it has run,
                 # nothing written from here on can fall between the watch and the walk.
@@ -618,53 +522,45 @@ class Pipeline:
                 ready()
                 await self.queue_owed()
                 await self.reconcile("startup")
-                group.create_task(self.drop_remote_index_when_idle())
+                group.create_task(self.drop_remote_index_when_idle(), name="drop remote index")
                 group.create_task(self.periodic_rescan(), name="rescan")
-                group.create_task(self._raise_fatal(), name="fatal")
                 await stop.wait()
-                await self.shutdown(group)
+                await self.shutdown()
         finally:
             await self.close()
 
-    async def shutdown(self, group: asyncio.TaskGroup) -> None:
+    async def shutdown(self) -> None:
+        """Like uvicorn's: take nothing new, let in-flight uploads finish within stop_timeout, then
+        cancel every task of the run (the TaskGroup awaits them all before run() returns)."""
         self.stopping = True
         self.watcher.stop()
-        deadline = self.config.stop_timeout
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._inflight_done(), deadline)
-        for task in list(self.worker_tasks):
-            task.cancel()
-        # Cancel everything else the group owns by raising out of it.
+            await asyncio.wait_for(self._inflight_done(), self.config.stop_timeout)
         raise _Stop()
 
     async def _inflight_done(self) -> None:
-        while self.scheduler.inflight:
+        while self.queue.inflight:
             await asyncio.sleep(0.05)
 
     def _once_busy(self) -> bool:
         """Files settling or queued, or deletions waiting: `once` is not done."""
-        return bool(len(self.settler) or len(self.scheduler) or self.deletions.busy)
+        return bool(len(self.settler) or len(self.queue) or self.deletions.busy)
 
     async def run_once(self) -> None:
         """Bring the bucket up to date with the folder, then return."""
         try:
             async with asyncio.TaskGroup() as group:
-                await self.start_workers(group)
+                self._start_stages(group)
                 if self.folder.available():  # not mounted: what is owed stays owed, nothing is walked
                     await self.queue_owed()
                     await self.reconcile("once")
                 while self._once_busy() and self.folder.recently_available():  # gone: owed till next time
-                    if self.fatal is not None:
-                        await self._cancel_workers()
-                        raise self.fatal
-                    if len(self.scheduler):  # wake when the last upload ends, not up to 50 ms later
+                    if len(self.queue):  # wake when the last upload ends, not up to 50 ms later
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self.scheduler.wait_idle(), 0.05)
+                            await asyncio.wait_for(self.queue.wait_idle(), 0.05)
                     else:  # waiting for files to settle or deletions to be sent: look again soon
                         await asyncio.sleep(0.05)
-                self._flush()
-                if self.fatal is not None:
-                    raise self.fatal
+                self.recorder.flush()
                 if self.extender is not None and not self.dry_run:
                     await self.extender.extend_due()  # a cron-run `once` keeps current versions locked too
                 self.stopping = True
@@ -672,34 +568,21 @@ class Pipeline:
         finally:
             await self.close()
 
-    async def _raise_fatal(self) -> None:
-        await self.fatal_event.wait()
-        await self._cancel_workers()
-        assert self.fatal is not None
-        raise self.fatal
-
-    async def _cancel_workers(self) -> None:
-        self.stopping = True
-        tasks = list(self.worker_tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
     async def close(self) -> None:
         for timer in self.retry_timers.values():
             timer.cancel()
         self.retry_timers.clear()
         self.watcher.stop()
-        self._flush()  # first: nothing below may keep the last uploads out of the state
+        self.recorder.flush()  # first: nothing below may keep the last uploads out of the state
         if self.helper_start is not None:
             self.helper_start.cancel()
             await asyncio.gather(self.helper_start, return_exceptions=True)
         if self.helper is not None:
             await self.helper.stop()
-        self._flush()  # what finished while the helper stopped
-        if self.fast is not None:
-            await self.fast.close()
-            self.fast = None
+        self.recorder.flush()  # what finished while the helper stopped
+        if self.fast_put is not None:
+            await self.fast_put.close()
+            self.fast_put = None
 
 
 class _Stop(Exception):

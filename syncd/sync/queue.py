@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 
 
-class Scheduler:
+class UploadQueue:
+    """Paths ready to upload, each waiting at most once and in flight at most once."""
+
     def __init__(self) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.waiting: set[str] = set()

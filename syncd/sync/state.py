@@ -78,6 +78,15 @@ class Signature:
         return self == other
 
 
+def unchanged(sig: Signature, uploaded: Signature | None, ignore_inode: bool) -> bool:
+    """Is a file unchanged since its upload? The one answer, by stat alone (a file is never read for it).
+
+    The scan asks it to owe nothing for an untouched tree, the uploader to skip a file that settled back
+    to what was uploaded, `verify` to tell a local change from a bucket problem.
+    """
+    return sig.same_as(uploaded, ignore_inode)
+
+
 @dataclass(frozen=True)
 class FileRecord:
     path: str

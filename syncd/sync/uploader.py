@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from syncd.keys import KeyTooLong, key_for_path
 from syncd.s3 import metadata
 from syncd.s3.client import error_code
+from syncd.s3.listing import RemoteIndex
 from syncd.s3.lock import LockPolicy, ensure_retention, set_retention
 from syncd.s3.retry import Retrier
 from syncd.sync.files import (
@@ -38,7 +39,7 @@ from syncd.sync.files import (
     stat_path,
 )
 from syncd.sync.limits import ByteBudget, RateLimit
-from syncd.sync.state import FileRecord, Signature
+from syncd.sync.state import FileRecord, Signature, StateStore, unchanged
 
 if TYPE_CHECKING:
     from syncd.s3.fastpath import FastPut
@@ -147,39 +148,34 @@ class Uploader:
         budget: ByteBudget,
         rate: RateLimit,
         *,
-        lookup: Callable[[str], FileRecord | None],
-        by_content: Callable[[str, int], list[FileRecord]],
-        multipart_started: Callable[[str, str, str], None],
-        multipart_ended: Callable[[str], None],
-        fast: FastPut | None = None,
+        state: StateStore,
+        remote: RemoteIndex,
+        fast_put: FastPut | None = None,
         put_object: Callable[..., Awaitable[dict[str, Any]]] | None = None,
-        remote: Callable[[str, int, str], Awaitable[dict[str, Any] | None]] | None = None,
         dry_run: bool = False,
     ) -> None:
         self.client = client
-        self.s = settings
+        self.settings = settings
         self.retrier = retrier
         self.budget = budget
         self.rate = rate
-        self.lookup = lookup
-        self.by_content = by_content
-        self.multipart_started = multipart_started
-        self.multipart_ended = multipart_ended
-        self._fast = fast
+        self.state = state  # what was uploaded (skip, copy sources) and the multipart uploads in flight
+        self.remote = remote  # what a fresh state's bucket already holds
+        self._fast_put = fast_put
         self.put_object: Callable[..., Awaitable[dict[str, Any]]] = put_object or (
-            fast.put_object if fast is not None else client.put_object
+            fast_put.put_object if fast_put is not None else client.put_object
         )
-        self.remote = remote
         self.dry_run = dry_run
 
     @property
-    def fast(self) -> FastPut | None:
-        """The fast path while it is on (it turns itself off when the server refuses its signatures)."""
-        return self._fast if self._fast is not None and self._fast.on else None
+    def fast_put(self) -> FastPut | None:
+        """The fast path (bodies streamed from disk) while it is on: it turns itself off when the server
+        refuses its signatures; None: the plain client, bodies from memory."""
+        return self._fast_put if self._fast_put is not None and self._fast_put.on else None
 
     def key_for(self, rel: str) -> str:
         try:
-            return key_for_path(self.s.prefix, rel)
+            return key_for_path(self.settings.prefix, rel)
         except KeyTooLong as exc:
             raise FileSkipped(str(exc)) from None
         except ValueError as exc:
@@ -194,19 +190,19 @@ class Uploader:
         """
         started = time.monotonic()
         key = self.key_for(rel)
-        known = self.lookup(rel)
+        known = self.state.get(rel)
         known_sig = known.sig if known is not None and known.key == key else None
         fd = -1
         try:  # every way out closes the fd: returns included, not only exceptions
-            fd, st = open_file(self.s.root, rel, self.s.follow_symlinks)
+            fd, st = open_file(self.settings.root, rel, self.settings.follow_symlinks)
             sig = Signature.of(st)
-            if known is not None and known_sig is not None and sig.same_as(known_sig, self.s.ignore_inode):
+            if known is not None and unchanged(sig, known_sig, self.settings.ignore_inode):
                 return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
             f = OpenFile(rel, key, fd, sig, metadata.owner(st), known, started)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
                     body = await read_soon(fd, sig.size)
-                    return await self._after_read(f, hashlib.md5(body).hexdigest(), body)
+                    return await self._upload_hashed(f, hashlib.md5(body).hexdigest(), body)
             return await self._upload_large(f)
         finally:
             if fd >= 0:
@@ -215,29 +211,29 @@ class Uploader:
     async def _upload_large(self, f: OpenFile) -> Outcome:
         """Hash the file in a thread, then stream it from disk; without the fast path a file below
         multipart_threshold is read and sent from memory."""
-        multipart = f.sig.size >= self.s.multipart_threshold
-        if self.fast is None and not multipart:
+        multipart = f.sig.size >= self.settings.multipart_threshold
+        if self.fast_put is None and not multipart:
             # The HTTP layer copies the body once more while sending it: count both copies.
             async with self.budget.hold(2 * f.sig.size):
                 body, digest = await asyncio.to_thread(read_hashed, f.fd, f.sig.size)
-                return await self._after_read(f, digest.hex(), body)
+                return await self._upload_hashed(f, digest.hex(), body)
         hashes = None
-        if multipart and self.fast is not None and not self.dry_run:
-            part_size = part_size_for(f.sig.size, self.s.multipart_chunksize)
-            hashes = PartHashes(f.fd, f.sig.size, part_size, self.fast.payload_signed, self.budget)
+        if multipart and self.fast_put is not None and not self.dry_run:
+            part_size = part_size_for(f.sig.size, self.settings.multipart_chunksize)
+            hashes = PartHashes(f.fd, f.sig.size, part_size, self.fast_put.payload_signed, self.budget)
         # A single streamed PUT signs its payload hash too (http); a multipart upload's parts have theirs.
-        sha256 = not multipart and self.fast is not None and self.fast.payload_signed
+        sha256 = not multipart and self.fast_put is not None and self.fast_put.payload_signed
         try:
             async with self.budget.hold(HASH_CHUNK):
                 hashed = await asyncio.to_thread(hash_range, f.fd, 0, f.sig.size, sha256)
             if hashed is None:
                 return Outcome("changed", f.rel, f.key, f.sig)
-            return await self._after_read(f, hashed[0].hex(), None, hashes, sha256=hashed[1])
+            return await self._upload_hashed(f, hashed[0].hex(), None, hashes, sha256=hashed[1])
         finally:
             if hashes is not None:
                 await hashes.close()
 
-    async def _after_read(
+    async def _upload_hashed(
         self,
         f: OpenFile,
         md5: str,
@@ -252,8 +248,8 @@ class Uploader:
             return Outcome("changed", rel, key, sig)
         if known is not None and known.key == key and known.md5 == md5:
             return Outcome("unchanged", rel, key, sig, md5, known.etag, known.version_id)
-        if known is None and self.remote is not None:
-            there = await self.remote(key, sig.size, md5)
+        if known is None:
+            there = await self.remote.holds(key, sig.size, md5)
             if there is not None:  # a fresh state over a bucket that already has these bytes
                 etag = str(there.get("ETag") or "").strip('"') or None
                 return Outcome("unchanged", rel, key, sig, md5, etag, there.get("VersionId"))
@@ -263,19 +259,19 @@ class Uploader:
         ctype = content_type(rel)
         source = self._copy_source(rel, md5, sig.size)
         if source is not None:
-            lock = Locked(self.s.lock)
+            lock = Locked(self.settings.lock)
             copied = await self._copy(source, key, meta, ctype, lock)
             if copied is not None:
                 copied = await self._filled_in(key, copied, md5, sig.size)
                 # Servers may give a copy the source's lock instead of the one asked for: read it back.
                 until = await self._lock_held(key, copied, lock)
                 return self._finish(f, "copied", md5, copied, source_key=source.key, retain_until=until)
-        lock = Locked(self.s.lock)
+        lock = Locked(self.settings.lock)
         if body is not None:
             response = await self._put(key, body, md5, meta, ctype, lock)
             until = await self._lock_kept(key, response, lock)
             return self._finish(f, "uploaded", md5, response, retain_until=until)
-        if sig.size < self.s.multipart_threshold:
+        if sig.size < self.settings.multipart_threshold:
             streamed = await self._put_streamed(f, md5, sha256, meta, ctype, lock)
             if streamed is None:
                 return Outcome("changed", rel, key, sig)
@@ -301,7 +297,7 @@ class Uploader:
             return lock.until
         policy, vid = lock.policy, str(version_id)
         held = await self.retrier.call(
-            lambda: set_retention(self.client, self.s.bucket, key, vid, policy, until)
+            lambda: set_retention(self.client, self.settings.bucket, key, vid, policy, until)
         )
         return held.until
 
@@ -314,7 +310,13 @@ class Uploader:
         if lock.policy is None or not version_id:
             return lock.until
         return await ensure_retention(
-            self.client, self.retrier, self.s.bucket, key, str(version_id), lock.policy, lock.policy.until()
+            self.client,
+            self.retrier,
+            self.settings.bucket,
+            key,
+            str(version_id),
+            lock.policy,
+            lock.policy.until(),
         )
 
     async def _filled_in(self, key: str, response: dict[str, Any], md5: str, size: int) -> dict[str, Any]:
@@ -327,7 +329,9 @@ class Uploader:
         if _etag(response) and response.get("VersionId"):
             return response
         try:
-            head = await self.retrier.call(lambda: self.client.head_object(Bucket=self.s.bucket, Key=key))
+            head = await self.retrier.call(
+                lambda: self.client.head_object(Bucket=self.settings.bucket, Key=key)
+            )
         except Exception:
             return response  # the object is stored; only its record lacks what the server did not say
         if head.get("ContentLength") != size or metadata.md5_hex(head.get("Metadata")) != md5:
@@ -372,10 +376,10 @@ class Uploader:
 
     def _path_is(self, rel: str, sig: Signature) -> bool:
         try:
-            now = Signature.of(stat_path(self.s.root, rel, self.s.follow_symlinks))
+            now = Signature.of(stat_path(self.settings.root, rel, self.settings.follow_symlinks))
         except OSError:
             return True  # gone: the watcher reports the deletion; what we uploaded was consistent
-        return now.same_as(sig, self.s.ignore_inode)
+        return now.same_as(sig, self.settings.ignore_inode)
 
     async def _put(
         self, key: str, body: bytes, md5: str, meta: dict[str, str], ctype: str, lock: Locked
@@ -384,7 +388,7 @@ class Uploader:
         content_md5 = b64(bytes.fromhex(md5))
         return await self.retrier.call(
             lambda: self.put_object(
-                Bucket=self.s.bucket,
+                Bucket=self.settings.bucket,
                 Key=key,
                 Body=body,
                 ContentMD5=content_md5,
@@ -399,21 +403,21 @@ class Uploader:
         """A file the bucket already holds with the same bytes (a rename or a copy): copy it server-side."""
         if size == 0 or size > MAX_COPY_SIZE:
             return None
-        for rec in self.by_content(md5, size):
-            if rec.path != rel and rec.key.startswith(self.s.prefix):
+        for rec in self.state.by_content(md5, size):
+            if rec.path != rel and rec.key.startswith(self.settings.prefix):
                 return rec
         return None
 
     async def _copy(
         self, source: FileRecord, key: str, meta: dict[str, str], ctype: str, lock: Locked
     ) -> dict[str, Any] | None:
-        copy_source = {"Bucket": self.s.bucket, "Key": source.key}
+        copy_source = {"Bucket": self.settings.bucket, "Key": source.key}
         if source.version_id:
             copy_source["VersionId"] = source.version_id
         try:
             return await self.retrier.call(
                 lambda: self.client.copy_object(
-                    Bucket=self.s.bucket,
+                    Bucket=self.settings.bucket,
                     Key=key,
                     CopySource=copy_source,
                     MetadataDirective="REPLACE",
@@ -440,16 +444,16 @@ class Uploader:
         """Several parts in flight, each with Content-MD5; with the fast path each is hashed and then
         streamed from disk as it is sent, so memory per part is a few MiB whatever the part size."""
         rel, key, fd, sig = f.rel, f.key, f.fd, f.sig
-        part_size = part_size_for(sig.size, self.s.multipart_chunksize)
+        part_size = part_size_for(sig.size, self.settings.multipart_chunksize)
         count = -(-sig.size // part_size)
         created = await self.retrier.call(
             lambda: self.client.create_multipart_upload(
-                Bucket=self.s.bucket, Key=key, Metadata=meta, ContentType=ctype, **lock.args()
+                Bucket=self.settings.bucket, Key=key, Metadata=meta, ContentType=ctype, **lock.args()
             ),
             key=key,
         )
         upload_id = created["UploadId"]
-        self.multipart_started(upload_id, key, rel)
+        self.state.add_multipart(upload_id, key, rel)
         etags: dict[int, str] = {}
         changed = False
         skipped: FileSkipped | None = None
@@ -491,14 +495,14 @@ class Uploader:
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
             response = await self.retrier.call(
                 lambda: self.client.complete_multipart_upload(
-                    Bucket=self.s.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=self.settings.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 ),
                 key=key,
             )
         except BaseException:
             await asyncio.shield(self._abort(key, upload_id))
             raise
-        self.multipart_ended(upload_id)
+        self.state.remove_multipart(upload_id)
         return response, count
 
     async def _stream_part(
@@ -512,7 +516,7 @@ class Uploader:
         hashed: tuple[bytes, str | None],
     ) -> str:
         """Send a part hashed already by re-reading it from disk: it is never held whole."""
-        fast = self.fast
+        fast = self.fast_put
         assert fast is not None
         md5_digest, sha256 = hashed
         async with self.budget.hold(STREAM_HOLD):
@@ -537,7 +541,7 @@ class Uploader:
         self, f: OpenFile, md5: str, sha256: str | None, meta: dict[str, str], ctype: str, lock: Locked
     ) -> dict[str, Any] | None:
         """A file below multipart_threshold, hashed already, streamed from disk; None if it changed."""
-        fast = self.fast
+        fast = self.fast_put
         assert fast is not None
         content_md5 = b64(bytes.fromhex(md5))
         async with self.budget.hold(STREAM_HOLD):
@@ -604,7 +608,7 @@ class Uploader:
             digest = b64(md5_digest)
             response = await self.retrier.call(
                 lambda: self.client.upload_part(
-                    Bucket=self.s.bucket,
+                    Bucket=self.settings.bucket,
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
@@ -617,8 +621,8 @@ class Uploader:
 
     async def _abort(self, key: str, upload_id: str) -> None:
         try:
-            await self.client.abort_multipart_upload(Bucket=self.s.bucket, Key=key, UploadId=upload_id)
+            await self.client.abort_multipart_upload(Bucket=self.settings.bucket, Key=key, UploadId=upload_id)
         except Exception as exc:
             if error_code(exc) not in ("NoSuchUpload",):
                 return  # stays recorded in the state; the next start aborts it
-        self.multipart_ended(upload_id)
+        self.state.remove_multipart(upload_id)
