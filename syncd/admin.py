@@ -15,7 +15,7 @@ from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, ConfigError
 from syncd.keys import key_for_path
 from syncd.s3.client import open_client
 from syncd.s3.listing import RemoteObject, list_current, list_versions
-from syncd.s3.retry import Outage, Retrier
+from syncd.s3.retry import Retrier
 from syncd.sync.state import FileRecord, StateLock, StateStore
 
 
@@ -83,7 +83,7 @@ async def versions(config: Config, raw_path: str) -> int:
         record = state.get(rel)
     finally:
         state.close()
-    retrier = Retrier(Outage(), give_up_after=60)
+    retrier = Retrier.for_command(60)
     locks: dict[str, str] = {}
     async with open_client(config.s3, pool=4) as client:
         found = [v for v in await list_versions(client, config.bucket, key, retrier) if v.key == key]
@@ -127,7 +127,7 @@ async def compare(config: Config, state: StateStore) -> Comparison:
     from syncd.sync.state import Signature, unchanged
 
     async with open_client(config.s3, pool=4) as client:
-        retrier = Retrier(Outage(), give_up_after=120)
+        retrier = Retrier.for_command(120)
         remote = await list_current(client, config.bucket, config.prefix, retrier)
     records: dict[str, FileRecord] = {}
     for rel in state.signatures():
@@ -174,20 +174,18 @@ async def verify(config: Config) -> int:
 
 
 async def check(config: Config) -> int:
-    from syncd.s3.bucket import ensure_private_bucket
-    from syncd.s3.client import open_client
-    from syncd.s3.retry import Outage, Retrier
+    """`syncd check`: every startup check, changing nothing; warnings for what would lose history."""
+    from syncd.s3.bucket import ensure_bucket
 
     async with open_client(config.s3, pool=4) as client:
-        retrier = Retrier(Outage(), give_up_after=30)
-        status = await retrier.call(
-            lambda: ensure_private_bucket(
-                client,
-                config.bucket,
-                region=config.s3.region,
-                endpoint_url=config.s3.endpoint_url,
-                check_only=True,
-            )
+        retrier = Retrier.for_command(30)
+        status = await ensure_bucket(
+            client,
+            config.s3,
+            config.bucket,
+            check_only=True,
+            retrier=retrier,
+            object_lock=config.object_lock is not None,
         )
         lock_lines = await lockview.check_lines(client, config, exists=status.exists)
         lifecycle = await _lifecycle_warnings(client, config)

@@ -18,7 +18,7 @@ from syncd.excludes import Excludes
 from syncd.keys import normalize_prefix
 
 DEFAULT_CONFIG = "/etc/syncd/config.yaml"
-MiB = 1024 * 1024
+MiB = 1024 * 1024  # the one definition (files.py, uploader.py and the size defaults use it)
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
@@ -122,42 +122,49 @@ class Config:
 
 def parse_duration(value: Any, where: str) -> float:
     """Seconds from a number or a string with a unit ("500ms", "15m", "2h")."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a duration like 30, '500ms' or '15m', got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _NUMBER_UNIT.match(value)):
-        unit = match.group(2).lower() or "s"
-        if unit not in _DURATION_UNITS:
-            raise ConfigError(
-                f"{where}: unknown time unit {match.group(2)!r} in {value!r}; use ms, s, m, h or d"
-            )
-        seconds = float(match.group(1)) * _DURATION_UNITS[unit]
-    else:
-        raise ConfigError(f"{where}: expected a duration like 30, '500ms' or '15m', got {value!r}")
-    if seconds < 0:
-        raise ConfigError(f"{where}: must not be negative, got {value!r}")
-    return seconds
+    return _parse_quantity(value, where, _DURATION, float)
 
 
 def parse_size(value: Any, where: str) -> int:
     """Bytes from a number or a string with a unit ("64MiB", "100MB", "1.5GiB")."""
+    return int(_parse_quantity(value, where, _SIZE, int))
+
+
+@dataclass(frozen=True)
+class _Quantity:
+    name: str
+    units: Mapping[str, float]
+    bare_unit: str  # what a number without a unit means
+    example: str
+    unit_names: str
+
+
+_DURATION = _Quantity(
+    "time", _DURATION_UNITS, "s", "a duration like 30, '500ms' or '15m'", "ms, s, m, h or d"
+)
+_SIZE = _Quantity(
+    "size", _SIZE_UNITS, "", "a size like 1048576, '64MiB' or '100MB'", "KiB, MiB, GiB, KB, MB or GB"
+)
+
+
+def _parse_quantity(value: Any, where: str, kind: _Quantity, number: type[int] | type[float]) -> float:
+    """A number, or a number and a unit; the ConfigError names `where` and what would be accepted."""
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a size like 1048576, '64MiB' or '100MB', got {value!r}")
+        raise ConfigError(f"{where}: expected {kind.example}, got {value!r}")
     if isinstance(value, int | float):
-        size = int(value)
+        amount = number(value)
     elif isinstance(value, str) and (match := _NUMBER_UNIT.match(value)):
-        unit = match.group(2).lower()
-        if unit not in _SIZE_UNITS:
+        unit = match.group(2).lower() or kind.bare_unit
+        if unit not in kind.units:
             raise ConfigError(
-                f"{where}: unknown size unit {match.group(2)!r} in {value!r}; use KiB, MiB, GiB, KB, MB or GB"
+                f"{where}: unknown {kind.name} unit {match.group(2)!r} in {value!r}; use {kind.unit_names}"
             )
-        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        amount = number(float(match.group(1)) * kind.units[unit])
     else:
-        raise ConfigError(f"{where}: expected a size like 1048576, '64MiB' or '100MB', got {value!r}")
-    if size < 0:
+        raise ConfigError(f"{where}: expected {kind.example}, got {value!r}")
+    if amount < 0:
         raise ConfigError(f"{where}: must not be negative, got {value!r}")
-    return size
+    return amount
 
 
 def default_state_dir() -> Path:

@@ -16,7 +16,7 @@ from syncd.errors import ConfigError, SyncdError
 from syncd.log import configure_logging, get_logger
 from syncd.metrics import MetricsSink, NullMetrics, metrics_for
 from syncd.notify import Notifier, watchdog_interval
-from syncd.s3.bucket import ensure_private_bucket
+from syncd.s3.bucket import ensure_bucket
 from syncd.s3.client import describe, open_client
 from syncd.sync.pipeline import Pipeline, run_stopping_cleanly
 from syncd.sync.state import StateLock, StateStore
@@ -191,13 +191,7 @@ class Daemon:
             return None
         try:
             async with open_client(new.s3, pool=4) as client:
-                status = await ensure_private_bucket(
-                    client,
-                    new.bucket,
-                    region=new.s3.region,
-                    endpoint_url=new.s3.endpoint_url,
-                    check_only=True,
-                )
+                status = await ensure_bucket(client, new.s3, new.bucket, check_only=True)
                 if new.object_lock is not None and status.exists:
                     from syncd.s3.lock import check_bucket_lock
 

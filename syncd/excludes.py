@@ -1,5 +1,9 @@
 """Exclude patterns: a gitignore subset, compiled once into regexes because every file of a walk is checked.
 
+Not pathspec's GitIgnoreSpec (measured in this step): with the same directory cache on top it matched a
+100k-file tree 2-2.5x slower, and it differs in 5 of tests/test_excludes.py's cases (``#`` starts a comment
+there, ``[a\\-c]`` is a range, ``logs/**`` also matches ``logs`` itself) and accepts patterns we reject.
+
 Rules (paths are POSIX, relative to the folder, case-sensitive):
 
 - ``*.log``, ``node_modules``: a pattern without a "/" matches the name at any depth.

@@ -18,7 +18,7 @@ from syncd.restore_target import Refused, RestoreTarget
 from syncd.s3 import metadata
 from syncd.s3.client import describe, open_client
 from syncd.s3.listing import Version, list_versions, object_md5
-from syncd.s3.retry import Outage, Retrier
+from syncd.s3.retry import Retrier
 
 
 def parse_time(raw: str) -> dt.datetime:
@@ -54,7 +54,7 @@ async def restore(
     force: bool,
 ) -> int:
     moment = parse_time(at) if at else None
-    retrier = Retrier(Outage(), give_up_after=120)
+    retrier = Retrier.for_command(120)
     failures = 0
     restored = 0
     targets: dict[Path, RestoreTarget] = {}

@@ -7,9 +7,9 @@ import json
 import secrets
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 import botocore.exceptions
@@ -17,6 +17,10 @@ import botocore.exceptions
 from syncd.errors import BucketError, ConfigError
 from syncd.log import get_logger
 from syncd.s3.client import ErrorKind, classify, credentials_error, describe, error_code, http_status
+
+if TYPE_CHECKING:
+    from syncd.config import S3Settings
+    from syncd.s3.retry import Retrier
 
 log = get_logger()
 
@@ -138,6 +142,33 @@ async def ensure_private_bucket(
         acls_ignored=acls_ignored,
         public_acl=still_public,
     )
+
+
+async def ensure_bucket(
+    client: Any,
+    s3: S3Settings,
+    bucket: str,
+    *,
+    check_only: bool,
+    retrier: Retrier | None = None,
+    object_lock: bool = False,
+) -> BucketStatus:
+    """ensure_private_bucket for a config (the daemon's start, `check`, a reload to a new bucket).
+
+    With a retrier it waits while the server is unreachable; without, the first failure is the answer.
+    """
+
+    def attempt() -> Awaitable[BucketStatus]:
+        return ensure_private_bucket(
+            client,
+            bucket,
+            region=s3.region,
+            endpoint_url=s3.endpoint_url,
+            check_only=check_only,
+            object_lock=object_lock,
+        )
+
+    return await (retrier.call(attempt) if retrier is not None else attempt())
 
 
 @contextlib.contextmanager

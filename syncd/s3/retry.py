@@ -122,6 +122,15 @@ class Outage:
         return True
 
 
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """The n-th wait (from 0) of a capped exponential backoff: base, 2*base, 4*base, ... cap.
+
+    The one backoff of syncd: the Retrier draws its jittered waits below it, the watcher waits it between
+    restarts, and a file the server failed is tried again after it (recorder.py).
+    """
+    return min(cap, base * (1 << min(attempt, 62)))
+
+
 class Retrier:
     """Runs S3 calls, retrying what the server or network may fix by itself.
 
@@ -146,8 +155,14 @@ class Retrier:
         self.throttle = throttle or Throttle(64)
         self.started = time.monotonic()
 
+    @classmethod
+    def for_command(cls, give_up_after: float) -> Retrier:
+        """A one-shot command's retrier (versions, restore, verify, check): gives up after that long."""
+        return cls(Outage(), give_up_after=give_up_after)
+
     def delay(self, attempt: int) -> float:
-        return random.uniform(self.base / 2, min(self.cap, self.base * 2**attempt))
+        # Jittered so that many workers retrying at once do not all come back at the same moment.
+        return random.uniform(self.base / 2, backoff(attempt, self.base, self.cap))
 
     async def call(self, op: Callable[[], Awaitable[T]], *, key: str | None = None) -> T:
         """op() until it succeeds; `key`: the object the request is about, so that a failure of that

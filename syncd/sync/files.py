@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from syncd import beneath
+from syncd.config import MiB
 from syncd.log import get_logger
 from syncd.sync.limits import ByteBudget
 
 log = get_logger()
-
-MiB = 1024 * 1024
 HASH_CHUNK = MiB  # read size when hashing
 STREAM_CHUNK = MiB  # a streamed body is re-read from disk and sent in pieces of this size
 HASH_LANES = 1  # threads hashing parts ahead of their uploads (the other core hashes the whole file)

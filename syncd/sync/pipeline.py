@@ -21,7 +21,7 @@ from syncd.errors import ConfigError, SyncdError
 from syncd.log import get_logger
 from syncd.metrics import MetricsSink, NullMetrics
 from syncd.notify import Notifier, watchdog_interval
-from syncd.s3.bucket import BucketStatus, ensure_private_bucket
+from syncd.s3.bucket import BucketStatus, ensure_bucket
 from syncd.s3.client import ErrorKind, classify, describe, error_code
 from syncd.s3.helper import Helper, HelperSettings, put_router
 from syncd.s3.lifecycle import ensure_noncurrent_expiry
@@ -134,15 +134,13 @@ class Pipeline:
             # Started first: its imports run on the other core while this process checks the bucket.
             self.helper = Helper(HelperSettings(c.s3, c.bucket, c.workers + 8, c.log.format, c.log.level))
             self.helper_start = asyncio.get_running_loop().create_task(self._start_helper(self.helper))
-        status = await self.retrier.call(
-            lambda: ensure_private_bucket(
-                self.client,
-                c.bucket,
-                region=c.s3.region,
-                endpoint_url=c.s3.endpoint_url,
-                check_only=check_only,
-                object_lock=self.lock is not None,
-            )
+        status = await ensure_bucket(
+            self.client,
+            c.s3,
+            c.bucket,
+            check_only=check_only,
+            retrier=self.retrier,
+            object_lock=self.lock is not None,
         )
         self.bucket = status
         if self.lock is not None and status.exists:

@@ -16,6 +16,7 @@ from typing import Any
 from syncd.log import get_logger
 from syncd.metrics import MetricsSink
 from syncd.s3.lock import rfc3339
+from syncd.s3.retry import backoff
 from syncd.sync.state import StateStore
 from syncd.sync.uploader import Outcome
 
@@ -113,8 +114,7 @@ class Recorder:
         if not retry:
             log.error("upload_failed", path=rel, reason=reason, attempts=attempts)
             return None
-        delay = min(FAILED_RETRY_BASE * float(2 ** min(attempts - 1, 20)), FAILED_RETRY_CAP)
-        delay *= random.uniform(0.8, 1.2)
+        delay = backoff(attempts - 1, FAILED_RETRY_BASE, FAILED_RETRY_CAP) * random.uniform(0.8, 1.2)
         log.error("upload_failed", path=rel, reason=reason, attempts=attempts, retry_in_s=round(delay, 1))
         return delay
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from syncd.config import MiB
 from syncd.keys import KeyTooLong, key_for_path
 from syncd.s3 import metadata
 from syncd.s3.client import error_code
@@ -44,7 +45,6 @@ from syncd.sync.state import FileRecord, Signature, StateStore, unchanged
 if TYPE_CHECKING:
     from syncd.s3.fastpath import FastPut
 
-MiB = 1024 * 1024
 MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 * 1024**3
 STREAM_HOLD = 2 * STREAM_CHUNK  # what a streamed part holds: the piece being sent and the transport's copy

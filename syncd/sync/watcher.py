@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from syncd.log import get_logger
+from syncd.s3.retry import backoff
 
 log = get_logger()
 
@@ -26,6 +27,8 @@ INOTIFY_HINT = (
     "(persist it in /etc/sysctl.d/); until then changes are found by periodic rescans"
 )
 STABLE_AFTER = 60.0  # a watch that ran this long without failing starts the restart backoff afresh
+RESTART_FIRST = 1.0  # seconds before the first restart of a failed watch; doubled per failure
+RESTART_LONGEST = 60.0  # ... up to this; the watch limit waits this long at once (it clears slowly)
 PROBE_EVERY = 5.0  # seconds between watch-limit probes
 _IN_ONLYDIR = 0x01000000
 _IN_DELETE_SELF = 0x00000400
@@ -112,7 +115,7 @@ class Watcher:
         return time.monotonic() - self.alive_at < limit
 
     async def run(self) -> None:
-        backoff = 1.0
+        failures_in_row = 0
         rescan_reason: str | None = None
         while not self.stop_event.is_set():
             # Runs at this task's first suspension, i.e. once awatch has set up its watches: a rescan
@@ -134,18 +137,21 @@ class Watcher:
                 self.failures += 1
                 self.failing = True
                 if time.monotonic() - started >= STABLE_AFTER:
-                    backoff = 1.0
+                    failures_in_row = 0
                 reason = _reason(exc)
-                if _is_watch_limit(exc):
+                watch_limit = _is_watch_limit(exc)
+                if watch_limit:
+                    failures_in_row = max(failures_in_row, 6)  # 2**6 s is past the cap: the longest wait
+                delay = backoff(failures_in_row, RESTART_FIRST, RESTART_LONGEST)
+                if watch_limit:
                     log.error("watch_limit_reached", reason=reason, hint=INOTIFY_HINT)
-                    backoff = max(backoff, 60.0)
                 else:
-                    log.error("watcher_failed", reason=reason[:300], retry_in_s=backoff)
+                    log.error("watcher_failed", reason=reason[:300], retry_in_s=delay)
                 rescan_reason = reason[:200]
                 self.alive_at = time.monotonic()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), backoff)
-                backoff = min(backoff * 2, 60.0)
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                failures_in_row += 1
             finally:
                 self.running = False
 
