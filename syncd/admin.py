@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd import lockview
 from syncd.config import Config
@@ -17,6 +18,9 @@ from syncd.s3.client import open_client
 from syncd.s3.listing import RemoteObject, list_current, list_versions
 from syncd.s3.retry import Retrier
 from syncd.sync.state import FileRecord, StateLock, StateStore
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 
 def _when(ts: float | None) -> str:
@@ -212,7 +216,7 @@ async def check(config: Config) -> int:
     return EXIT_OK
 
 
-async def _lifecycle_warnings(client: Any, config: Config) -> list[str]:
+async def _lifecycle_warnings(client: S3Client, config: Config) -> list[str]:
     """Lifecycle rules that expire or delete history under syncd's prefix (reported by `check`)."""
     from syncd.s3.client import describe, error_code
 
@@ -241,7 +245,7 @@ async def _lifecycle_warnings(client: Any, config: Config) -> list[str]:
     return warnings
 
 
-def _rule_prefix(rule: dict[str, Any]) -> str:
+def _rule_prefix(rule: Mapping[str, Any]) -> str:
     """The key prefix a lifecycle rule applies to ("" for the whole bucket), in any of its three forms."""
     filter_ = rule.get("Filter", {})
     return str(filter_.get("Prefix") or filter_.get("And", {}).get("Prefix") or rule.get("Prefix") or "")

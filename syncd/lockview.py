@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING
 
 from syncd.config import Config
 from syncd.s3.client import describe
@@ -20,6 +20,9 @@ from syncd.s3.lock import (
 from syncd.s3.retry import Retrier
 from syncd.sync.state import LockSummary
 
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
 
 def duration(seconds: float) -> str:
     """30d, 12h, 45s: the largest unit that divides the duration."""
@@ -29,7 +32,7 @@ def duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-async def check_lines(client: Any, config: Config, *, exists: bool) -> list[str]:
+async def check_lines(client: S3Client, config: Config, *, exists: bool) -> list[str]:
     """`check`'s lines about object_lock; BucketError (exit 3) for a bucket without Object Lock."""
     lock = config.object_lock
     if lock is None:
@@ -61,7 +64,7 @@ async def check_lines(client: Any, config: Config, *, exists: bool) -> list[str]
     return lines
 
 
-async def enforcement_line(client: Any, config: Config, rights: KeyRights) -> str:
+async def enforcement_line(client: S3Client, config: Config, rights: KeyRights) -> str:
     """Whether the server enforces locks, where a probe can tell it and leave nothing behind."""
     if rights.delete_versions is not True:
         return (
@@ -102,7 +105,9 @@ def rights_lines(rights: KeyRights, mode: str) -> list[str]:
     return lines
 
 
-async def version_notes(client: Any, bucket: str, found: list[Version], retrier: Retrier) -> dict[str, str]:
+async def version_notes(
+    client: S3Client, bucket: str, found: list[Version], retrier: Retrier
+) -> dict[str, str]:
     """Version ID -> its lock for `versions` ("locked: governance until 2026-12-03T10:00:00Z")."""
 
     gate = asyncio.Semaphore(8)  # a file with thousands of versions: a few requests at a time

@@ -8,7 +8,7 @@ import hashlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from syncd.admin import rel_from_user_path, show
 from syncd.config import Config
@@ -19,6 +19,9 @@ from syncd.s3 import metadata
 from syncd.s3.client import describe, open_client
 from syncd.s3.listing import Version, list_versions, object_md5
 from syncd.s3.retry import Retrier
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 
 def parse_time(raw: str) -> dt.datetime:
@@ -119,7 +122,12 @@ def _destination(
 
 
 async def _restore_one(
-    client: Any, config: Config, v: Version, where: tuple[RestoreTarget, str], force: bool, retrier: Retrier
+    client: S3Client,
+    config: Config,
+    v: Version,
+    where: tuple[RestoreTarget, str],
+    force: bool,
+    retrier: Retrier,
 ) -> bool:
     """Download to a 0600 temp file beside the destination, check the MD5, then owner, mode, mtime and
     into place, every step relative to directory fds that refuse symlinks (restore_target.py)."""

@@ -7,7 +7,7 @@ import json
 import secrets
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -19,6 +19,8 @@ from syncd.log import get_logger
 from syncd.s3.client import ErrorKind, classify, credentials_error, describe, error_code, http_status
 
 if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
     from syncd.config import S3Settings
     from syncd.s3.retry import Retrier
 
@@ -55,7 +57,7 @@ class BucketStatus:
 
 
 async def ensure_private_bucket(
-    client: Any,
+    client: S3Client,
     bucket: str,
     *,
     region: str | None,
@@ -145,7 +147,7 @@ async def ensure_private_bucket(
 
 
 async def ensure_bucket(
-    client: Any,
+    client: S3Client,
     s3: S3Settings,
     bucket: str,
     *,
@@ -214,7 +216,7 @@ def _raise_for(exc: botocore.exceptions.ClientError, bucket: str, action: str, p
     ) from exc
 
 
-async def _exists(client: Any, bucket: str) -> bool:
+async def _exists(client: S3Client, bucket: str) -> bool:
     with _step(bucket, "look up the bucket (HeadBucket)", "s3:ListBucket"):
         try:
             await client.head_bucket(Bucket=bucket)
@@ -238,7 +240,7 @@ async def _exists(client: Any, bucket: str) -> bool:
     return True
 
 
-async def _create(client: Any, bucket: str, region: str | None, *, object_lock: bool = False) -> bool:
+async def _create(client: S3Client, bucket: str, region: str | None, *, object_lock: bool = False) -> bool:
     """Create the bucket private; False when it turned out to exist (ownership is checked next)."""
     args: dict[str, Any] = {"Bucket": bucket, "ACL": "private"}
     if object_lock:
@@ -268,10 +270,10 @@ async def _create(client: Any, bucket: str, region: str | None, *, object_lock: 
     return True
 
 
-async def _get_acl(client: Any, bucket: str) -> dict[str, Any]:
+async def _get_acl(client: S3Client, bucket: str) -> Mapping[str, Any]:
     with _step(bucket, "read the bucket ACL", "s3:GetBucketAcl"):
         try:
-            acl: dict[str, Any] = await client.get_bucket_acl(Bucket=bucket)
+            acl = await client.get_bucket_acl(Bucket=bucket)
             _check_is_s3(client, acl)
         except botocore.exceptions.ClientError as exc:
             # Only the owner may read a bucket's ACL (AWS, RGW): denied on a bucket that is not among ours
@@ -295,7 +297,7 @@ async def _get_acl(client: Any, bucket: str) -> dict[str, Any]:
     return acl
 
 
-async def _listed_elsewhere(client: Any, bucket: str) -> bool:
+async def _listed_elsewhere(client: S3Client, bucket: str) -> bool:
     """True when ListBuckets answers and does not name the bucket; False when it does or is refused."""
     try:
         listed = await client.list_buckets()
@@ -304,7 +306,7 @@ async def _listed_elsewhere(client: Any, bucket: str) -> bool:
     return bucket not in {entry.get("Name") for entry in listed.get("Buckets", [])}
 
 
-def _check_is_s3(client: Any, acl: dict[str, Any]) -> None:
+def _check_is_s3(client: S3Client, acl: Mapping[str, Any]) -> None:
     """An S3 server answers GetBucketAcl with an Owner and Grants; a web page parses into neither."""
     if "Owner" in acl or "Grants" in acl:
         return
@@ -315,7 +317,7 @@ def _check_is_s3(client: Any, acl: dict[str, Any]) -> None:
     )
 
 
-async def _owner_proven(client: Any, bucket: str, acl: dict[str, Any]) -> bool:
+async def _owner_proven(client: S3Client, bucket: str, acl: Mapping[str, Any]) -> bool:
     """True when the ACL owner is the caller; raises when it is someone else; False when we cannot tell."""
     owner = str(acl.get("Owner", {}).get("ID", ""))
     try:
@@ -342,7 +344,7 @@ async def _owner_proven(client: Any, bucket: str, acl: dict[str, Any]) -> bool:
     return False
 
 
-def _public_grants(acl: dict[str, Any]) -> list[str]:
+def _public_grants(acl: Mapping[str, Any]) -> list[str]:
     grants = acl.get("Grants", [])
     return sorted(
         f"{PUBLIC_GROUPS[uri]}:{grant.get('Permission', '?')}"
@@ -351,7 +353,7 @@ def _public_grants(acl: dict[str, Any]) -> list[str]:
     )
 
 
-async def _acls_disabled(client: Any, bucket: str) -> bool:
+async def _acls_disabled(client: S3Client, bucket: str) -> bool:
     """Object Ownership is BucketOwnerEnforced (AWS's default since 2023): ACLs grant nothing there, and
     PutBucketAcl answers AccessControlListNotSupported. Servers without the setting answer an error: False."""
     try:
@@ -364,7 +366,7 @@ async def _acls_disabled(client: Any, bucket: str) -> bool:
     return any(rule.get("ObjectOwnership") == "BucketOwnerEnforced" for rule in rules)
 
 
-async def _make_private(client: Any, bucket: str, public: list[str]) -> bool:
+async def _make_private(client: S3Client, bucket: str, public: list[str]) -> bool:
     """Replace the ACL with `private` and read it back: the grant must be gone. False when the server
     refuses ACLs and enforces bucket-owner ownership: the grants it lists grant nothing."""
     with _step(bucket, f"remove the public grant ({', '.join(public)})", "s3:PutBucketAcl"):
@@ -385,7 +387,7 @@ async def _make_private(client: Any, bucket: str, public: list[str]) -> bool:
     return True
 
 
-async def _check_policy(client: Any, bucket: str, *, public_acl: bool) -> None:
+async def _check_policy(client: S3Client, bucket: str, *, public_acl: bool) -> None:
     """Refuse a public bucket policy; syncd never deletes a policy, the user decides what it was for.
 
     GetBucketPolicyStatus is not enough on its own: Ceph RGW says IsPublic for a public ACL too. So a
@@ -416,7 +418,7 @@ async def _check_policy(client: Any, bucket: str, *, public_acl: bool) -> None:
         )
 
 
-async def _read_policy(client: Any, bucket: str) -> str | None:
+async def _read_policy(client: S3Client, bucket: str) -> str | None:
     """The bucket policy document; None when there is none (or the server has no bucket policies)."""
     with _step(bucket, "read the bucket policy", "s3:GetBucketPolicy"):
         try:
@@ -451,7 +453,7 @@ def _anyone(principal: Any) -> bool:
     return bool(principal == "*")
 
 
-def _bucket_url(client: Any, bucket: str, region: str | None, endpoint_url: str | None) -> str:
+def _bucket_url(client: S3Client, bucket: str, region: str | None, endpoint_url: str | None) -> str:
     """Path style for custom endpoints; AWS virtual-host style (path style when a dot would break TLS)."""
     if endpoint_url:
         return f"{endpoint_url.rstrip('/')}/{bucket}"
@@ -517,7 +519,7 @@ async def _probe_anonymous(bucket: str, url: str) -> None:
             )
 
 
-async def _versioning(client: Any, bucket: str, *, enable: bool) -> str:
+async def _versioning(client: S3Client, bucket: str, *, enable: bool) -> str:
     """Turn versioning on where the server lets us, then report what it says; never fatal when refused.
 
     PutBucketVersioning is only sent when the bucket is not versioned yet, so a least-privilege key
@@ -549,7 +551,7 @@ async def _versioning(client: Any, bucket: str, *, enable: bool) -> str:
     return status
 
 
-async def _read_versioning(client: Any, bucket: str) -> str:
+async def _read_versioning(client: S3Client, bucket: str) -> str:
     """The bucket's versioning status; "Unsupported" where the server has no versioning (R2)."""
     with _step(bucket, "read the versioning status", "s3:GetBucketVersioning"):
         try:

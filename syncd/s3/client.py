@@ -11,7 +11,7 @@ import http.client
 import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 import aiohttp
@@ -20,6 +20,9 @@ from botocore.config import Config as BotoConfig
 
 from syncd.config import S3Settings
 from syncd.errors import CredentialsError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 
 class ErrorKind(enum.Enum):
@@ -252,7 +255,7 @@ def credentials_of(client: Any) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[Any]:
+async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[S3Client]:
     """The process's one S3 client, sized for `pool` concurrent requests."""
     session = make_session(settings)
     async with session.client(

@@ -10,12 +10,16 @@ keep_versions_days the bucket is left alone (a rule set earlier stays until the 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
 from syncd.log import get_logger
 from syncd.s3.client import ErrorKind, classify, credentials_error, describe, error_code
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = get_logger()
 RULE_ID = "syncd-keep-versions"  # the rule of an empty prefix (the whole bucket)
@@ -41,7 +45,7 @@ def noncurrent_rule(days: int, prefix: str) -> dict[str, Any]:
     }
 
 
-async def ensure_noncurrent_expiry(client: Any, bucket: str, prefix: str, days: int | None) -> str:
+async def ensure_noncurrent_expiry(client: S3Client, bucket: str, prefix: str, days: int | None) -> str:
     """Make old versions expire `days` after they stop being current; other rules are kept as they are.
 
     Returns "set" (written now), "unchanged" (already so, or days is None), "unsupported" (the server has
@@ -79,9 +83,9 @@ async def ensure_noncurrent_expiry(client: Any, bucket: str, prefix: str, days: 
     return "set"
 
 
-async def _current(client: Any, bucket: str) -> dict[str, Any]:
+async def _current(client: S3Client, bucket: str) -> Mapping[str, Any]:
     try:
-        response: dict[str, Any] = await client.get_bucket_lifecycle_configuration(Bucket=bucket)
+        response = await client.get_bucket_lifecycle_configuration(Bucket=bucket)
     except botocore.exceptions.ClientError as exc:
         if error_code(exc) in NO_CONFIGURATION:
             return {}

@@ -11,12 +11,15 @@ import datetime as dt
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.log import get_logger
 from syncd.s3 import metadata
 from syncd.s3.client import error_code
 from syncd.s3.retry import Retrier
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = get_logger()
 
@@ -52,7 +55,9 @@ class Version:
     etag: str
 
 
-async def list_current(client: Any, bucket: str, prefix: str, retrier: Retrier) -> dict[str, RemoteObject]:
+async def list_current(
+    client: S3Client, bucket: str, prefix: str, retrier: Retrier
+) -> dict[str, RemoteObject]:
     """Every current object under prefix (an absent bucket holds nothing)."""
     out: dict[str, RemoteObject] = {}
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
@@ -71,7 +76,7 @@ async def list_current(client: Any, bucket: str, prefix: str, retrier: Retrier) 
         kwargs["ContinuationToken"] = token
 
 
-async def list_versions(client: Any, bucket: str, prefix: str, retrier: Retrier) -> list[Version]:
+async def list_versions(client: S3Client, bucket: str, prefix: str, retrier: Retrier) -> list[Version]:
     """Every version and delete marker under prefix."""
     out: list[Version] = []
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
@@ -114,7 +119,7 @@ class RemoteIndex:
     (a steady daemon does not keep a copy of the bucket's listing in memory).
     """
 
-    def __init__(self, client: Any, bucket: str, prefix: str, retrier: Retrier) -> None:
+    def __init__(self, client: S3Client, bucket: str, prefix: str, retrier: Retrier) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix

@@ -16,7 +16,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions
 
@@ -24,6 +24,11 @@ from syncd.config import ObjectLockSettings
 from syncd.errors import BucketError
 from syncd.s3.client import ErrorKind, classify, describe, error_code
 from syncd.s3.retry import Retrier
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.literals import ObjectLockRetentionModeType
+    from types_aiobotocore_s3.type_defs import ObjectLockRetentionTypeDef
 
 NO_LOCK_CONFIG = frozenset({"ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"})
 UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed", "501", "405"})
@@ -95,7 +100,7 @@ class Retention:
         return self.mode == policy.mode or self.mode == "COMPLIANCE"
 
 
-async def read_retention(client: Any, bucket: str, key: str, version_id: str) -> Retention:
+async def read_retention(client: S3Client, bucket: str, key: str, version_id: str) -> Retention:
     """GetObjectRetention of one version; a version without a lock is Retention(None, None)."""
     try:
         response = await client.get_object_retention(Bucket=bucket, Key=key, VersionId=version_id)
@@ -109,17 +114,14 @@ async def read_retention(client: Any, bucket: str, key: str, version_id: str) ->
 
 
 async def set_retention(
-    client: Any, bucket: str, key: str, version_id: str, policy: LockPolicy, until: float
+    client: S3Client, bucket: str, key: str, version_id: str, policy: LockPolicy, until: float
 ) -> Retention:
     """PutObjectRetention to `until`. When the server refuses, what it holds decides: a lock that covers
     what was asked (longer, which it may not shorten) is returned; a lock in the other mode is extended in
     that mode; anything else raises the refusal."""
     try:
         await client.put_object_retention(
-            Bucket=bucket,
-            Key=key,
-            VersionId=version_id,
-            Retention={"Mode": policy.mode, "RetainUntilDate": dt.datetime.fromtimestamp(until, dt.UTC)},
+            Bucket=bucket, Key=key, VersionId=version_id, Retention=_retention(policy.mode, until)
         )
     except botocore.exceptions.ClientError as exc:
         if classify(exc) is not ErrorKind.PERMANENT:
@@ -135,14 +137,28 @@ async def set_retention(
             Bucket=bucket,
             Key=key,
             VersionId=version_id,
-            Retention={"Mode": held.mode, "RetainUntilDate": dt.datetime.fromtimestamp(until, dt.UTC)},
+            Retention=_retention(held.mode, until),
         )
         return Retention(held.mode, until)
     return Retention(policy.mode, until)
 
 
+def _retention(mode: str, until: float) -> ObjectLockRetentionTypeDef:
+    """A PutObjectRetention body; `mode` is GOVERNANCE or COMPLIANCE (config.py and the server say so)."""
+    return {
+        "Mode": cast("ObjectLockRetentionModeType", mode),
+        "RetainUntilDate": dt.datetime.fromtimestamp(until, dt.UTC),
+    }
+
+
 async def ensure_retention(
-    client: Any, retrier: Retrier, bucket: str, key: str, version_id: str, policy: LockPolicy, until: float
+    client: S3Client,
+    retrier: Retrier,
+    bucket: str,
+    key: str,
+    version_id: str,
+    policy: LockPolicy,
+    until: float,
 ) -> float:
     """Read the version's lock back and set it when the server holds less; the retain-until it holds."""
     held = await retrier.call(lambda: read_retention(client, bucket, key, version_id))
@@ -170,7 +186,7 @@ class BucketLock:
         return f"{self.default_mode.lower()} {amount}"
 
 
-async def read_bucket_lock(client: Any, bucket: str) -> BucketLock:
+async def read_bucket_lock(client: S3Client, bucket: str) -> BucketLock:
     """GetObjectLockConfiguration; a bucket without Object Lock (or a server without it) is not enabled."""
     try:
         response = await client.get_object_lock_configuration(Bucket=bucket)
@@ -204,7 +220,7 @@ def not_locked_error(bucket: str) -> BucketError:
     )
 
 
-async def check_bucket_lock(client: Any, bucket: str) -> BucketLock:
+async def check_bucket_lock(client: S3Client, bucket: str) -> BucketLock:
     """The bucket's lock configuration; BucketError (exit 3) when Object Lock is not enabled on it."""
     lock = await read_bucket_lock(client, bucket)
     if not lock.enabled:
@@ -223,7 +239,7 @@ class KeyRights:
     bypass_governance: bool | None
 
 
-async def probe_key_rights(client: Any, bucket: str, prefix: str) -> KeyRights:
+async def probe_key_rights(client: S3Client, bucket: str, prefix: str) -> KeyRights:
     """DeleteObject with a VersionId, plain and with BypassGovernanceRetention, on a key that does not exist.
 
     Nothing exists to be deleted, so nothing is; the server still checks s3:DeleteObjectVersion first
@@ -258,7 +274,7 @@ async def probe_key_rights(client: Any, bucket: str, prefix: str) -> KeyRights:
 PROBE_LOCK = 2.0  # seconds the enforcement probe stays locked
 
 
-async def probe_enforcement(client: Any, bucket: str, prefix: str) -> bool:
+async def probe_enforcement(client: S3Client, bucket: str, prefix: str) -> bool:
     """Whether the server refuses to delete a locked version: a 0-byte probe locked (governance) for
     PROBE_LOCK seconds, one delete of that version, then the probe's removal once its lock is over.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from syncd.config import Config
 from syncd.log import get_logger
@@ -18,6 +18,9 @@ from syncd.s3.retry import Retrier
 from syncd.sync.files import present
 from syncd.sync.folder import Folder
 from syncd.sync.state import StateStore
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = get_logger()
 BATCH_QUIET = 2.0  # seconds without a new deletion before a batch is judged by the delete guard
@@ -75,7 +78,7 @@ class Deletions:
     def __init__(
         self,
         config: Config,
-        client: Any,
+        client: S3Client,
         state: StateStore,
         retrier: Retrier,
         folder: Folder,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from syncd.log import get_logger
 from syncd.s3.client import describe, error_code
@@ -20,6 +20,9 @@ from syncd.s3.lock import LockPolicy, as_timestamp, rfc3339, set_retention
 from syncd.s3.retry import Retrier
 from syncd.sync.limits import RateLimit
 from syncd.sync.state import LockRow, StateStore
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = get_logger()
 BATCH = 200  # lock rows read from the state and extended per round
@@ -34,7 +37,7 @@ class LockExtender:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         bucket: str,
         state: StateStore,
         policy: LockPolicy,

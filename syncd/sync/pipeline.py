@@ -14,7 +14,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
@@ -42,6 +42,9 @@ from syncd.sync.state import Counts, Signature, StateStore, unchanged
 from syncd.sync.uploader import Uploader, UploadSettings
 from syncd.sync.watcher import Watcher
 
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
 log = get_logger()
 CREDENTIALS_PAUSE = 30.0  # seconds a worker waits after the server rejected the credentials
 LOCK_METRICS_EVERY = 60.0  # seconds between counts of the locked current versions (a scan of the lock index)
@@ -57,7 +60,7 @@ class Pipeline:
     def __init__(
         self,
         config: Config,
-        client: Any,
+        client: S3Client,
         state: StateStore,
         notifier: Notifier,
         *,

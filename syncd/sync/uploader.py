@@ -14,7 +14,7 @@ import hashlib
 import mimetypes
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,9 @@ from syncd.sync.limits import ByteBudget, RateLimit
 from syncd.sync.state import FileRecord, Signature, StateStore, unchanged
 
 if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
+
     from syncd.s3.fastpath import FastPut
 
 MAX_PARTS = 10_000
@@ -109,7 +112,7 @@ class Locked:
         self.policy = policy
         self.until: float | None = None
 
-    def args(self) -> dict[str, Any]:
+    def args(self) -> Mapping[str, Any]:
         if self.policy is None:
             return {}
         self.until = self.policy.until()
@@ -131,7 +134,7 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def _etag(response: dict[str, Any]) -> str:
+def _etag(response: Mapping[str, Any]) -> str:
     """The ETag of a put, a completed multipart upload or a copy, unquoted ("" when the server gave none)."""
     etag = response.get("ETag") or response.get("CopyObjectResult", {}).get("ETag") or ""
     return str(etag).strip('"')
@@ -142,7 +145,7 @@ class Uploader:
 
     def __init__(
         self,
-        client: Any,
+        client: S3Client,
         settings: UploadSettings,
         retrier: Retrier,
         budget: ByteBudget,
@@ -151,7 +154,7 @@ class Uploader:
         state: StateStore,
         remote: RemoteIndex,
         fast_put: FastPut | None = None,
-        put_object: Callable[..., Awaitable[dict[str, Any]]] | None = None,
+        put_object: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
         dry_run: bool = False,
     ) -> None:
         self.client = client
@@ -162,7 +165,7 @@ class Uploader:
         self.state = state  # what was uploaded (skip, copy sources) and the multipart uploads in flight
         self.remote = remote  # what a fresh state's bucket already holds
         self._fast_put = fast_put
-        self.put_object: Callable[..., Awaitable[dict[str, Any]]] = put_object or (
+        self.put_object: Callable[..., Awaitable[Mapping[str, Any]]] = put_object or (
             fast_put.put_object if fast_put is not None else client.put_object
         )
         self.dry_run = dry_run
@@ -286,7 +289,7 @@ class Uploader:
         until = await self._lock_held(key, completed, lock)
         return self._finish(f, "uploaded", md5, completed, parts=parts, retain_until=until)
 
-    async def _lock_kept(self, key: str, response: dict[str, Any], lock: Locked) -> float | None:
+    async def _lock_kept(self, key: str, response: Mapping[str, Any], lock: Locked) -> float | None:
         """After a PUT that took longer than LATENCY_MARGIN (a large body, a slow link), the server may
         have dated the version later than the lock allows for: extend the lock to now + retain then."""
         version_id = response.get("VersionId")
@@ -319,7 +322,7 @@ class Uploader:
             lock.policy.until(),
         )
 
-    async def _filled_in(self, key: str, response: dict[str, Any], md5: str, size: int) -> dict[str, Any]:
+    async def _filled_in(self, key: str, response: Mapping[str, Any], md5: str, size: int) -> dict[str, Any]:
         """response with the ETag and VersionId a server left out, read back with HeadObject.
 
         Ceph RGW omits x-amz-version-id on CopyObject and (16.2) answers CompleteMultipartUpload with an
@@ -327,15 +330,15 @@ class Uploader:
         bucket has no VersionId to find, so the HEAD is made then too, once per copy or multipart upload.
         """
         if _etag(response) and response.get("VersionId"):
-            return response
+            return dict(response)
         try:
             head = await self.retrier.call(
                 lambda: self.client.head_object(Bucket=self.settings.bucket, Key=key)
             )
         except Exception:
-            return response  # the object is stored; only its record lacks what the server did not say
+            return dict(response)  # the object is stored; only its record lacks what the server did not say
         if head.get("ContentLength") != size or metadata.md5_hex(head.get("Metadata")) != md5:
-            return response  # overwritten since: the HEAD describes another version
+            return dict(response)  # overwritten since: the HEAD describes another version
         return {
             **response,
             "ETag": _etag(response) or head.get("ETag"),
@@ -347,7 +350,7 @@ class Uploader:
         f: OpenFile,
         action: str,
         md5: str,
-        response: dict[str, Any],
+        response: Mapping[str, Any],
         *,
         source_key: str | None = None,
         parts: int = 0,
@@ -383,7 +386,7 @@ class Uploader:
 
     async def _put(
         self, key: str, body: bytes, md5: str, meta: dict[str, str], ctype: str, lock: Locked
-    ) -> dict[str, Any]:
+    ) -> Mapping[str, Any]:
         await self.rate.consume(len(body))
         content_md5 = b64(bytes.fromhex(md5))
         return await self.retrier.call(
@@ -410,8 +413,8 @@ class Uploader:
 
     async def _copy(
         self, source: FileRecord, key: str, meta: dict[str, str], ctype: str, lock: Locked
-    ) -> dict[str, Any] | None:
-        copy_source = {"Bucket": self.settings.bucket, "Key": source.key}
+    ) -> Mapping[str, Any] | None:
+        copy_source: CopySourceTypeDef = {"Bucket": self.settings.bucket, "Key": source.key}
         if source.version_id:
             copy_source["VersionId"] = source.version_id
         try:
@@ -440,7 +443,7 @@ class Uploader:
 
     async def _multipart(
         self, f: OpenFile, meta: dict[str, str], ctype: str, hashes: PartHashes | None, lock: Locked
-    ) -> tuple[dict[str, Any] | None, int]:
+    ) -> tuple[Mapping[str, Any] | None, int]:
         """Several parts in flight, each with Content-MD5; with the fast path each is hashed and then
         streamed from disk as it is sent, so memory per part is a few MiB whatever the part size."""
         rel, key, fd, sig = f.rel, f.key, f.fd, f.sig
@@ -492,7 +495,9 @@ class Uploader:
                 if skipped is not None:
                     raise skipped
                 return None, count
-            parts = [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
+            parts: list[CompletedPartTypeDef] = [
+                {"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)
+            ]
             response = await self.retrier.call(
                 lambda: self.client.complete_multipart_upload(
                     Bucket=self.settings.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
@@ -539,7 +544,7 @@ class Uploader:
 
     async def _put_streamed(
         self, f: OpenFile, md5: str, sha256: str | None, meta: dict[str, str], ctype: str, lock: Locked
-    ) -> dict[str, Any] | None:
+    ) -> Mapping[str, Any] | None:
         """A file below multipart_threshold, hashed already, streamed from disk; None if it changed."""
         fast = self.fast_put
         assert fast is not None
@@ -570,14 +575,14 @@ class Uploader:
         f: OpenFile,
         offset: int,
         length: int,
-        send: Callable[[Any], Awaitable[dict[str, Any]]],
-    ) -> dict[str, Any]:
+        send: Callable[[Any], Awaitable[Mapping[str, Any]]],
+    ) -> Mapping[str, Any]:
         """send(chunks) with retries, each attempt reading the bytes from disk again.
 
         PartChanged when the file moved on since it was hashed, FileSkipped when the disk fails.
         """
 
-        async def attempt() -> dict[str, Any]:
+        async def attempt() -> Mapping[str, Any]:
             if not self._still(f.fd, f.sig):
                 raise PartChanged("the file changed")
             body = PartBody(f.fd, offset, length)
