@@ -1,1 +1,1 @@
-"""The stages a changed file goes through: scan/watcher -> settle -> queue -> uploader -> state."""
+"""The stages a changed file goes through: scan/watcher -> settle -> queue -> uploader -> recorder."""
