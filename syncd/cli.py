@@ -21,6 +21,7 @@ from syncd.errors import (
     EXIT_OK,
     EXIT_PIPE_CLOSED,
     ConfigError,
+    SyncdError,
     first_syncd_error,
 )
 
@@ -171,7 +172,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def report(exc: BaseException) -> int:
     """One stderr line for anything the user can fix; a traceback only for our own bugs."""
-    user_error = first_syncd_error(exc)
+    user_error = first_syncd_error(exc) or _credentials_refused(exc)
     if user_error is not None:
         print(f"syncd: error: {user_error}", file=sys.stderr)
         return user_error.exit_code
@@ -188,6 +189,19 @@ def report(exc: BaseException) -> int:
     if os.environ.get("SYNCD_DEBUG"):
         traceback.print_exception(exc)
     return EXIT_INTERNAL
+
+
+def _credentials_refused(exc: BaseException) -> SyncdError | None:
+    """A server's refusal of the keys that no command turned into a CredentialsError itself (exit 4)."""
+    if "botocore" not in sys.modules:  # no S3 request was made
+        return None
+    from syncd.s3.client import ErrorKind, classify, credentials_error
+
+    if isinstance(exc, BaseExceptionGroup):
+        return next(filter(None, (_credentials_refused(inner) for inner in exc.exceptions)), None)
+    if isinstance(exc, Exception) and classify(exc) is ErrorKind.CREDENTIALS:
+        return credentials_error(exc)
+    return None
 
 
 def _contains(exc: BaseException, kind: type[BaseException]) -> bool:

@@ -51,6 +51,8 @@ class S3Settings:
     region: str | None = None
     profile: str | None = None
     checksum: str = "when_required"
+    # Seconds one request may take in all, plus one per MIN_BANDWIDTH bytes of its body (client.py).
+    request_timeout: float = 130.0
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "delete_guard.": frozenset({"limit", "window"}),
-    "s3.": frozenset({"endpoint_url", "region", "profile", "checksum"}),
+    "s3.": frozenset({"endpoint_url", "region", "profile", "checksum", "request_timeout"}),
     "log.": frozenset({"format", "level"}),
     "metrics.": frozenset({"listen"}),
     "object_lock.": frozenset({"mode", "retain"}),
@@ -314,7 +316,12 @@ def parse_config(data: Mapping[str, Any], file: Path, *, folder_must_exist: bool
         region=s3r.str_("region"),
         profile=s3r.str_("profile"),
         checksum=s3r.choice("checksum", "when_required", ("when_required", "when_supported")),
+        request_timeout=parse_duration(s3r.get("request_timeout", "130s"), s3r.where("request_timeout")),
     )
+    if s3.request_timeout < 1:
+        raise ConfigError(
+            f"{s3r.where('request_timeout')}: a request needs at least 1s, got {s3.request_timeout}s"
+        )
     if s3.endpoint_url and not re.match(r"^https?://[^/\s]+", s3.endpoint_url):
         raise ConfigError(
             f"{s3r.where('endpoint_url')}: expected a URL like https://s3.us-west-004.backblazeb2.com, "

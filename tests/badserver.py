@@ -20,7 +20,10 @@ Modes (`BadServer.mode` may be changed while it runs, e.g. from "500" to "proxy"
   damaged on the way from the server.
 
 `answer(request)` is asked first about every request (a `Request`): an `Answer` it returns is sent instead
-of what the mode would do (tests/s3front.py builds servers' documented answers on it).
+of what the mode would do (tests/s3front.py builds servers' documented answers on it). It may start from
+the real server's answer (`front.forward(request)`) and change one thing in it; an Answer's body may be an
+iterable of chunks, sent as they come (a server that drips, or one that never stops); `sent` counts the
+bytes of such bodies that the client took.
 
 `only(method, path_and_query)` limits the misbehaviour to matching requests (the rest are proxied, and only
 matching requests count towards `times`); `refuse(method, path_and_query)` names requests to answer 403
@@ -39,7 +42,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,7 +116,7 @@ class Request:
 @dataclass(frozen=True)
 class Answer:
     status: int
-    body: bytes = b""
+    body: bytes | Iterable[bytes] = b""
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -186,7 +189,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, code, message = ERRORS[name]
         self._send(status, {"Content-Type": "application/xml"}, error_xml(code, message))
 
-    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def _send(self, status: int, headers: dict[str, str], body: bytes | Iterable[bytes]) -> None:
+        if not isinstance(body, bytes):
+            self._stream(status, headers, body)
+            return
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -194,6 +200,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _stream(self, status: int, headers: dict[str, str], chunks: Iterable[bytes]) -> None:
+        """Send chunks as they come, until they end or the client hangs up (a capped or timed-out reader)."""
+        owner = self.server.owner
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.close_connection = True  # no length, or one the body may not keep to
+        try:
+            for chunk in chunks:
+                if owner.stopped.is_set():
+                    return
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                owner.note_sent(len(chunk))
+        except OSError:
+            pass
 
     def _proxy(self, body: bytes, corrupt: bool = False) -> None:
         owner = self.server.owner
@@ -255,6 +279,7 @@ class BadServer:
         self.only = only
         self.refuse = refuse
         self.answer = answer
+        self.sent = 0  # bytes of streamed Answer bodies the client took
         self.answered: list[tuple[Request, Answer]] = []  # what answer() answered, in order
         self.requests: list[tuple[str, str]] = []
         self.matched = 0
@@ -268,6 +293,31 @@ class BadServer:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def note_sent(self, size: int) -> None:
+        with self._lock:
+            self.sent += size
+
+    def forward(self, request: Request) -> Answer:
+        """The upstream server's own answer to this request (Host kept, so SigV4 still verifies)."""
+        assert self.upstream, "forward() needs an upstream"
+        target = urllib.parse.urlsplit(self.upstream)
+        headers = {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
+        if request.body or request.method in ("PUT", "POST"):
+            headers["content-length"] = str(len(request.body))
+        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
+        try:
+            conn.request(request.method, request.path, body=request.body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            kept = {
+                name: value
+                for name, value in response.getheaders()
+                if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
+            }
+            return Answer(response.status, data, kept)
+        finally:
+            conn.close()
 
     def count(self, method: str, path: str, matched: bool) -> int:
         """Record one request; the number (1-based) of matching requests so far."""

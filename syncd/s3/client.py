@@ -10,8 +10,9 @@ import hashlib
 import http.client
 import ssl
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aioboto3
 import aiohttp
@@ -32,6 +33,8 @@ class ErrorKind(enum.Enum):
     PERMANENT = "permanent"  # this request will never succeed as it is
 
 
+# Not the server's: syncd's name for a 200 whose ETag is an MD5 other than the one sent (etag_checked).
+ETAG_MISMATCH = "ETagMismatch"
 CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId"}
 )
@@ -50,9 +53,37 @@ TRANSIENT_CODES = frozenset(
         "BadDigest",  # the bytes were damaged on the way: sending them again is the fix
         "IncompleteBody",
         "XAmzContentSHA256Mismatch",
+        ETAG_MISMATCH,
     }
 )
 CLOCK_CODES = frozenset({"RequestTimeTooSkewed"})
+_HEX32 = frozenset("0123456789abcdef")
+
+
+def etag_checked(response: Mapping[str, Any], md5_hex: str, operation: str = "PutObject") -> None:
+    """The answer to a single PUT or part sent with Content-MD5, refused when its ETag is a plain MD5 that
+    is not the one sent: the server (or something before it) did not store the bytes syncd sent. Raised
+    as a transient ClientError, so the request is sent again and, if it keeps happening, fails.
+
+    SSE-KMS and SSE-C objects have ETags that are not their MD5 (the answer says so: aws:kms, or a customer
+    key algorithm), and multipart ETags have a "-N": those are taken as they are.
+    """
+    etag = str(response.get("ETag", "")).strip('"').lower()
+    if len(etag) != 32 or not _HEX32.issuperset(etag) or etag == md5_hex.lower():
+        return
+    if str(response.get("ServerSideEncryption", "")).startswith("aws:kms") or response.get(
+        "SSECustomerAlgorithm"
+    ):
+        return
+    error = {
+        "Code": ETAG_MISMATCH,
+        "Message": f"the server answered ETag {etag} for bytes whose MD5 is {md5_hex}: it did not store them",
+    }
+    meta = dict(response.get("ResponseMetadata", {}))
+    exc: Exception = botocore.exceptions.ClientError({"Error": error, "ResponseMetadata": meta}, operation)
+    raise exc
+
+
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 READ_TIMEOUT = 120.0  # seconds the server may stay silent while answering
 BODY_CAP = 1024 * 1024  # bytes of an error (or other unexpected) response body read; the rest is dropped
@@ -91,14 +122,20 @@ def redirect_error(status: int, headers: dict[str, str], body: bytes, operation:
     """A 3xx as an error naming where it points: syncd never follows a redirect (its bytes and version
     id would come from a server that is not the configured one)."""
     exc: Any = response_error(status, headers, body, operation)
-    location = headers.get("location", "") or exc.response["Error"].get("Endpoint", "")
-    said = exc.response["Error"].get("Message", "")
-    exc.response["Error"]["Message"] = (
+    exc.response["Error"]["Message"] = redirect_message(exc, exc.response["Error"].get("Message", ""))
+    redirect: Exception = exc
+    return redirect
+
+
+def redirect_message(exc: Any, said: str) -> str:
+    """What a 3xx answer means for syncd, naming where it points (the plain client's too: botocore does
+    not follow redirects either, but its error does not say where to)."""
+    headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    location = headers.get("location", "") or exc.response.get("Error", {}).get("Endpoint", "")
+    return (
         f"the server redirects to {location or '(no Location)'}; syncd does not follow redirects: set "
         f"endpoint_url to the server that stores the bucket{f' ({said})' if said else ''}"
     )
-    redirect: Exception = exc
-    return redirect
 
 
 async def read_capped(content: Any, cap: int = BODY_CAP) -> bytes:
@@ -115,9 +152,10 @@ async def read_capped(content: Any, cap: int = BODY_CAP) -> bytes:
 
 
 # Every request ends: a server that sends one byte every few seconds never trips the read timeout. The base
-# covers connecting and a server that thinks for READ_TIMEOUT; a body adds a second per MIN_BANDWIDTH bytes.
+# (s3.request_timeout) covers connecting and a server that thinks for READ_TIMEOUT; a body adds a second
+# per MIN_BANDWIDTH bytes.
 REQUEST_TIMEOUT = CONNECT_TIMEOUT + READ_TIMEOUT
-MIN_BANDWIDTH = 16 * 1024  # bytes/s: a request moving its bytes slower than this is stuck
+MIN_BANDWIDTH = 16 * 1024  # bytes/s: a request moving its bytes slower than this is stuck (128 kbit/s)
 
 
 def request_deadline(size: int = 0, base: float = REQUEST_TIMEOUT) -> float:
@@ -184,6 +222,8 @@ def describe(exc: BaseException) -> str:
             else ""
         )
         status = http_status(exc)
+        if 300 <= status < 400 and "does not follow redirects" not in message:
+            message = redirect_message(exc, message)
         return f"{code} (HTTP {status}){': ' + message if message else ''}"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
@@ -245,6 +285,22 @@ def content_md5_instead_of_crc32(params: dict[str, Any], **_: Any) -> None:
         params["headers"]["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
+def refuse_redirected(response: Any = None, request_dict: Any = None, **_: Any) -> None:
+    """needs-retry hook: an answer that came from another place than the request was sent to is an error.
+
+    aiobotocore's HTTP session lets aiohttp follow redirects (botocore itself does not): the request has
+    gone to the Location by then (aiohttp drops the Authorization header to another host, not the body),
+    but its answer (that host's version id) is never taken for the configured server's.
+    """
+    if not response or not request_dict or response[0] is None:
+        return
+    sent, answered = str(request_dict.get("url", "")), str(getattr(response[0], "url", "") or "")
+    if answered and urlsplit(answered)[:2] != urlsplit(sent)[:2]:
+        operation = str(request_dict.get("context", {}).get("operation_name", "") or "request")
+        headers = {"location": answered}
+        raise redirect_error(int(response[0].status_code), headers, b"", operation)
+
+
 # The credentials each open client signs with (the session's: refreshable ones renew themselves).
 _credentials: dict[int, Any] = {}
 
@@ -264,6 +320,7 @@ async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[S3C
         region_name=settings.region,
         config=boto_config(settings, pool),
     ) as client:
+        client.meta.events.register("needs-retry.s3", refuse_redirected)
         if settings.checksum == "when_required":
             client.meta.events.register("before-call.s3", content_md5_instead_of_crc32)
         # Found once here, so every command (versions, restore, verify too) says what is missing.

@@ -231,6 +231,7 @@ class FastPut:
         # As botocore: https with Content-MD5 leaves the payload unsigned, http signs its SHA-256.
         self._sign_payload = self._base.startswith("http:")
         self._user_agent = _user_agent()
+        self._request_timeout = settings.request_timeout
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -578,7 +579,9 @@ class FastPut:
         # The whole request, body and answer, has one deadline: a server dripping bytes never trips the
         # socket read timeout, and a stuck request must become a retry, not a hung worker.
         deadline = aiohttp.ClientTimeout(
-            total=request_deadline(size), sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
+            total=request_deadline(size, self._request_timeout),
+            sock_connect=CONNECT_TIMEOUT,
+            sock_read=READ_TIMEOUT,
         )
         try:
             async with session.put(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from syncd.errors import UnavailableError
 from syncd.log import get_logger
 from syncd.s3 import metadata
 from syncd.s3.client import error_code
@@ -32,6 +33,17 @@ def plain_md5(etag: str) -> str | None:
 def object_md5(meta: Mapping[str, str] | None, etag: str) -> str | None:
     """An object's MD5 as its headers tell it: our metadata first, else a plain ETag; None if unknown."""
     return metadata.md5_hex(meta) or plain_md5(etag.strip('"'))
+
+
+def _advanced(operation: str, bucket: str, before: Any, after: Any) -> None:
+    """A truncated page must name where the next one starts, somewhere new: a server (or a front) that
+    answers IsTruncated with no marker, or with the one it was asked for, would be asked forever."""
+    if not after or not any(after) or after == before:
+        raise UnavailableError(
+            f"{operation} on bucket {bucket} does not advance: the server answered IsTruncated=true with "
+            f"{'no next marker' if not after or not any(after) else f'the same marker {after!r} again'}; "
+            "a broken server or proxy in front of it (stopped instead of asking forever)"
+        )
 
 
 @dataclass(frozen=True)
@@ -70,9 +82,10 @@ async def list_current(
             raise
         for obj in page.get("Contents", []):
             out[obj["Key"]] = RemoteObject(int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
+        if not page.get("IsTruncated"):
             return out
+        token = page.get("NextContinuationToken")
+        _advanced("ListObjectsV2", bucket, kwargs.get("ContinuationToken"), token)
         kwargs["ContinuationToken"] = token
 
 
@@ -108,8 +121,10 @@ async def list_versions(client: S3Client, bucket: str, prefix: str, retrier: Ret
             )
         if not page.get("IsTruncated"):
             return out
-        kwargs["KeyMarker"] = page.get("NextKeyMarker")
-        kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker")
+        before = (kwargs.get("KeyMarker"), kwargs.get("VersionIdMarker"))
+        after = (page.get("NextKeyMarker"), page.get("NextVersionIdMarker"))
+        _advanced("ListObjectVersions", bucket, before, after)
+        kwargs["KeyMarker"], kwargs["VersionIdMarker"] = after
 
 
 class RemoteIndex:

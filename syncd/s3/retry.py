@@ -14,9 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import botocore.exceptions
+
 from syncd.errors import UnavailableError
 from syncd.log import get_logger
-from syncd.s3.client import ErrorKind, FastPathOff, classify, describe
+from syncd.s3.client import REQUEST_TIMEOUT, ErrorKind, FastPathOff, classify, describe, request_deadline
 from syncd.s3.throttle import Throttle, retry_after, throttled
 
 T = TypeVar("T")
@@ -147,8 +149,10 @@ class Retrier:
         cap: float = 60.0,
         give_up_after: float | None = None,
         throttle: Throttle | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.outage = outage
+        self.request_timeout = request_timeout
         self.base = base
         self.cap = cap
         self.give_up_after = give_up_after
@@ -164,20 +168,31 @@ class Retrier:
         # Jittered so that many workers retrying at once do not all come back at the same moment.
         return random.uniform(self.base / 2, backoff(attempt, self.base, self.cap))
 
-    async def call(self, op: Callable[[], Awaitable[T]], *, key: str | None = None) -> T:
+    async def call(self, op: Callable[[], Awaitable[T]], *, key: str | None = None, size: int = 0) -> T:
         """op() until it succeeds; `key`: the object the request is about, so that a failure of that
-        object alone (the server answering other requests) ends after KEY_ATTEMPTS tries, raised as is."""
+        object alone (the server answering other requests) ends after KEY_ATTEMPTS tries, raised as is.
+
+        Each attempt has a deadline (request_deadline: s3.request_timeout plus a second per 16 KiB of
+        `size`, the bytes it moves): a server that answers a byte at a time becomes a retry, not a hang.
+        """
+        deadline = request_deadline(size, self.request_timeout)
         attempt = 0
         key_failures = 0
         throttled_since: float | None = None
         while True:
+            exc: Exception | None
             async with self.throttle.slot() as sent:
                 try:
-                    result = await op()
+                    async with asyncio.timeout(deadline):
+                        result = await op()
                 except asyncio.CancelledError:
                     raise
+                except TimeoutError:
+                    exc = botocore.exceptions.ReadTimeoutError(
+                        endpoint_url=f"(no answer within {deadline:.0f}s)", error="request deadline"
+                    )
                 except Exception as caught:
-                    exc: Exception | None = caught
+                    exc = caught
                 else:
                     exc = None
             if exc is None:

@@ -80,7 +80,12 @@ class Pipeline:
         self.outage.listeners.append(self._outage_changed)
         self.outage.retry_listeners.append(self.metrics.retried)
         self.throttle = Throttle(config.workers)
-        self.retrier = Retrier(self.outage, give_up_after=retry_for, throttle=self.throttle)
+        self.retrier = Retrier(
+            self.outage,
+            give_up_after=retry_for,
+            throttle=self.throttle,
+            request_timeout=config.s3.request_timeout,
+        )
         self.retry_timers: dict[str, asyncio.TimerHandle] = {}  # failed files, to be tried again
         self.lock = LockPolicy.of(config.object_lock)
         self.bucket_lock: BucketLock | None = None

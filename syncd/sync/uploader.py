@@ -17,12 +17,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from syncd.config import MiB
 from syncd.keys import KeyTooLong, key_for_path
 from syncd.s3 import metadata
-from syncd.s3.client import error_code
+from syncd.s3.client import error_code, etag_checked
 from syncd.s3.listing import RemoteIndex
 from syncd.s3.lock import LockPolicy, ensure_retention, set_retention
 from syncd.s3.retry import Retrier
@@ -138,6 +138,16 @@ def _etag(response: Mapping[str, Any]) -> str:
     """The ETag of a put, a completed multipart upload or a copy, unquoted ("" when the server gave none)."""
     etag = response.get("ETag") or response.get("CopyObjectResult", {}).get("ETag") or ""
     return str(etag).strip('"')
+
+
+R = TypeVar("R", bound=Mapping[str, Any])
+
+
+async def checked(response: Awaitable[R], md5_hex: str, operation: str = "PutObject") -> R:
+    """The answer to a PUT of bytes whose MD5 is md5_hex, refused when its ETag says other bytes."""
+    answer = await response
+    etag_checked(answer, md5_hex, operation)
+    return answer
 
 
 class Uploader:
@@ -390,16 +400,20 @@ class Uploader:
         await self.rate.consume(len(body))
         content_md5 = b64(bytes.fromhex(md5))
         return await self.retrier.call(
-            lambda: self.put_object(
-                Bucket=self.settings.bucket,
-                Key=key,
-                Body=body,
-                ContentMD5=content_md5,
-                ContentType=ctype,
-                Metadata=meta,
-                **lock.args(),
+            lambda: checked(
+                self.put_object(
+                    Bucket=self.settings.bucket,
+                    Key=key,
+                    Body=body,
+                    ContentMD5=content_md5,
+                    ContentType=ctype,
+                    Metadata=meta,
+                    **lock.args(),
+                ),
+                md5,
             ),
             key=key,
+            size=len(body),
         )
 
     def _copy_source(self, rel: str, md5: str, size: int) -> FileRecord | None:
@@ -429,6 +443,7 @@ class Uploader:
                     **lock.args(),
                 ),
                 key=key,
+                size=source.sig.size,  # the server copies the bytes before it answers
             )
         except Exception as exc:
             if error_code(exc) in (
@@ -503,6 +518,7 @@ class Uploader:
                     Bucket=self.settings.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 ),
                 key=key,
+                size=sig.size,  # servers assemble the parts before they answer: scaled like a PUT
             )
         except BaseException:
             await asyncio.shield(self._abort(key, upload_id))
@@ -530,14 +546,18 @@ class Uploader:
                 f,
                 offset,
                 length,
-                lambda chunks: fast.upload_part(
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=chunks,
-                    ContentLength=length,
-                    ContentMD5=b64(md5_digest),
-                    PayloadSHA256=sha256,
+                lambda chunks: checked(
+                    fast.upload_part(
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunks,
+                        ContentLength=length,
+                        ContentMD5=b64(md5_digest),
+                        PayloadSHA256=sha256,
+                    ),
+                    md5_digest.hex(),
+                    "UploadPart",
                 ),
             )
         return str(response["ETag"])
@@ -556,15 +576,18 @@ class Uploader:
                     f,
                     0,
                     f.sig.size,
-                    lambda chunks: fast.put_object_streamed(
-                        Key=f.key,
-                        Body=chunks,
-                        ContentLength=f.sig.size,
-                        ContentMD5=content_md5,
-                        PayloadSHA256=sha256,
-                        ContentType=ctype,
-                        Metadata=meta,
-                        **lock.args(),
+                    lambda chunks: checked(
+                        fast.put_object_streamed(
+                            Key=f.key,
+                            Body=chunks,
+                            ContentLength=f.sig.size,
+                            ContentMD5=content_md5,
+                            PayloadSHA256=sha256,
+                            ContentType=ctype,
+                            Metadata=meta,
+                            **lock.args(),
+                        ),
+                        md5,
                     ),
                 )
             except PartChanged:
@@ -598,7 +621,7 @@ class Uploader:
                     raise PartChanged("the file changed") from None
                 raise
 
-        return await self.retrier.call(attempt, key=f.key)
+        return await self.retrier.call(attempt, key=f.key, size=length)
 
     async def _buffered_part(
         self, f: OpenFile, key: str, upload_id: str, number: int, offset: int, length: int
@@ -612,15 +635,20 @@ class Uploader:
             await self.rate.consume(length)
             digest = b64(md5_digest)
             response = await self.retrier.call(
-                lambda: self.client.upload_part(
-                    Bucket=self.settings.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                    ContentMD5=digest,
+                lambda: checked(
+                    self.client.upload_part(
+                        Bucket=self.settings.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                        ContentMD5=digest,
+                    ),
+                    md5_digest.hex(),
+                    "UploadPart",
                 ),
                 key=key,
+                size=length,
             )
         return str(response["ETag"])
 
