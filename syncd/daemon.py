@@ -115,6 +115,7 @@ class Daemon:
                     stop_task.cancel()
                     reload_task.cancel()
                     if self.stop.is_set():
+                        pipeline.take_no_more()  # now, not when run() next gets the loop
                         self.notifier.stopping()
                         self.notifier.extend_timeout(config.stop_timeout + 10)
                         log.info("stopping", reason="signal")

@@ -381,6 +381,8 @@ class Pipeline:
     async def _take_one(self) -> None:
         rel = await self.queue.get()
         try:
+            if self.stopping:
+                return  # taken as the stop began: it stays owed for the next start
             if self.folder.recently_available():
                 await self._upload_one(rel)
             else:
@@ -535,11 +537,15 @@ class Pipeline:
         finally:
             await self.close()
 
+    def take_no_more(self) -> None:
+        """The first step of a stop: workers start no new upload from here on (what waits stays owed)."""
+        self.stopping = True
+        self.watcher.stop()
+
     async def shutdown(self) -> None:
         """Like uvicorn's: take nothing new, let in-flight uploads finish within stop_timeout, then
         cancel every task of the run (the TaskGroup awaits them all before run() returns)."""
-        self.stopping = True
-        self.watcher.stop()
+        self.take_no_more()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._inflight_done(), self.config.stop_timeout)
         raise _Stop()
