@@ -45,7 +45,8 @@ class Outage:
         self.answered_at = -1.0  # monotonic time the server last answered a request (the probe included)
         self.served_at = -1.0  # monotonic time a request last succeeded (not the probe)
         self.failing: dict[str, float] = {}  # key -> when a request about it last failed
-        self._probing: asyncio.Task[bool] | None = None
+        self.probes = 0  # probes that ended, with an answer or without
+        self._probing: asyncio.Event | None = None  # set when the probe running now ends
 
     @property
     def down(self) -> bool:
@@ -99,18 +100,25 @@ class Outage:
         return sum(1 for k, t in self.failing.items() if k != key and t > self.served_at)
 
     async def server_answers(self, since: float) -> bool:
-        """Has the server answered anything since `since`? Without a later answer, probe it (one probe
-        at a time for every caller)."""
-        if self.answered_at >= since:
-            return True
-        if self.probe is None:
-            return False
-        if self._probing is None or self._probing.done():
-            self._probing = asyncio.get_running_loop().create_task(self._probe())
-        await asyncio.shield(self._probing)
+        """Has the server answered anything since `since`? Without a later answer, probe it: one probe at
+        a time for every caller, run in the task of the caller that found none running (no task of its
+        own to outlive the run); the others wait for it, and probe themselves if it was cancelled."""
+        while self.answered_at < since and self.probe is not None:
+            if self._probing is None:
+                self._probing = asyncio.Event()
+                try:
+                    await self._probe()
+                finally:
+                    self._probing.set()
+                    self._probing = None
+                break
+            probing, probes = self._probing, self.probes
+            await probing.wait()
+            if self.probes != probes:
+                break  # it ended with or without an answer (else it was cancelled: probe again)
         return self.answered_at >= since
 
-    async def _probe(self) -> bool:
+    async def _probe(self) -> None:
         assert self.probe is not None
         try:
             await asyncio.wait_for(self.probe(), PROBE_TIMEOUT)
@@ -118,10 +126,11 @@ class Outage:
             raise
         except Exception as exc:
             if classify(exc) is ErrorKind.TRANSIENT:
-                return False
+                self.probes += 1
+                return
             # Any other answer (403 for a key without s3:ListBucket included) is the server answering.
+        self.probes += 1
         self.answered_at = time.monotonic()
-        return True
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
