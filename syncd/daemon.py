@@ -7,7 +7,6 @@ bucket or prefix changes on reload.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from dataclasses import replace
 
@@ -89,13 +88,7 @@ class Daemon:
             pipeline = Pipeline(config, client, state, self.notifier, metrics=self.metrics)
             self.pipeline = pipeline
             self.notifier.status(f"checking bucket {config.bucket}")
-            keepalive = asyncio.ensure_future(self._keep_systemd_waiting(config))
-            try:
-                prepared = await self._prepare_unless_stopped(pipeline)
-            finally:
-                if not keepalive.done() and (self.stop.is_set() or not pipeline.bucket):
-                    keepalive.cancel()
-            if not prepared:
+            if not await self._prepare_unless_stopped(pipeline, config):
                 self.notifier.stopping()
                 log.info("stopped", uploaded=0, owed=state.counts().owed, reason="stopped before ready")
                 return None
@@ -103,17 +96,13 @@ class Daemon:
             result: list[Config | None] = [None]
 
             def ready() -> None:
-                keepalive.cancel()
                 self.notifier.ready(pipeline.status_line())
                 log.info("ready", folder=str(config.folder), bucket=config.bucket, prefix=config.prefix)
 
             async def supervise() -> None:
+                """Signals and reloads, a task of the pipeline's run (its TaskGroup ends it with the run)."""
                 while True:
-                    stop_task = asyncio.ensure_future(self.stop.wait())
-                    reload_task = asyncio.ensure_future(self.reload.wait())
-                    await asyncio.wait({stop_task, reload_task}, return_when=asyncio.FIRST_COMPLETED)
-                    stop_task.cancel()
-                    reload_task.cancel()
+                    await _first_set(self.stop, self.reload)
                     if self.stop.is_set():
                         pipeline.take_no_more()  # now, not when run() next gets the loop
                         self.notifier.stopping()
@@ -128,11 +117,7 @@ class Daemon:
                         pipe_stop.set()
                         return
 
-            supervisor = asyncio.ensure_future(supervise())
-            try:
-                await run_stopping_cleanly(pipeline.run(pipe_stop, ready))
-            finally:
-                supervisor.cancel()
+            await run_stopping_cleanly(pipeline.run(pipe_stop, ready, supervisor=supervise))
             counts = state.counts()
             log.info(
                 "stopped" if result[0] is None else "pipeline_restarted",
@@ -144,24 +129,26 @@ class Daemon:
             )
             return result[0]
 
-    async def _prepare_unless_stopped(self, pipeline: Pipeline) -> bool:
-        """Bucket checks (which wait out an unreachable server), abandoned cleanly on SIGTERM."""
+    async def _prepare_unless_stopped(self, pipeline: Pipeline, config: Config) -> bool:
+        """Bucket checks (which wait out an unreachable server) with systemd kept waiting, abandoned
+        cleanly on SIGTERM. Its tasks run before the pipeline's TaskGroup exists: all end here."""
         prepare = asyncio.ensure_future(pipeline.prepare())
         stopped = asyncio.ensure_future(self.stop.wait())
+        keepalive = asyncio.ensure_future(self._keep_systemd_waiting(config))
         try:
             await asyncio.wait({prepare, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopped.cancel()
-        if prepare.done():
-            prepare.result()
-            return True
-        prepare.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await prepare
-        return False
+            for task in (prepare, stopped, keepalive):
+                task.cancel()  # a finished prepare keeps its result
+            await asyncio.gather(prepare, stopped, keepalive, return_exceptions=True)
+        if prepare.cancelled():
+            return False
+        prepare.result()  # raises what start-up raised
+        return True
 
     async def _keep_systemd_waiting(self, config: Config) -> None:
-        """Until READY: keep extending the start timeout (and feeding the watchdog after a reload).
+        """While the bucket is checked: keep extending the start timeout (and feeding the watchdog after a
+        reload); the pipeline's heartbeat takes over once it runs.
 
         Starting can take long for good reasons (S3 unreachable at boot, a new pipeline after a reload);
         a definite answer ends it with an exit code, not a timeout.
@@ -212,6 +199,17 @@ def _lock_state(config: Config) -> StateLock:
     lock = StateLock(config.state_file)
     lock.acquire()
     return lock
+
+
+async def _first_set(*events: asyncio.Event) -> None:
+    """Return once any of the events is set (the waits on the others are cancelled and awaited)."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 def _same_target(old: Config, new: Config) -> bool:

@@ -8,9 +8,10 @@ systemd. It hands each PUT over a pipe and gets the response, or the error rebui
 retry policy sorts it as before.
 
 Lifecycle: the helper ignores SIGTERM and SIGINT (systemd signals the whole cgroup, a terminal the whole
-process group) and ends when the main process closes the pipe after draining its uploads; it dies with
-the main process (PR_SET_PDEATHSIG). The main process pings it every heartbeat: one that stops answering
-is killed, one that exits is reported, and either way its PUTs go to the main process's own FastPut.
+process group) and ends when the main process closes the pipe after draining its uploads, or when the
+main process dies (the kernel closes the pipe then). The main process pings it every few seconds: one
+that stops answering is killed, one that exits is reported, and either way its PUTs go to the main
+process's own FastPut (syncd/s3/put.py routes them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +38,13 @@ FRAME = struct.Struct("!I")
 START_TIMEOUT = 20.0  # seconds for the helper to import, open its client and answer
 PUT_TIMEOUT = 180.0  # seconds for one answer: longer than a PUT can take (connect 10 s, read 120 s)
 HUNG_AFTER = 30.0  # seconds without an answer to a ping before the helper is killed
+CHECK_EVERY = 5.0  # seconds between pings (and restarts of a helper that died)
 STOP_TIMEOUT = 10.0  # seconds for the helper to exit after its pipe is closed
 MAX_RESTARTS = 3  # helpers started again after one died; then the main process sends everything itself
 
 
 @dataclass(frozen=True)
-class HelperSettings:
+class UploadProcessSettings:
     """What the helper needs to open its own client: the main process's settings, nothing secret."""
 
     s3: S3Settings
@@ -53,7 +54,7 @@ class HelperSettings:
     log_level: str
 
 
-class HelperGone(ConnectionError):
+class UploadProcessGone(ConnectionError):
     """The helper exited or was stopped before it answered: send the PUT from the main process."""
 
 
@@ -95,10 +96,10 @@ def rebuild_error(fields: dict[str, Any]) -> Exception:
 
 
 # -- the main process's side ---------------------------------------------------------------------------
-class Helper:
-    """The main process's handle on one helper process."""
+class UploadProcess:
+    """The main process's handle on the helper process: start, PUTs over the pipe, pings, restarts, stop."""
 
-    def __init__(self, settings: HelperSettings) -> None:
+    def __init__(self, settings: UploadProcessSettings) -> None:
         self.settings = settings
         self.proc: asyncio.subprocess.Process | None = None
         self.alive = False
@@ -108,7 +109,34 @@ class Helper:
         self.restarts = 0
         self.answered = 0  # PUTs the helpers sent and answered for
         self.stopping = False
+        self._starting: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        """Start the process in the background, so that its imports run on the other core while this one
+        checks the bucket: a task made before the run's TaskGroup exists, awaited by watch() (in it) and
+        cancelled by stop()."""
+        self._starting = asyncio.get_running_loop().create_task(self._start_or_say_why(), name="helper start")
+
+    async def _start_or_say_why(self) -> None:
+        try:
+            why = await self.start()
+        except Exception as exc:  # e.g. fork failing (TasksMax)
+            why = describe(exc)
+        if why is not None:
+            log.warning("helper_unavailable", reason=why, hint="small PUTs are sent by this process")
+
+    async def watch(self) -> None:
+        """In the run's TaskGroup: wait for the start, then every CHECK_EVERY seconds ping the process,
+        kill one that stopped answering, start a dead one again (bounded)."""
+        if self._starting is not None:
+            await self._starting  # cancelled with this task: a start still running is killed
+        while True:
+            await asyncio.sleep(CHECK_EVERY)
+            try:
+                await self._ping_or_restart()
+            except Exception as exc:  # e.g. fork failing (TasksMax): the main process sends the PUTs
+                log.warning("helper_unavailable", reason=describe(exc))
 
     async def start(self) -> str | None:
         """Start the helper; None once it is ready, else why it is not used (then PUTs stay here)."""
@@ -137,14 +165,16 @@ class Helper:
             return str(answer[2])
         self.alive = True
         self.last_answer = time.monotonic()
+        # Lives as long as the pipe, which can outlast the run's TaskGroup (PUTs answered while stopping):
+        # it ends when the process's stdout closes, and stop() awaits it.
         self._reader = asyncio.get_running_loop().create_task(self._read_answers(self.proc.stdout))
         log.info("helper_started", pid=self.proc.pid)
         return None
 
     async def put_object(self, **kwargs: Any) -> dict[str, Any]:
-        """client.put_object in the helper; HelperGone when it cannot answer."""
+        """client.put_object in the helper; UploadProcessGone when it cannot answer."""
         if not self.alive or self.proc is None or self.proc.stdin is None:
-            raise HelperGone("the helper process is not running")
+            raise UploadProcessGone("the helper process is not running")
         self.next_id += 1
         number = self.next_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -154,7 +184,7 @@ class Helper:
             return await asyncio.wait_for(future, PUT_TIMEOUT)
         except TimeoutError:  # an answer lost in a helper that still answers pings
             self.pending.pop(number, None)
-            raise HelperGone(f"no answer from the helper within {PUT_TIMEOUT:.0f}s") from None
+            raise UploadProcessGone(f"no answer from the helper within {PUT_TIMEOUT:.0f}s") from None
 
     async def _read_answers(self, stdout: asyncio.StreamReader) -> None:
         try:
@@ -180,22 +210,11 @@ class Helper:
         was_alive, self.alive = self.alive, False
         for future in self.pending.values():
             if not future.done():
-                future.set_exception(HelperGone("the helper process exited"))
+                future.set_exception(UploadProcessGone("the helper process exited"))
         self.pending.clear()
         if was_alive and not self.stopping:
             code = self.proc.returncode if self.proc is not None else None
             log.error("helper_exited", exit_code=code, hint="its uploads continue in the main process")
-
-    def check(self) -> asyncio.Task[None]:
-        """Per heartbeat, in the background (a start may take seconds): ping; kill a helper that stopped
-        answering; start a dead one again (bounded)."""
-        return asyncio.get_running_loop().create_task(self._check())
-
-    async def _check(self) -> None:
-        try:
-            await self._ping_or_restart()
-        except Exception as exc:  # e.g. fork failing (TasksMax): the main process sends the PUTs
-            log.warning("helper_unavailable", reason=describe(exc))
 
     async def _ping_or_restart(self) -> None:
         if self.stopping or self.proc is None:
@@ -223,6 +242,10 @@ class Helper:
     async def stop(self) -> None:
         """Close the pipe (the helper finishes what it has and exits); kill it if it does not."""
         self.stopping = True
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()  # a start that never got to the run's TaskGroup (startup failed)
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
         if self.proc is None:
             return
         if self.proc.stdin is not None:
@@ -245,26 +268,6 @@ class Helper:
         self._gone()
 
 
-def put_router(
-    helper: Helper, local: Callable[..., Awaitable[dict[str, Any]]]
-) -> Callable[..., Awaitable[dict[str, Any]]]:
-    """put_object that goes to the helper while it runs and to `local` otherwise (also for a PUT it lost).
-
-    A PUT the helper sent but could not answer for is sent again: at worst one more version of the same
-    bytes, as after any lost response.
-    """
-
-    async def put_object(**kwargs: Any) -> dict[str, Any]:
-        if helper.alive:
-            try:
-                return await helper.put_object(**kwargs)
-            except HelperGone:
-                pass
-        return await local(**kwargs)
-
-    return put_object
-
-
 # -- the helper process --------------------------------------------------------------------------------
 async def _serve() -> int:
     loop = asyncio.get_running_loop()
@@ -272,7 +275,7 @@ async def _serve() -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    settings: HelperSettings = await _read(reader)
+    settings: UploadProcessSettings = await _read(reader)
     configure_logging(settings.log_format, settings.log_level)
 
     from syncd.s3.client import credentials_of, open_client

@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from syncd.config import Config
-from syncd.errors import ConfigError, SyncdError
+from syncd.errors import SyncdError
 from syncd.log import get_logger
 from syncd.metrics import MetricsSink, NullMetrics
 from syncd.notify import Notifier, watchdog_interval
-from syncd.s3.bucket import BucketStatus, ensure_bucket
-from syncd.s3.client import ErrorKind, classify, describe, error_code
-from syncd.s3.helper import Helper, HelperSettings, put_router
-from syncd.s3.lifecycle import ensure_noncurrent_expiry
+from syncd.s3.bucket import BucketStatus
+from syncd.s3.client import ErrorKind, classify, describe
 from syncd.s3.listing import RemoteIndex
-from syncd.s3.lock import BucketLock, LockPolicy, check_bucket_lock
+from syncd.s3.lock import LockPolicy
+from syncd.s3.put import Sender
 from syncd.s3.retry import Outage, Retrier
 from syncd.s3.throttle import Throttle
-from syncd.sync import scan
+from syncd.sync import scan, startup
 from syncd.sync.deletions import Deletions
 from syncd.sync.files import FileSkipped, present
 from syncd.sync.folder import Folder
@@ -53,8 +51,8 @@ LOCK_METRICS_EVERY = 60.0  # seconds between counts of the locked current versio
 class Pipeline:
     """One config's pipeline: `run()` watches until stopped, `run_once()` catches up and returns.
 
-    `prepare()` first: it checks the bucket and chooses how small files are sent, and only then is the
-    Uploader built (once).
+    `prepare()` first: start-up (startup.py) checks the bucket and chooses the sender, and only then is
+    the Uploader built (once).
     """
 
     def __init__(
@@ -88,7 +86,6 @@ class Pipeline:
         )
         self.retry_timers: dict[str, asyncio.TimerHandle] = {}  # failed files, to be tried again
         self.lock = LockPolicy.of(config.object_lock)
-        self.bucket_lock: BucketLock | None = None
         self.locks_counted = -LOCK_METRICS_EVERY
         self.locks_counted_for: tuple[float | None, int] = (None, -1)
         self.extender = (
@@ -120,9 +117,7 @@ class Pipeline:
         self.workers_wanted = config.workers
         self.workers_running = 0
         self.scanned_files = 0
-        self.fast_put: Any = None
-        self.helper: Helper | None = None
-        self.helper_start: asyncio.Task[None] | None = None
+        self.sender: Sender | None = None  # chosen by prepare(), closed by close()
 
     @property
     def stats(self) -> Stats:
@@ -136,56 +131,22 @@ class Pipeline:
 
     # -- startup ---------------------------------------------------------------------------------------
     async def prepare(self, *, check_only: bool = False) -> BucketStatus:
-        """Bucket exists, is ours, private and (where possible) versioned; waits while S3 is away."""
-        c = self.config
-        if c.upload_processes > 1 and not check_only and not self.dry_run:
-            # Started first: its imports run on the other core while this process checks the bucket.
-            self.helper = Helper(HelperSettings(c.s3, c.bucket, c.workers + 8, c.log.format, c.log.level))
-            self.helper_start = asyncio.get_running_loop().create_task(self._start_helper(self.helper))
-        status = await ensure_bucket(
+        """Start-up (startup.py: the bucket, its leftovers, the sender), then the Uploader, built once."""
+        started = await startup.start(
+            self.config,
             self.client,
-            c.s3,
-            c.bucket,
+            self.state,
+            self.retrier,
+            self.metrics,
             check_only=check_only,
-            retrier=self.retrier,
-            object_lock=self.lock is not None,
+            dry_run=self.dry_run,
         )
-        self.bucket = status
-        if self.lock is not None and status.exists:
-            self.bucket_lock = await self.retrier.call(lambda: check_bucket_lock(self.client, c.bucket))
-        put_object = None
-        if not check_only:
-            if c.on_delete == "delete" and status.versioning != "Enabled":
-                raise ConfigError(
-                    f"{c.path}: on_delete: delete needs a versioned bucket ({c.bucket} is not): "
-                    "enable versioning on it or set on_delete: keep"
-                )
-            log.info(
-                "bucket_ready",
-                bucket=c.bucket,
-                created=status.created,
-                private=status.private,
-                made_private=status.made_private,
-                versioning=status.versioning,
-                owner_proven=status.owner_proven,
-                **({} if c.object_lock is None else {"object_lock": c.object_lock.mode}),
-            )
-            self.state.set_meta(
-                "bucket", f"{c.bucket}: private={status.private} versioning={status.versioning}"
-            )
-            self.metrics.set_s3_up(True)
-            await self.retrier.call(
-                lambda: ensure_noncurrent_expiry(self.client, c.bucket, c.prefix, c.keep_versions_days)
-            )
-            await self._abort_leftover_multiparts()
-            if self.lock is not None and not self.dry_run:
-                self.state.adopt_unlocked()  # current versions from before object_lock: lock them too
-            if not self.dry_run:
-                put_object = await self._enable_fast_path()
-        self._uploader = self._build_uploader(put_object)
-        return status
+        self.bucket = started.bucket
+        self.sender = started.sender
+        self._uploader = self._build_uploader(started.sender)
+        return started.bucket
 
-    def _build_uploader(self, put_object: Any) -> Uploader:
+    def _build_uploader(self, sender: Sender) -> Uploader:
         c = self.config
         settings = UploadSettings(
             root=c.folder,
@@ -205,55 +166,9 @@ class Pipeline:
             RateLimit(c.bandwidth_limit),
             state=self.state,
             remote=self.remote,
-            fast_put=self.fast_put,
-            put_object=put_object,
+            sender=sender,
             dry_run=self.dry_run,
         )
-
-    async def _enable_fast_path(self) -> Any:
-        """The fast path when it works here (and the helper process in front of it): its put_object."""
-        from syncd.s3.client import credentials_of
-        from syncd.s3.fastpath import FastPut, why_not
-
-        c = self.config
-        fast = await FastPut.create(
-            self.client, c.s3, c.bucket, credentials_of(self.client), pool=c.workers + 8, probe_key=c.prefix
-        )
-        if isinstance(fast, str):  # a warning when the server refused it, not the config
-            (log.info if why_not(c.s3, c.bucket) else log.warning)("fastpath_off", reason=fast)
-            return None
-        self.fast_put = fast
-        put_object = self.fast_put.put_object
-        if self.helper is not None:
-            put_object = put_router(self.helper, put_object)
-        return put_object
-
-    async def _start_helper(self, helper: Helper) -> None:
-        try:
-            why = await helper.start()
-        except Exception as exc:  # e.g. fork failing (TasksMax)
-            why = describe(exc)
-        if why is not None:
-            log.warning("helper_unavailable", reason=why, hint="small PUTs are sent by this process")
-
-    async def _abort_leftover_multiparts(self) -> None:
-        """Abort the multipart uploads this state started and never finished (never other clients')."""
-        for upload_id, key in self.state.multiparts():
-            try:
-                await self.retrier.call(
-                    functools.partial(
-                        self.client.abort_multipart_upload,
-                        Bucket=self.config.bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                    )
-                )
-            except Exception as exc:
-                if error_code(exc) != "NoSuchUpload":
-                    log.warning("multipart_abort_failed", key=key, reason=describe(exc))
-                    continue
-            self.state.remove_multipart(upload_id)
-            log.info("multipart_aborted", key=key, upload_id=upload_id)
 
     def _outage_changed(self, down: bool, reason: str) -> None:
         self.metrics.set_s3_up(not down)
@@ -491,8 +406,6 @@ class Pipeline:
             if interval and self.healthy():
                 self.notifier.watchdog()
             self.folder.available()
-            if self.helper is not None and self.helper_start is not None and self.helper_start.done():
-                self.helper_start = self.helper.check()  # never awaited here: the heartbeat goes on
             await asyncio.sleep(period)
 
     def _count_locks(self, last_upload: float | None) -> None:
@@ -505,19 +418,31 @@ class Pipeline:
             self.metrics.set_locks(locks.locked, locks.earliest)
 
     def healthy(self) -> bool:
-        helper_ok = self.helper is None or self.helper.healthy()
-        return self.watcher.healthy() and helper_ok
+        return self.watcher.healthy() and (self.sender is None or self.sender.healthy())
 
     def _start_stages(self, group: asyncio.TaskGroup) -> None:
         self.group = group
         group.create_task(self.settler.run(), name="settler")
         group.create_task(self.deletions.run(), name="deletions")
+        if self.sender is not None:
+            group.create_task(self.sender.watch(), name="sender")
         self.set_workers(self.workers_wanted)
 
-    async def run(self, stop: asyncio.Event, ready: Callable[[], None]) -> None:
-        """Watch and upload until `stop` is set; then drain in-flight uploads within stop_timeout."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        ready: Callable[[], None],
+        *,
+        supervisor: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        """Watch and upload until `stop` is set; then drain in-flight uploads within stop_timeout.
+
+        supervisor: the daemon's (signals and reloads set `stop`), run as a task of the run like the stages.
+        """
         try:
             async with asyncio.TaskGroup() as group:
+                if supervisor is not None:
+                    group.create_task(supervisor(), name="supervisor")
                 self._start_stages(group)
                 group.create_task(self.watcher.run(), name="watcher")
                 # The watcher task sets up its inotify watches before its first await: once it has run,
@@ -586,15 +511,10 @@ class Pipeline:
         self.retry_timers.clear()
         self.watcher.stop()
         self.recorder.flush()  # first: nothing below may keep the last uploads out of the state
-        if self.helper_start is not None:
-            self.helper_start.cancel()
-            await asyncio.gather(self.helper_start, return_exceptions=True)
-        if self.helper is not None:
-            await self.helper.stop()
-        self.recorder.flush()  # what finished while the helper stopped
-        if self.fast_put is not None:
-            await self.fast_put.close()
-            self.fast_put = None
+        if self.sender is not None:
+            await self.sender.close()
+            self.sender = None
+        self.recorder.flush()  # what finished while the helper process stopped
 
 
 class _Stop(Exception):

@@ -25,6 +25,7 @@ from syncd.s3 import metadata
 from syncd.s3.client import error_code, etag_checked
 from syncd.s3.listing import RemoteIndex
 from syncd.s3.lock import LockPolicy, ensure_retention, set_retention
+from syncd.s3.put import Sender
 from syncd.s3.retry import Retrier
 from syncd.sync.files import (
     HASH_CHUNK,
@@ -45,8 +46,6 @@ from syncd.sync.state import FileRecord, Signature, StateStore, unchanged
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
-
-    from syncd.s3.fastpath import FastPut
 
 MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 * 1024**3
@@ -163,8 +162,7 @@ class Uploader:
         *,
         state: StateStore,
         remote: RemoteIndex,
-        fast_put: FastPut | None = None,
-        put_object: Callable[..., Awaitable[Mapping[str, Any]]] | None = None,
+        sender: Sender,
         dry_run: bool = False,
     ) -> None:
         self.client = client
@@ -174,17 +172,8 @@ class Uploader:
         self.rate = rate
         self.state = state  # what was uploaded (skip, copy sources) and the multipart uploads in flight
         self.remote = remote  # what a fresh state's bucket already holds
-        self._fast_put = fast_put
-        self.put_object: Callable[..., Awaitable[Mapping[str, Any]]] = put_object or (
-            fast_put.put_object if fast_put is not None else client.put_object
-        )
+        self.sender = sender  # small PUTs, streamed PUTs and parts: the way chosen at startup (put.py)
         self.dry_run = dry_run
-
-    @property
-    def fast_put(self) -> FastPut | None:
-        """The fast path (bodies streamed from disk) while it is on: it turns itself off when the server
-        refuses its signatures; None: the plain client, bodies from memory."""
-        return self._fast_put if self._fast_put is not None and self._fast_put.on else None
 
     def key_for(self, rel: str) -> str:
         try:
@@ -225,17 +214,18 @@ class Uploader:
         """Hash the file in a thread, then stream it from disk; without the fast path a file below
         multipart_threshold is read and sent from memory."""
         multipart = f.sig.size >= self.settings.multipart_threshold
-        if self.fast_put is None and not multipart:
+        streams = self.sender.streams
+        if not streams and not multipart:
             # The HTTP layer copies the body once more while sending it: count both copies.
             async with self.budget.hold(2 * f.sig.size):
                 body, digest = await asyncio.to_thread(read_hashed, f.fd, f.sig.size)
                 return await self._upload_hashed(f, digest.hex(), body)
         hashes = None
-        if multipart and self.fast_put is not None and not self.dry_run:
+        if multipart and streams and not self.dry_run:
             part_size = part_size_for(f.sig.size, self.settings.multipart_chunksize)
-            hashes = PartHashes(f.fd, f.sig.size, part_size, self.fast_put.payload_signed, self.budget)
+            hashes = PartHashes(f.fd, f.sig.size, part_size, self.sender.payload_signed, self.budget)
         # A single streamed PUT signs its payload hash too (http); a multipart upload's parts have theirs.
-        sha256 = not multipart and self.fast_put is not None and self.fast_put.payload_signed
+        sha256 = not multipart and streams and self.sender.payload_signed
         try:
             async with self.budget.hold(HASH_CHUNK):
                 hashed = await asyncio.to_thread(hash_range, f.fd, 0, f.sig.size, sha256)
@@ -401,8 +391,7 @@ class Uploader:
         content_md5 = b64(bytes.fromhex(md5))
         return await self.retrier.call(
             lambda: checked(
-                self.put_object(
-                    Bucket=self.settings.bucket,
+                self.sender.put(
                     Key=key,
                     Body=body,
                     ContentMD5=content_md5,
@@ -537,8 +526,6 @@ class Uploader:
         hashed: tuple[bytes, str | None],
     ) -> str:
         """Send a part hashed already by re-reading it from disk: it is never held whole."""
-        fast = self.fast_put
-        assert fast is not None
         md5_digest, sha256 = hashed
         async with self.budget.hold(STREAM_HOLD):
             await self.rate.consume(length)
@@ -547,7 +534,7 @@ class Uploader:
                 offset,
                 length,
                 lambda chunks: checked(
-                    fast.upload_part(
+                    self.sender.upload_part(
                         Key=key,
                         UploadId=upload_id,
                         PartNumber=number,
@@ -566,8 +553,6 @@ class Uploader:
         self, f: OpenFile, md5: str, sha256: str | None, meta: dict[str, str], ctype: str, lock: Locked
     ) -> Mapping[str, Any] | None:
         """A file below multipart_threshold, hashed already, streamed from disk; None if it changed."""
-        fast = self.fast_put
-        assert fast is not None
         content_md5 = b64(bytes.fromhex(md5))
         async with self.budget.hold(STREAM_HOLD):
             await self.rate.consume(f.sig.size)
@@ -577,7 +562,7 @@ class Uploader:
                     0,
                     f.sig.size,
                     lambda chunks: checked(
-                        fast.put_object_streamed(
+                        self.sender.put_streamed(
                             Key=f.key,
                             Body=chunks,
                             ContentLength=f.sig.size,
