@@ -11,7 +11,7 @@ import http.client
 import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import aioboto3
@@ -301,11 +301,30 @@ def refuse_redirected(response: Any = None, request_dict: Any = None, **_: Any) 
         raise redirect_error(int(response[0].status_code), headers, b"", operation)
 
 
+class FrozenCredentials(Protocol):
+    """One request's keys (botocore's ReadOnlyCredentials)."""
+
+    @property
+    def access_key(self) -> str: ...
+
+    @property
+    def secret_key(self) -> str: ...
+
+    @property
+    def token(self) -> str | None: ...
+
+
+class SessionCredentials(Protocol):
+    """A session's credentials (aiobotocore's, refreshable or not): asked for the keys per request."""
+
+    async def get_frozen_credentials(self) -> FrozenCredentials: ...
+
+
 # The credentials each open client signs with (the session's: refreshable ones renew themselves).
-_credentials: dict[int, Any] = {}
+_credentials: dict[int, SessionCredentials] = {}
 
 
-def credentials_of(client: Any) -> Any:
+def credentials_of(client: S3Client) -> SessionCredentials:
     """The session credentials of a client from open_client (for signers of our own: the fast path)."""
     return _credentials[id(client)]
 

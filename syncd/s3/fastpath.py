@@ -33,9 +33,9 @@ import ssl
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Mapping
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -48,6 +48,8 @@ from syncd.s3.client import (
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
     FastPathOff,
+    FrozenCredentials,
+    SessionCredentials,
     describe,
     error_code,
     read_capped,
@@ -55,6 +57,9 @@ from syncd.s3.client import (
     request_deadline,
     response_error,
 )
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = get_logger()
 ENV_SWITCH = "SYNCD_FASTPATH"
@@ -215,7 +220,13 @@ class FastPut:
     """
 
     def __init__(
-        self, settings: S3Settings, bucket: str, region: str, credentials: Any, client: Any, pool: int
+        self,
+        settings: S3Settings,
+        bucket: str,
+        region: str,
+        credentials: SessionCredentials,
+        client: S3Client,
+        pool: int,
     ) -> None:
         endpoint = (settings.endpoint_url or "").rstrip("/")
         self.bucket = bucket
@@ -238,10 +249,10 @@ class FastPut:
     @classmethod
     async def create(
         cls,
-        client: Any,
+        client: S3Client,
         settings: S3Settings,
         bucket: str,
-        credentials: Any,
+        credentials: SessionCredentials,
         *,
         pool: int,
         probe_key: str = "",
@@ -315,7 +326,7 @@ class FastPut:
         Bucket: str | None = None,
         ObjectLockMode: str | None = None,
         ObjectLockRetainUntilDate: dt.datetime | None = None,
-    ) -> dict[str, Any]:
+    ) -> Mapping[str, Any]:
         """PUT one object; returns and raises what client.put_object would for these arguments."""
         self._check_bucket(Bucket)
         args: dict[str, Any] = {"Key": Key, "Body": Body}
@@ -328,7 +339,7 @@ class FastPut:
         }
         args.update((name, value) for name, value in given.items() if value is not None)
         if not self.on or not self._plain(ContentType, Metadata) or not isinstance(Body, bytes | bytearray):
-            return await self._client.put_object(Bucket=self.bucket, **args)  # type: ignore[no-any-return]
+            return await self._client.put_object(Bucket=self.bucket, **args)
         if not isinstance(Key, str) or not Key:
             raise botocore.exceptions.ParamValidationError(report=f"Invalid Key {Key!r}: a non-empty string")
         quoted = quote_key(Key)
@@ -349,7 +360,7 @@ class FastPut:
                 raise
             # The client decides: if it gets the same PUT through, our signing is what is wrong. If it
             # does not, its error (wrong credentials, say) is the answer.
-            response: dict[str, Any] = await self._client.put_object(Bucket=self.bucket, **args)
+            response = await self._client.put_object(Bucket=self.bucket, **args)
             self._turn_off(exc)
             return response
 
@@ -365,7 +376,7 @@ class FastPut:
         Metadata: dict[str, str] | None = None,
         ObjectLockMode: str | None = None,
         ObjectLockRetainUntilDate: dt.datetime | None = None,
-    ) -> dict[str, Any]:
+    ) -> Mapping[str, Any]:
         """put_object for a body streamed from disk and hashed already, as upload_part does for parts.
 
         Metadata names must be plain tokens, values and the content type ASCII.
@@ -381,7 +392,7 @@ class FastPut:
         }
         args.update((name, value) for name, value in given.items() if value is not None)
         if not self.on:
-            return await self._client.put_object(  # type: ignore[no-any-return]
+            return await self._client.put_object(
                 Bucket=self.bucket, Body=await _joined(Body, ContentLength), **args
             )
         quoted = quote_key(Key)
@@ -402,7 +413,7 @@ class FastPut:
         ContentMD5: str,
         PayloadSHA256: str | None = None,
         Bucket: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Mapping[str, Any]:
         """client.upload_part for a part streamed from Body: exactly ContentLength bytes, hashed already.
 
         The caller hashes a part first (MD5, and SHA-256 when payload_signed) and then streams it again
@@ -411,7 +422,7 @@ class FastPut:
         """
         self._check_bucket(Bucket)
         if not self.on:
-            return await self._client.upload_part(  # type: ignore[no-any-return]
+            return await self._client.upload_part(
                 Bucket=self.bucket,
                 Key=Key,
                 UploadId=UploadId,
@@ -469,7 +480,7 @@ class FastPut:
         payload_hash: str,
         content_type: str | None,
         metadata: dict[str, str] | None,
-        credentials: Any,
+        credentials: FrozenCredentials,
         expect: bool,
         lock: dict[str, str] | None = None,
     ) -> dict[str, str]:

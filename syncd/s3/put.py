@@ -9,7 +9,7 @@ the fast path turns itself off when the server refuses its signatures (fastpath_
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,8 @@ class SenderSettings:
 
 
 class Sender:
-    """Sends small PUTs, streamed PUTs and streamed parts to one bucket, the way chosen at startup.
+    """Sends small PUTs (and, with the fast path, streamed PUTs and parts) to one bucket, the way chosen
+    at startup.
 
     Made by `launch()` and `choose()` (or `Sender(client, bucket)`: the plain client); closed before the
     client. `watch()` runs in the pipeline's TaskGroup while a helper process is in use.
@@ -101,55 +102,10 @@ class Sender:
                 pass
         return await self.fast.put_object(**args)
 
-    async def put_streamed(
-        self,
-        *,
-        Key: str,
-        Body: AsyncIterable[bytes],
-        ContentLength: int,
-        ContentMD5: str,
-        PayloadSHA256: str | None,
-        ContentType: str,
-        Metadata: dict[str, str],
-        ObjectLockMode: str | None = None,
-        ObjectLockRetainUntilDate: dt.datetime | None = None,
-    ) -> Mapping[str, Any]:
-        """put_object of a body streamed from disk and hashed already (only while `streams`)."""
-        return await self._fast().put_object_streamed(
-            Key=Key,
-            Body=Body,
-            ContentLength=ContentLength,
-            ContentMD5=ContentMD5,
-            PayloadSHA256=PayloadSHA256,
-            ContentType=ContentType,
-            Metadata=Metadata,
-            ObjectLockMode=ObjectLockMode,
-            ObjectLockRetainUntilDate=ObjectLockRetainUntilDate,
-        )
-
-    async def upload_part(
-        self,
-        *,
-        Key: str,
-        UploadId: str,
-        PartNumber: int,
-        Body: AsyncIterable[bytes],
-        ContentLength: int,
-        ContentMD5: str,
-        PayloadSHA256: str | None,
-    ) -> Mapping[str, Any]:
-        """upload_part of a part streamed from disk and hashed already (only while `streams`)."""
-        return await self._fast().upload_part(
-            Key=Key,
-            UploadId=UploadId,
-            PartNumber=PartNumber,
-            Body=Body,
-            ContentLength=ContentLength,
-            ContentMD5=ContentMD5,
-            PayloadSHA256=PayloadSHA256,
-        )
-
-    def _fast(self) -> FastPut:
+    @property
+    def streamed(self) -> FastPut:
+        """The fast path, for PUTs and parts streamed from disk and hashed already (only while `streams`;
+        turned off meanwhile, it joins the body in memory and hands it to the client)."""
         if self.fast is None:
             raise RuntimeError("streamed requests need the fast path: check Sender.streams first")
         return self.fast

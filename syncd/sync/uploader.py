@@ -534,7 +534,7 @@ class Uploader:
                 offset,
                 length,
                 lambda chunks: checked(
-                    self.sender.upload_part(
+                    self.sender.streamed.upload_part(
                         Key=key,
                         UploadId=upload_id,
                         PartNumber=number,
@@ -562,7 +562,7 @@ class Uploader:
                     0,
                     f.sig.size,
                     lambda chunks: checked(
-                        self.sender.put_streamed(
+                        self.sender.streamed.put_object_streamed(
                             Key=f.key,
                             Body=chunks,
                             ContentLength=f.sig.size,
