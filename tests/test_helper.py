@@ -7,6 +7,7 @@ import signal
 
 import botocore.exceptions
 import pytest
+from badserver import Answer, BadServer, Request, error_answer
 from helpers import bucket_objects, json_records, list_versions, tree, wait_until, write
 
 from syncd.s3.client import ErrorKind, classify, error_code, http_status
@@ -120,3 +121,44 @@ def test_errors_from_the_helper_sort_as_they_would_here(exc: Exception, kind: Er
     assert classify(exc) is kind
     assert classify(rebuilt) is kind
     assert (error_code(rebuilt), http_status(rebuilt)) == (error_code(exc), http_status(exc))
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is pid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(") ", 1)[1].split()
+            except (FileNotFoundError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_no_helper_is_kept_when_the_fast_path_is_off(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    """The sender is chosen once at start: when the server refuses the fast path's probe, the helper (which
+    would sign with a fast path of its own) is stopped before the daemon is ready, not kept idle all along;
+    the plain client uploads."""
+
+    def answer(request: Request) -> Answer | None:
+        if request.method == "PUT" and "amz-sdk-invocation-id" not in request.headers:  # the fast path's
+            return error_answer(403, "SignatureDoesNotMatch", "The request signature we calculated ...")
+        return None
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer) as front:
+        config = make_config(folder, bucket_name, upload_processes=2, s3={"endpoint_url": front.url})
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        assert any(r.get("event") == "fastpath_off" for r in daemon.records())
+        assert children(daemon.pid) == []
+        write(folder / "a.txt", b"sent by the plain client")
+        daemon.wait_for_event("uploaded", path="a.txt")
+        assert daemon.terminate() == 0
+    assert bucket_objects(s3, bucket_name) == tree(folder)
