@@ -12,15 +12,15 @@ import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
 import aioboto3
 import aiohttp
 import botocore.exceptions
-from botocore.config import Config as BotoConfig
+from aiobotocore.config import AioConfig
 
 from syncd.config import S3Settings
 from syncd.errors import CredentialsError
+from syncd.s3.transport import NoRedirectSession
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -86,7 +86,6 @@ def etag_checked(response: Mapping[str, Any], md5_hex: str, operation: str = "Pu
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 READ_TIMEOUT = 120.0  # seconds the server may stay silent while answering
-BODY_CAP = 1024 * 1024  # bytes of an error (or other unexpected) response body read; the rest is dropped
 
 
 class FastPathOff(Exception):
@@ -136,19 +135,6 @@ def redirect_message(exc: Any, said: str) -> str:
         f"the server redirects to {location or '(no Location)'}; syncd does not follow redirects: set "
         f"endpoint_url to the server that stores the bucket{f' ({said})' if said else ''}"
     )
-
-
-async def read_capped(content: Any, cap: int = BODY_CAP) -> bytes:
-    """At most `cap` bytes of a response body (an aiohttp StreamReader); the rest is never read."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < cap:
-        chunk = await content.read(min(1 << 16, cap - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 # Every request ends: a server that sends one byte every few seconds never trips the read timeout. The base
@@ -244,9 +230,11 @@ def credentials_error(exc: BaseException) -> CredentialsError:
     )
 
 
-def boto_config(settings: S3Settings, pool: int) -> BotoConfig:
-    """botocore retries are off: syncd retries in one place (retry.py) with its own backoff."""
-    return BotoConfig(
+def boto_config(settings: S3Settings, pool: int) -> AioConfig:
+    """botocore retries are off: syncd retries in one place (retry.py) with its own backoff. The HTTP
+    session never follows a redirect and reads answers up to a cap (transport.py)."""
+    return AioConfig(
+        http_session_cls=NoRedirectSession,
         region_name=settings.region,
         max_pool_connections=max(pool, 10),
         retries={"total_max_attempts": 1, "mode": "standard"},
@@ -283,22 +271,6 @@ def content_md5_instead_of_crc32(params: dict[str, Any], **_: Any) -> None:
         del checksum["request_algorithm"]
         checksum.pop("request_algorithm_header", None)
         params["headers"]["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
-
-
-def refuse_redirected(response: Any = None, request_dict: Any = None, **_: Any) -> None:
-    """needs-retry hook: an answer that came from another place than the request was sent to is an error.
-
-    aiobotocore's HTTP session lets aiohttp follow redirects (botocore itself does not): the request has
-    gone to the Location by then (aiohttp drops the Authorization header to another host, not the body),
-    but its answer (that host's version id) is never taken for the configured server's.
-    """
-    if not response or not request_dict or response[0] is None:
-        return
-    sent, answered = str(request_dict.get("url", "")), str(getattr(response[0], "url", "") or "")
-    if answered and urlsplit(answered)[:2] != urlsplit(sent)[:2]:
-        operation = str(request_dict.get("context", {}).get("operation_name", "") or "request")
-        headers = {"location": answered}
-        raise redirect_error(int(response[0].status_code), headers, b"", operation)
 
 
 class FrozenCredentials(Protocol):
@@ -339,7 +311,6 @@ async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[S3C
         region_name=settings.region,
         config=boto_config(settings, pool),
     ) as client:
-        client.meta.events.register("needs-retry.s3", refuse_redirected)
         if settings.checksum == "when_required":
             client.meta.events.register("before-call.s3", content_md5_instead_of_crc32)
         # Found once here, so every command (versions, restore, verify too) says what is missing.

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import os
 import re
-import socket
 import ssl
 import sys
 import time
@@ -52,11 +51,11 @@ from syncd.s3.client import (
     SessionCredentials,
     describe,
     error_code,
-    read_capped,
     redirect_error,
     request_deadline,
     response_error,
 )
+from syncd.s3.transport import botocore_errors, read_capped
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -594,29 +593,13 @@ class FastPut:
             sock_connect=CONNECT_TIMEOUT,
             sock_read=READ_TIMEOUT,
         )
-        try:
+        with botocore_errors(url):
             async with session.put(
                 self._target(url), headers=headers, data=body, allow_redirects=False, timeout=deadline
             ) as response:
                 status = response.status
                 raw = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.raw_headers}
                 payload = await read_capped(response.content)
-        except aiohttp.ClientSSLError as e:
-            raise botocore.exceptions.SSLError(endpoint_url=url, error=e) from e
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as e:
-            raise botocore.exceptions.ConnectionClosedError(endpoint_url=url, error=e) from e
-        except aiohttp.ServerTimeoutError as e:
-            if str(e).lower().startswith("connect"):
-                raise botocore.exceptions.ConnectTimeoutError(endpoint_url=url, error=e) from e
-            raise botocore.exceptions.ReadTimeoutError(endpoint_url=url, error=e) from e
-        except (aiohttp.ClientConnectorError, socket.gaierror) as e:
-            raise botocore.exceptions.EndpointConnectionError(endpoint_url=url, error=e) from e
-        except TimeoutError as e:
-            raise botocore.exceptions.ReadTimeoutError(endpoint_url=url, error=e) from e
-        except aiohttp.ClientConnectionError as e:
-            raise botocore.exceptions.EndpointConnectionError(endpoint_url=url, error=e) from e
-        except aiohttp.ClientError as e:
-            raise botocore.exceptions.HTTPClientError(error=e) from e
         operation = "UploadPart" if "?" in url else "PutObject"
         if 300 <= status < 400:
             raise redirect_error(status, raw, payload, operation)
