@@ -87,7 +87,7 @@ async def versions(config: Config, raw_path: str) -> int:
         record = state.get(rel)
     finally:
         state.close()
-    retrier = Retrier.for_command(60)
+    retrier = Retrier.for_command(60, request_timeout=config.s3.request_timeout)
     locks: dict[str, str] = {}
     async with open_client(config.s3, pool=4) as client:
         found = [v for v in await list_versions(client, config.bucket, key, retrier) if v.key == key]
@@ -131,7 +131,7 @@ async def compare(config: Config, state: StateStore) -> Comparison:
     from syncd.sync.state import Signature, unchanged
 
     async with open_client(config.s3, pool=4) as client:
-        retrier = Retrier.for_command(120)
+        retrier = Retrier.for_command(120, request_timeout=config.s3.request_timeout)
         remote = await list_current(client, config.bucket, config.prefix, retrier)
     records: dict[str, FileRecord] = {}
     for rel in state.signatures():
@@ -182,7 +182,7 @@ async def check(config: Config) -> int:
     from syncd.s3.bucket import ensure_bucket
 
     async with open_client(config.s3, pool=4) as client:
-        retrier = Retrier.for_command(30)
+        retrier = Retrier.for_command(30, request_timeout=config.s3.request_timeout)
         status = await ensure_bucket(
             client,
             config.s3,

@@ -7,8 +7,9 @@ import datetime as dt
 import hashlib
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from syncd.admin import rel_from_user_path, show
 from syncd.config import Config
@@ -57,11 +58,15 @@ async def restore(
     force: bool,
 ) -> int:
     moment = parse_time(at) if at else None
-    retrier = Retrier.for_command(120)
     failures = 0
     restored = 0
     targets: dict[Path, RestoreTarget] = {}
     async with open_client(config.s3, pool=8) as client:
+        retrier = Retrier.for_command(
+            120,
+            request_timeout=config.s3.request_timeout,
+            probe=lambda: client.head_bucket(Bucket=config.bucket),
+        )
         for raw in raw_paths:
             rel = rel_from_user_path(config, raw)
             file_key = key_for_path(config.prefix, rel) if rel else None
@@ -138,18 +143,25 @@ async def _restore_one(
         print(f"{exc}; not restored", file=sys.stderr)
         return False
     dest = pending.path
+
+    async def download() -> tuple[Mapping[str, Any], str]:
+        """One attempt: the whole body into the temp file from its start; (the answer, the body's MD5)."""
+        os.ftruncate(pending.fd, 0)
+        os.lseek(pending.fd, 0, os.SEEK_SET)
+        response = await client.get_object(Bucket=config.bucket, Key=v.key, VersionId=v.version_id)
+        md5 = hashlib.md5()
+        # Not `async with Body as b`: aiobotocore's __aenter__ returns the raw aiohttp response.
+        body = response["Body"]
+        async with body:
+            while chunk := await body.read(1024 * 1024):
+                md5.update(chunk)
+                await _write_through(pending.fd, chunk)
+        return response, md5.hexdigest()
+
     try:
         try:
-            response = await retrier.call(
-                lambda: client.get_object(Bucket=config.bucket, Key=v.key, VersionId=v.version_id)
-            )
-            md5 = hashlib.md5()
-            # Not `async with Body as b`: aiobotocore's __aenter__ returns the raw aiohttp response.
-            body = response["Body"]
-            async with body:
-                while chunk := await body.read(1024 * 1024):
-                    md5.update(chunk)
-                    await asyncio.to_thread(_write_all, pending.fd, chunk)
+            # The body inside the attempt: its deadline (scaled to the size) covers a download that drips.
+            response, digest = await retrier.call(download, key=v.key, size=v.size)
         except SyncdError:
             raise
         except Exception as exc:
@@ -157,11 +169,8 @@ async def _restore_one(
             return False
         meta = response.get("Metadata", {})
         expected = object_md5(meta, str(response.get("ETag", "")))
-        if expected is not None and expected != md5.hexdigest():
-            print(
-                f"{dest}: MD5 mismatch (got {md5.hexdigest()}, expected {expected}); not restored",
-                file=sys.stderr,
-            )
+        if expected is not None and expected != digest:
+            print(f"{dest}: MD5 mismatch (got {digest}, expected {expected}); not restored", file=sys.stderr)
             return False
         try:
             placed = pending.place(metadata.ownership(meta), metadata.mtime_ns(meta), force)
@@ -173,6 +182,17 @@ async def _restore_one(
         return True
     finally:
         pending.close()
+
+
+async def _write_through(fd: int, data: bytes) -> None:
+    """_write_all in a thread, finished even when the attempt ends at its deadline: a write still going
+    must not land in the temp file after the next attempt has emptied it."""
+    write = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, data))
+    try:
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        await write
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -259,3 +259,45 @@ def test_a_wrong_secret_is_exit_4_for_versions_and_restore(
     assert result.returncode == 4, result.stderr
     assert "credentials" in result.stderr and "internal error" not in result.stderr
 
+
+def test_a_restore_whose_download_drips_fails_that_file_not_the_restore(
+    tmp_path, s3_server, bucket_name, make_config, run_syncd
+):
+    """The body of one GetObject comes a byte every 2 s, without end (the socket read timeout never fires):
+    each attempt ends at its deadline (s3.request_timeout, 3 s here, plus the size's share), is tried again,
+    and the file fails with a one-line reason (exit 1); the other file is restored and no partial file is
+    left."""
+    folder = tmp_path / "data"
+    write(folder / "kept.txt", b"comes back")
+    write(folder / "dripped.txt", b"its download never ends")
+    config = make_config(folder, bucket_name)
+    uploaded = run_syncd(["once", "-c", str(config)])
+    assert uploaded.returncode == 0, uploaded.stderr
+    stop = threading.Event()
+
+    def drip() -> Iterator[bytes]:
+        while not stop.wait(2):
+            yield b"x"
+
+    def dripping(request: Request) -> Answer | None:
+        if request.method == "GET" and request.path.split("?")[0].endswith("/dripped.txt"):
+            real = front.forward(request)  # the real headers (ETag, metadata), then a body without end
+            return Answer(200, drip(), dict(real.headers, **{"Content-Length": str(1 << 30)}))
+        return None
+
+    out = tmp_path / "out"
+    try:
+        with BadServer("proxy", upstream=s3_server.endpoint_url, answer=dripping) as front:
+            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "3s"})
+            result = run_syncd(["restore", "-c", str(config), str(folder), "--to", str(out)], timeout=90)
+    finally:
+        stop.set()
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (out / "kept.txt").read_bytes() == b"comes back"
+    assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]  # no partial or temp file left
+    (line,) = [line for line in result.stderr.splitlines() if "dripped.txt" in line]
+    assert line.startswith(f"{out}/dripped.txt: download failed") and "no answer within" in line, line
+    assert "restored 1 file, 1 not restored" in result.stdout
+    gets = [r for r in front.requests if r[0] == "GET" and r[1].split("?")[0].endswith("/dripped.txt")]
+    assert len(gets) > 1  # retried, each attempt ended by its deadline

@@ -169,9 +169,19 @@ class Retrier:
         self.started = time.monotonic()
 
     @classmethod
-    def for_command(cls, give_up_after: float) -> Retrier:
-        """A one-shot command's retrier (versions, restore, verify, check): gives up after that long."""
-        return cls(Outage(), give_up_after=give_up_after)
+    def for_command(
+        cls,
+        give_up_after: float,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        probe: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Retrier:
+        """A one-shot command's retrier (versions, restore, verify, check): gives up after that long.
+
+        request_timeout: s3.request_timeout; probe: a HeadBucket, so that one object failing while the
+        server answers (a download that never ends) fails that object after KEY_ATTEMPTS tries.
+        """
+        return cls(Outage(probe), give_up_after=give_up_after, request_timeout=request_timeout)
 
     def delay(self, attempt: int) -> float:
         # Jittered so that many workers retrying at once do not all come back at the same moment.
