@@ -193,6 +193,36 @@ def test_an_error_body_is_read_up_to_a_cap(
     assert front.sent < attempts * 16 * 1024 * 1024  # 1 MiB read, plus what the sockets buffered
 
 
+def test_an_answer_over_the_cap_is_refused_unread(tmp_path, s3_server, bucket_name, make_config, run_syncd):
+    """A listing answered 200 with a body said to be 1 GiB: the plain client refuses it without reading it
+    (it used to read any answer whole), retries, and stops with one line naming the cap (exit 75)."""
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    chunk = b"x" * (1024 * 1024)
+    chunks = 1024
+
+    def huge() -> Iterator[bytes]:
+        yield b"<?xml version='1.0'?><ListBucketResult>"
+        for _ in range(chunks):
+            yield chunk
+
+    def huge_listing(request: Request) -> Answer | None:
+        if request.method == "GET" and "list-type" in request.query:
+            return Answer(200, huge(), {"Content-Type": "application/xml", "Content-Length": str(1 << 30)})
+        return None
+
+    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=huge_listing) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "5s"})
+        result = run_syncd(["once", "-c", str(config), "--retry-for", "3s"], timeout=90)
+
+    assert result.returncode == 75, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("syncd: error:")]
+    assert "stayed unreachable" in line and "over syncd's cap" in line, line
+    listings = len([r for r in front.requests if r[0] == "GET" and "list-type" in r[1]])
+    assert listings > 1  # retried
+    assert front.sent < listings * 16 * 1024 * 1024  # only what the sockets buffered, never the body
+
+
 def truncated_forever(kind: str) -> Any:
     """An answer() that passes the listing of `kind` through but says IsTruncated=true, with a marker that
     never moves on."""
