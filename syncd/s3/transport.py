@@ -186,7 +186,11 @@ class NoRedirectSession:
                 }
                 if response.status < 300 and request.stream_output:
                     return AioAWSResponse(url, response.status, answer_headers, response)
-                body = await self._body(response)
+                try:
+                    body = await self._body(response)
+                except BaseException:
+                    response.close()  # cut off mid-body (its deadline, a reset): the connection goes too
+                    raise
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             raise
         except Exception as exc:  # as aiobotocore's session: anything else on the way is a transport error
@@ -196,18 +200,18 @@ class NoRedirectSession:
     @staticmethod
     async def _body(response: aiohttp.ClientResponse) -> bytes:
         """The answer's body: an error's up to BODY_CAP (the rest dropped with the connection: botocore
-        then sorts it by its status), another's whole up to ANSWER_CAP, else refused."""
+        then sorts it by its status), another's whole up to ANSWER_CAP, else refused (ValueError)."""
         if response.status >= 300:
             body = await read_capped(response.content, BODY_CAP)
+        else:
+            cap, length = f"{ANSWER_CAP:,}", response.content_length
+            if length is not None and length > ANSWER_CAP:
+                raise ValueError(f"the server's answer is {length:,} bytes, over syncd's cap of {cap}")
+            body = await read_capped(response.content, ANSWER_CAP + 1)
+            if len(body) > ANSWER_CAP:
+                raise ValueError(f"the server's answer is over syncd's cap of {cap} bytes")
+        if response.content.at_eof():
+            response.release()  # read to its end: the connection is kept for the next request
+        else:
             response.close()
-            return body
-        length = response.content_length
-        if length is not None and length > ANSWER_CAP:
-            response.close()
-            raise ValueError(f"the server's answer is {length:,} bytes, over syncd's cap of {ANSWER_CAP:,}")
-        body = await read_capped(response.content, ANSWER_CAP + 1)
-        if len(body) > ANSWER_CAP:
-            response.close()
-            raise ValueError(f"the server's answer is over syncd's cap of {ANSWER_CAP:,} bytes")
-        response.release()
         return body
