@@ -1,0 +1,57 @@
+"""The outage probe (the HeadBucket that tells a failing key from a failing server) has no task of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from syncd.s3.retry import Outage
+
+
+def test_a_probe_ends_with_its_caller_and_a_waiter_probes_itself() -> None:
+    """Cancelling the caller that probes (a stopping run) leaves no probe running; a caller that waited
+    for that probe sends its own and gets its answer."""
+
+    async def main() -> None:
+        answers: list[asyncio.Event] = []
+        running = 0
+
+        async def probe() -> None:
+            nonlocal running
+            running += 1
+            answer = asyncio.Event()
+            answers.append(answer)
+            try:
+                await answer.wait()
+            finally:
+                running -= 1
+
+        async def probes_sent(n: int) -> None:
+            async with asyncio.timeout(5):
+                while len(answers) < n:
+                    await asyncio.sleep(0.01)
+
+        outage = Outage(probe=probe)
+        since = time.monotonic()
+        first = asyncio.create_task(outage.server_answers(since))
+        await probes_sent(1)
+        second = asyncio.create_task(outage.server_answers(since))
+        await asyncio.sleep(0)  # one turn of the loop: the second caller runs up to its wait
+        assert len(answers) == 1  # one probe at a time
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await probes_sent(2)  # the waiter's own
+        assert running == 1
+        answers[1].set()
+        assert await asyncio.wait_for(second, 5)
+
+        third = asyncio.create_task(outage.server_answers(time.monotonic()))
+        await probes_sent(3)
+        third.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await third
+        assert running == 0
+
+    asyncio.run(main())
