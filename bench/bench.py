@@ -303,7 +303,9 @@ class Bench:
         from syncd.seaweed import Identity, SeaweedServer
 
         self.identity = Identity.generate("bench")
-        self.server = SeaweedServer(self.root / "seaweed", [self.identity])
+        # No namespace and gate: the gate pipes every byte through this process (a throwaway bench
+        # server on loopback is not a security boundary; the tools would be measured through the gate).
+        self.server = SeaweedServer(self.root / "seaweed", [self.identity], isolate=False)
         self.server.start()
         import psutil
 

@@ -145,7 +145,7 @@ def main() -> int:
     identity = Identity.generate("bench")
     with tempfile.TemporaryDirectory(prefix="syncd-lockbench-") as tmp:
         workdir = Path(tmp)
-        with SeaweedServer(workdir / "seaweed", [identity]) as server:
+        with SeaweedServer(workdir / "seaweed", [identity], isolate=False) as server:
             asyncio.run(bench(server, identity, args.files, args.capped, workdir))
     return 0
 

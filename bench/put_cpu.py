@@ -149,7 +149,7 @@ def seaweed() -> Iterator[tuple[str, int | None]]:
             with weed_by_hand(workdir) as found:
                 yield found
             return
-        with SeaweedServer(workdir, [Identity("admin", ACCESS_KEY, SECRET_KEY)]) as server:
+        with SeaweedServer(workdir, [Identity("admin", ACCESS_KEY, SECRET_KEY)], isolate=False) as server:
             yield server.endpoint_url, server.pid
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

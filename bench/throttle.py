@@ -192,7 +192,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="syncd-throttle-") as tmp:
         root = Path(tmp)
         identity = Identity.generate("bench")
-        server = SeaweedServer(root / "seaweed", [identity])
+        server = SeaweedServer(root / "seaweed", [identity], isolate=False)
         server.start()
         try:
             print(

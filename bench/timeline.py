@@ -1,0 +1,278 @@
+"""Where the time of a small-file upload goes: a timeline of `syncd once` and `s5cmd cp`, sampled every 50 ms.
+
+    python bench/timeline.py --files 5000 --size 16384                 # syncd once, then s5cmd cp
+    python bench/timeline.py --files 20000 --size 4096 --per-dir 200 --tools 'syncd;syncd:{"workers": 256}'
+
+It starts a throwaway SeaweedFS on loopback (no namespace: the bench measures the tools, not a gate), writes
+the files, and uploads them into a fresh versioned bucket per tool. Sampled every 50 ms: the client's and
+the server's CPU (psutil, both processes' trees), and for syncd its queue depth (waiting), uploads in
+flight, files still settling and files done (read by a thread inside the syncd process, which runs
+`syncd once` exactly as the command does). Printed: one row per --row seconds, and a summary of where the
+wall time went (start-up before the first upload, the upload phase, the tail after the last one) and how
+much of the two cores sat idle in each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import REGION, compile_syncd, find_s5cmd, write_random
+
+EVERY = 0.05
+
+# Runs inside the syncd process: `syncd once` as the command runs it, plus a thread that writes the
+# pipeline's queue figures every 50 ms (the pipeline object is caught as it is built).
+CHILD = r"""
+import json, os, sys, threading, time
+out_path, argv = sys.argv[1], sys.argv[2:]
+EVERY = float(os.environ["TIMELINE_EVERY"])
+import syncd.sync.pipeline as pipeline_module
+caught = []
+original_init = pipeline_module.Pipeline.__init__
+def init(self, *a, **k):
+    original_init(self, *a, **k)
+    caught.append(self)
+pipeline_module.Pipeline.__init__ = init
+stop = threading.Event()
+def sample():
+    with open(out_path, "w") as out:
+        while not stop.is_set():
+            row = {"t": time.time()}
+            if caught:
+                p = caught[0]
+                row.update(waiting=len(p.queue.waiting), inflight=len(p.queue.inflight),
+                           settling=len(p.settler), done=p.stats.done)
+            out.write(json.dumps(row) + "\n")
+            stop.wait(EVERY)
+threading.Thread(target=sample, daemon=True).start()
+from syncd.cli import main
+code = main(argv)
+stop.set()
+time.sleep(0.1)
+os._exit(code)
+"""
+
+
+def cpu_of(proc: Any) -> float:
+    import psutil
+
+    total = 0.0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def sample_cpu(client_pid: int, server: Any, rows: list[dict[str, float]], stop: threading.Event) -> None:
+    import psutil
+
+    try:
+        client = psutil.Process(client_pid)
+    except psutil.Error:
+        return
+    while not stop.is_set():
+        rows.append({"t": time.time(), "client": cpu_of(client), "server": cpu_of(server)})
+        stop.wait(EVERY)
+
+
+def run_tool(
+    tool: str, folder: Path, bucket: str, env: dict[str, str], root: Path, server: Any
+) -> dict[str, Any]:
+    import psutil
+    import yaml
+
+    inside = root / f"{tool}-{bucket}.jsonl"
+    if tool == "syncd":
+        config = root / f"{bucket}.yaml"
+        document = {
+            "folder": str(folder),
+            "bucket": bucket,
+            "s3": {"endpoint_url": env["S3_URL"], "region": REGION},
+            "state_dir": str(root / f"state-{bucket}"),
+            "log": {"format": "json", "level": "info"},
+            **json.loads(env.get("SYNCD_SET", "{}")),
+        }
+        config.write_text(yaml.safe_dump(document))
+        cmd = [sys.executable, "-c", CHILD, str(inside), "once", "-c", str(config)]
+        if env.get("PY_SPY_OUT"):  # profiling: py-spy's own cost lands in the figures
+            spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--format", "raw"]
+            cmd = [*spy, "-o", env["PY_SPY_OUT"], "--", *cmd]
+    else:
+        cmd = [
+            find_s5cmd() or "s5cmd",
+            "--endpoint-url",
+            env["S3_URL"],
+            "cp",
+            f"{folder}/*",
+            f"s3://{bucket}/",
+        ]
+    rows: list[dict[str, float]] = []
+    stop = threading.Event()
+    began = time.time()
+    with open(root / f"{tool}.err", "wb") as err:
+        proc = subprocess.Popen(
+            cmd, env={**env, "TIMELINE_EVERY": str(EVERY)}, stdout=subprocess.DEVNULL, stderr=err
+        )
+    sampler = threading.Thread(target=sample_cpu, args=(proc.pid, psutil.Process(server.pid), rows, stop))
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    ended = time.time()
+    stop.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    pipeline = []
+    if inside.exists():
+        pipeline = [json.loads(line) for line in inside.read_text().splitlines() if line.strip()]
+    return {
+        "tool": tool,
+        "began": began,
+        "ended": ended,
+        "rc": proc.returncode,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "maxrss_mb": usage.ru_maxrss / 1024,
+        "rows": rows,
+        "pipeline": pipeline,
+    }
+
+
+def show(result: dict[str, Any], row_s: float, files: int) -> None:
+    rows, pipeline, t0 = result["rows"], result["pipeline"], result["began"]
+    wall = result["ended"] - t0
+    print(
+        f"\n{result['tool']}: {wall:.2f} s wall, {result['cpu']:.2f} s CPU, rc {result['rc']}, "
+        f"max RSS {result['maxrss_mb']:.0f} MB"
+    )
+    first_done = next((r["t"] for r in pipeline if r.get("done", 0) > 0), None)
+    last_done = next((r["t"] for r in pipeline if r.get("done", 0) >= files), None)
+    print("   t(s)  client%  server%  idle%  waiting inflight settling    done")
+    step = max(1, round(row_s / EVERY))
+    for i in range(step, len(rows), step):
+        a, b = rows[i - step], rows[i]
+        dt = b["t"] - a["t"]
+        client, server = (b["client"] - a["client"]) / dt, (b["server"] - a["server"]) / dt
+        idle = max(0.0, 2 - client - server) / 2
+        near = min(pipeline, key=lambda r: abs(r["t"] - b["t"])) if pipeline else {}
+        print(
+            f"{b['t'] - t0:7.2f} {client * 100:7.0f} {server * 100:8.0f} {idle * 100:6.0f} "
+            f"{near.get('waiting', ''):>8} {near.get('inflight', ''):>8} {near.get('settling', ''):>8} "
+            f"{near.get('done', ''):>7}"
+        )
+
+    def phase(name: str, start: float, end: float) -> None:
+        inside = [r for r in rows if start <= r["t"] <= end]
+        if len(inside) < 2 or end <= start:
+            print(f"  {name:28s} {end - start:6.2f} s")
+            return
+        client = inside[-1]["client"] - inside[0]["client"]
+        server = inside[-1]["server"] - inside[0]["server"]
+        span = inside[-1]["t"] - inside[0]["t"]
+        idle = max(0.0, 2 * span - client - server)
+        flying = [r["inflight"] for r in pipeline if start <= r["t"] <= end and "inflight" in r]
+        mean_inflight = f", {sum(flying) / len(flying):5.1f} in flight" if flying else ""
+        print(
+            f"  {name:28s} {end - start:6.2f} s: client {client:5.2f} s CPU, server {server:5.2f} s, "
+            f"idle {idle:5.2f} core-s ({idle / (2 * span) * 100:3.0f}%){mean_inflight}"
+        )
+
+    print("  where the wall time went:")
+    if first_done is not None and last_done is not None:
+        phase("start -> first upload done", t0, first_done)
+        phase("uploads (first -> last)", first_done, last_done)
+        phase("last upload -> exit", last_done, result["ended"])
+    phase("whole run", t0, result["ended"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=16 * 1024)
+    parser.add_argument("--per-dir", type=int, default=100_000, help="files per directory (default: flat)")
+    parser.add_argument(
+        "--tools", default="syncd;s5cmd", help='";"-separated; syncd:{"workers": 256} sets keys'
+    )
+    parser.add_argument("--row", type=float, default=0.25, help="seconds per printed row")
+    parser.add_argument("--json", help="write every sample here")
+    parser.add_argument("--syncd-set", default="{}", help='extra config keys as JSON, e.g. {"workers": 256}')
+    parser.add_argument("--py-spy", help="profile syncd with py-spy into this file (raw, for flamegraphs)")
+    args = parser.parse_args()
+
+    import boto3
+    from botocore.config import Config
+
+    from syncd.seaweed import Identity, SeaweedServer
+
+    root = Path(tempfile.mkdtemp(prefix="syncd-timeline-"))
+    identity = Identity.generate("bench")
+    with SeaweedServer(root / "seaweed", [identity], isolate=False) as server:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=identity.access_key,
+            aws_secret_access_key=identity.secret_key,
+            config=Config(request_checksum_calculation="when_required", s3={"addressing_style": "path"}),
+        )
+        folder = root / "data"
+        for i in range(args.files):
+            sub = folder / f"d{i // args.per_dir:03d}" if args.files > args.per_dir else folder
+            sub.mkdir(parents=True, exist_ok=True)
+            write_random(sub / f"f{i:06d}.bin", args.size)
+        compile_syncd()
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": identity.access_key,
+            "AWS_SECRET_ACCESS_KEY": identity.secret_key,
+            "AWS_REGION": REGION,
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "S3_URL": server.endpoint_url,
+            **({"PY_SPY_OUT": args.py_spy} if args.py_spy else {}),
+            "SYNCD_SET": args.syncd_set,
+        }
+        time.sleep(1.0)  # files older than syncd's settle time, as in bench/
+        results = []
+        for label in args.tools.split(";"):
+            tool, env["SYNCD_SET"] = label, args.syncd_set
+            if tool.startswith("syncd:"):  # syncd:{"workers": 256}: syncd with these keys
+                tool, env["SYNCD_SET"] = "syncd", tool.split(":", 1)[1]
+            bucket = f"t-{tool}-{secrets.token_hex(3)}"
+            s3.create_bucket(Bucket=bucket)
+            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+            result = run_tool(tool, folder, bucket, env, root, server)
+            count = sum(
+                page.get("KeyCount", 0)
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            )
+            result["objects"] = count
+            result["label"] = label
+            show(result, args.row, args.files)
+            print(f"  bucket holds {count} of {args.files} objects")
+            results.append(result)
+        peer = next((r for r in results if r["tool"] == "s5cmd"), None)
+        for r in results:
+            if peer is not None and r is not peer:
+                wall = (r["ended"] - r["began"]) / (peer["ended"] - peer["began"])
+                print(f"{r['label']} / s5cmd cp: wall {wall:.2f}x, CPU {r['cpu'] / peer['cpu']:.2f}x")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
