@@ -70,14 +70,24 @@ STARTUP_SECONDS: dict[str, float] = {}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """`@pytest.mark.servers("seaweedfs", "rgw")`: run the test once per named server (ids like [rgw])."""
+    """`@pytest.mark.servers("seaweedfs", "rgw")`: run the test once per named server (ids like [rgw]).
+
+    `servers("seaweedfs", "rgw", slow=("rgw",))`: the runs on the servers named in `slow` are marked slow
+    (`pytest -m slow`, which CI runs too), for a proof that takes long there and adds nothing the default
+    run on the other server does not show.
+    """
     marker = metafunc.definition.get_closest_marker("servers")
     if marker is None or "s3_server" not in metafunc.fixturenames:
         return
+    slow = set(marker.kwargs.get("slow", ()))
     unknown = set(marker.args) - set(SERVER_FIXTURES)
-    if unknown or not marker.args:
-        raise pytest.UsageError(f"servers(...) takes some of {sorted(SERVER_FIXTURES)}, not {marker.args}")
-    metafunc.parametrize("s3_server", marker.args, indirect=True)
+    if unknown or not marker.args or not slow <= set(marker.args) or set(marker.kwargs) - {"slow"}:
+        raise pytest.UsageError(
+            f"servers(...) takes some of {sorted(SERVER_FIXTURES)} and slow=(some of those), "
+            f"not {marker.args} {marker.kwargs}"
+        )
+    runs = [pytest.param(kind, marks=pytest.mark.slow) if kind in slow else kind for kind in marker.args]
+    metafunc.parametrize("s3_server", runs, indirect=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

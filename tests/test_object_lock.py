@@ -171,11 +171,12 @@ def test_check_on_a_missing_bucket_says_it_will_be_created_locked(
     assert "creates the bucket with Object Lock enabled" in result.stdout
 
 
-# (retain, rewrite after, look after) in seconds: the issue's scenario on RGW, a shorter one on SeaweedFS.
+# (retain, rewrite after, look after) in seconds: the issue's scenario on RGW (a minute: -m slow), a
+# shorter one on SeaweedFS (in the default run).
 SCENARIO = {"rgw": (40, 5, 60), "seaweedfs": (12, 2, 14)}
 
 
-@BOTH
+@pytest.mark.servers("seaweedfs", "rgw", slow=("rgw",))
 def test_current_version_is_extended_and_the_old_one_expires(
     tmp_path: Path, s3_server: Any, s3: Any, bucket_name: str, make_config: Any, start_daemon: Any
 ) -> None:
@@ -207,15 +208,16 @@ def test_current_version_is_extended_and_the_old_one_expires(
     assert daemon.terminate() == 0
 
 
-@BOTH
+@pytest.mark.servers("seaweedfs", "rgw", slow=("rgw",))  # what the state remembers: the same on both
 def test_restart_does_not_extend_what_is_far_enough_out(
     tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any, start_daemon: Any
 ) -> None:
     """The state remembers each current version's retain-until: `once` after a fresh extension sends no
     PutObjectRetention; once the lock is within retain/2 of its end it does."""
+    retain = 12  # seconds: the `once` right after the extension has retain/2 to start and find nothing due
     folder = tmp_path / "data"
     write(folder / "f.txt", b"locked")
-    config = make_config(folder, bucket_name, **lock_config(retain="20s"))
+    config = make_config(folder, bucket_name, **lock_config(retain=f"{retain}s"))
     daemon = start_daemon(config)
     uploaded = daemon.wait_for_event("uploaded", path="f.txt")
     daemon.wait_for_event("locks_extended", timeout=30)
@@ -228,7 +230,7 @@ def test_restart_does_not_extend_what_is_far_enough_out(
     assert not [r for r in json_records(again.stderr) if r.get("event") == "locks_extended"]
     assert retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1] == extended_until
 
-    wait_until(lambda: extended_until - time.time() < 10, timeout=30)  # within retain/2 of its end
+    wait_until(lambda: extended_until - time.time() < retain / 2, timeout=30)  # within retain/2 of its end
     due = run_syncd(["once", "-c", str(config)])
     assert [r for r in json_records(due.stderr) if r.get("event") == "locks_extended"], due.stderr
     assert retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1] > extended_until
@@ -487,14 +489,19 @@ def test_a_changed_mode_keeps_current_versions_locked_in_the_mode_they_have(
 ) -> None:
     """object_lock.mode changed from compliance to governance: the server refuses to change a compliance
     lock, so the extension pass extends it as compliance (it never leaves a current version to expire)."""
+    retain = 12  # seconds; the lock is due for extension once less than retain/2 is left
     folder = tmp_path / "data"
     write(folder / "f.txt", b"compliance")
-    first = run_syncd(["once", "-c", str(make_config(folder, bucket_name, **lock_config("compliance", 20)))])
+    first = run_syncd(
+        ["once", "-c", str(make_config(folder, bucket_name, **lock_config("compliance", retain)))]
+    )
     assert first.returncode == 0, first.stderr
     (uploaded,) = [r for r in json_records(first.stderr) if r.get("event") == "uploaded"]
     until = rfc3339_ts(uploaded["retain_until"])
-    wait_until(lambda: until - time.time() < 10, timeout=30)  # due: within retain/2 of its end
-    second = run_syncd(["once", "-c", str(make_config(folder, bucket_name, **lock_config("governance", 20)))])
+    wait_until(lambda: until - time.time() < retain / 2, timeout=30)  # due: within retain/2 of its end
+    second = run_syncd(
+        ["once", "-c", str(make_config(folder, bucket_name, **lock_config("governance", retain)))]
+    )
     assert second.returncode == 0, second.stderr
     (extended,) = [r for r in json_records(second.stderr) if r.get("event") == "locks_extended"]
     assert extended["versions"] == 1 and extended["failed"] == 0, second.stderr
