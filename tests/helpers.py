@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -125,6 +126,32 @@ def write(path: Path, data: bytes) -> Path:
 def tree(root: Path) -> dict[str, bytes]:
     """Relative POSIX path -> bytes of every file below root: what the bucket should hold."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def bucket_matches(s3: Any, bucket: str, root: Path) -> bool:
+    """Whether the latest objects in the bucket are exactly the files below root, byte for byte.
+
+    Cheap enough to poll on a big tree (reading back 550 objects takes ~9 s here): a single PUT's ETag is
+    the MD5 the server computed over the bytes it stored, so the listing proves those; only multipart
+    objects (whose ETag is no MD5) are read back.
+    """
+    local = tree(root)
+    listed: dict[str, tuple[int, str]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            listed[item["Key"]] = (item["Size"], item["ETag"].strip('"'))
+    if listed.keys() != local.keys():
+        return False
+    for key, (size, etag) in listed.items():
+        data = local[key]
+        if size != len(data):
+            return False
+        if "-" in etag:
+            if s3.get_object(Bucket=bucket, Key=key)["Body"].read() != data:
+                return False
+        elif etag != hashlib.md5(data).hexdigest():
+            return False
+    return True
 
 
 def wait_until(fn: Callable[[], T], timeout: float = 30, interval: float = 0.05) -> T:

@@ -13,7 +13,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import bucket_objects, every_server, json_records, list_versions, tree, wait_until, write
+from helpers import (
+    bucket_matches,
+    bucket_objects,
+    every_server,
+    json_records,
+    list_versions,
+    tree,
+    wait_until,
+    write,
+)
 
 from syncd.config import KEYS, Config, load_config
 from syncd.s3 import metadata
@@ -119,7 +128,7 @@ def test_daemon_uploads_changes_and_stops_cleanly(tmp_path, s3, bucket_name, mak
     for i in range(20):
         write(nested / f"n{i}.txt", f"nested {i}".encode())
     # Files written quickly into a brand-new directory tree: the walk of new directories finds them.
-    wait_until(lambda: bucket_objects(s3, bucket_name) == tree(folder), timeout=30)
+    wait_until(lambda: bucket_matches(s3, bucket_name, folder), timeout=30)
 
     code = daemon.terminate()
     assert code == 0
