@@ -12,6 +12,7 @@ import signal
 import threading
 from typing import Any
 
+import pytest
 from badserver import BadServer
 from helpers import (
     bucket_objects,
@@ -194,31 +195,39 @@ def test_sigterm_gives_up_on_an_upload_after_stop_timeout_and_it_stays_owed(
 # -- the delete guard's cap ------------------------------------------------------------------------------
 
 
-def test_delete_guard_caps_a_batch_at_1000_files_whatever_the_percentage(
-    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd
+# A guard in files (limit: 10) caps at that many, 100% of them or not; a percentage caps at 1,000 files,
+# which takes 2,010 files and 1,000 deletions to show (-m slow).
+@pytest.mark.parametrize(
+    ("guard", "cap"),
+    [({"limit": 10}, 10), pytest.param("100%", 1000, marks=pytest.mark.slow)],
+    ids=["limit-10-files", "100%-capped-at-1000-files"],
+)
+def test_delete_guard_caps_a_batch_in_files_whatever_the_percentage(
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd, guard, cap
 ):
     folder = tmp_path / "data"
-    names = [f"d{i % 20:02d}/f{i:04d}.txt" for i in range(2010)]
+    total = 2 * cap + 10
+    names = [f"d{i % 20:02d}/f{i:04d}.txt" for i in range(total)]
     for name in names:
         write(folder / name, name.encode())
-    config = make_config(folder, bucket_name, on_delete="delete", delete_guard="100%", workers=16)
+    config = make_config(folder, bucket_name, on_delete="delete", delete_guard=guard, workers=16)
     assert run_syncd(["once", "-c", str(config)]).returncode == 0
     daemon = start_daemon(config)
     scanned = daemon.wait_for_event("scan_done", timeout=60)
-    assert (scanned["files"], scanned["changed"]) == (2010, 0), scanned
+    assert (scanned["files"], scanned["changed"]) == (total, 0), scanned
 
-    for name in names[:1001]:  # 50% of the tracked files, under the 100% guard, but over the cap
+    for name in names[: cap + 1]:  # 50% of the tracked files, under the 100% guard, but over the cap
         os.unlink(folder / name)
     tripped = daemon.wait_for_event("delete_guard_tripped", timeout=60)
-    assert (tripped["count"], tripped["tracked"], tripped["limit"]) == (1001, 2010, 1000), tripped
+    assert (tripped["count"], tripped["tracked"], tripped["limit"]) == (cap + 1, total, cap), tripped
     assert not list_delete_markers(s3, bucket_name)
 
     start = len(daemon.records())
-    for name in names[1001:2001]:  # exactly at the cap: propagated
+    for name in names[cap + 1 : 2 * cap + 1]:  # exactly at the cap: propagated
         os.unlink(folder / name)
-    wait_until(lambda: len(events(daemon.records()[start:], "deleted")) == 1000, timeout=180, interval=0.5)
+    wait_until(lambda: len(events(daemon.records()[start:], "deleted")) == cap, timeout=180, interval=0.5)
     assert not events(daemon.records()[start:], "delete_guard_tripped")
-    assert {m["Key"] for m in list_delete_markers(s3, bucket_name)} == set(names[1001:2001])
+    assert {m["Key"] for m in list_delete_markers(s3, bucket_name)} == set(names[cap + 1 : 2 * cap + 1])
     assert daemon.terminate() == 0
 
 
