@@ -120,7 +120,7 @@ def test_a_server_that_drips_its_answer_becomes_a_retry_not_a_hang(
     tmp_path, s3, s3_server, bucket_name, make_config, run_syncd, syncd_env, sender
 ):
     """The answer to one PUT comes a byte every 5 s (no socket read timeout ever fires): each attempt ends
-    at its deadline (s3.request_timeout, 3 s here) and is retried; the file fails, the rest is uploaded."""
+    at its deadline (s3.request_timeout, 2 s here) and is retried; the file fails, the rest is uploaded."""
     folder = tmp_path / "data"
     write(folder / "kept.txt", b"stays here")
     write(folder / "dripped.txt", b"its answer never ends")
@@ -141,7 +141,7 @@ def test_a_server_that_drips_its_answer_becomes_a_retry_not_a_hang(
 
     try:
         with BadServer("proxy", upstream=s3_server.endpoint_url, answer=dripping) as front:
-            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "3s"})
+            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "2s"})
             result = run_syncd(["once", "-c", str(config)], env=env_for(syncd_env, sender))
     finally:
         stop.set()
