@@ -5,6 +5,7 @@ instead of, the real SeaweedFS). Everything goes through the CLI in a subprocess
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -262,6 +263,8 @@ def test_keys_over_1024_bytes_are_skipped_with_a_record(tmp_path, s3, bucket_nam
 
 
 def test_non_utf8_name_does_not_stop_the_watcher(tmp_path, s3, bucket_name, make_config, start_daemon):
+    from test_object_lock import rfc3339_ts
+
     folder = tmp_path / "data"
     folder.mkdir()
     daemon = start_daemon(make_config(folder, bucket_name))
@@ -274,24 +277,28 @@ def test_non_utf8_name_does_not_stop_the_watcher(tmp_path, s3, bucket_name, make
     failed = daemon.wait_for_event("watcher_failed", timeout=30)
     assert "decode" in failed["reason"].lower(), failed  # the cause, not "unhandled errors in a TaskGroup"
     expected = {f"n{i}.txt" for i in range(3)} | {f"bad{ESC}FF.txt"}
-    wait_until(lambda: keys_in(s3, bucket_name) == expected, timeout=30)
 
-    # 20 s next to ordinary work, the first 12 s with a live file of an undecodable name: restarts stay
-    # few (backoff), and whatever is written meanwhile lands (a rescan once each new watch is up).
-    start = len(daemon.records())
+    # A live file of an undecodable name fails each new watch, next to ordinary work: every restart waits
+    # longer than the one before, as long as it said (backoff, not a hot loop), and whatever is written
+    # meanwhile lands (a rescan once each new watch is up).
+    start = daemon.records().index(failed) + 1
     began = time.monotonic()
     i = 0
-    while time.monotonic() - began < 20:
-        if time.monotonic() - began < 12:
-            with open(bad, "ab") as f:
-                f.write(b".")
+    while len(events(daemon.records()[start:], "watcher_failed")) < 2:
+        assert time.monotonic() - began < 60, daemon.tail()
+        with open(bad, "ab") as f:
+            f.write(b".")
         write(folder / f"m{i}.txt", b"during")
         expected.add(f"m{i}.txt")
         i += 1
-        time.sleep(1)
+        time.sleep(0.5)
+    write(folder / "after.txt", b"after")
+    expected.add("after.txt")
     wait_until(lambda: keys_in(s3, bucket_name) == expected, timeout=45)
-    failures = events(daemon.records()[start:], "watcher_failed")
-    assert 1 <= len(failures) <= 6, failures
+    failures = [failed, *events(daemon.records()[start:], "watcher_failed")]
+    for earlier, later in itertools.pairwise(failures):
+        assert later["retry_in_s"] > earlier["retry_in_s"], failures
+        assert rfc3339_ts(later["timestamp"]) - rfc3339_ts(earlier["timestamp"]) >= earlier["retry_in_s"]
     assert daemon.returncode is None
     assert daemon.terminate() == 0
 
