@@ -123,6 +123,12 @@ def test_leftover_multipart_is_aborted_at_start_but_not_another_clients(
     )
     assert daemon.returncode is None, daemon.tail()
     (ours,) = uploads
+    # The server lists the upload as soon as it made it, before syncd has its answer and stored the
+    # UploadId; syncd sends parts only after storing it, so a part on the server proves it is stored.
+    wait_until(
+        lambda: s3.list_parts(Bucket=bucket_name, Key="big.bin", UploadId=ours["UploadId"]).get("Parts"),
+        timeout=60,
+    )
     daemon.kill()  # mid-upload: its parts stay on the server, its UploadId in syncd's state
     foreign = s3.create_multipart_upload(Bucket=bucket_name, Key="big.bin")["UploadId"]  # same key, even
 
