@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -180,15 +180,22 @@ def wait_until(fn: Callable[[], T], timeout: float = 30, interval: float = 0.05)
 
 
 class Daemon:
-    """A `python -m syncd run -c CONFIG` subprocess whose JSON log (stderr) tests read and wait on."""
+    """A `python -m syncd run -c CONFIG` subprocess whose JSON log (stderr) tests read and wait on.
 
-    def __init__(self, config_path: Path, env: Mapping[str, str], workdir: Path, name: str) -> None:
+    `wrapper`: a command that runs syncd (unshare, setpriv...), or none.
+    """
+
+    def __init__(
+        self, config_path: Path, env: Mapping[str, str], workdir: Path, name: str, wrapper: Sequence[str] = ()
+    ) -> None:
         self.config_path = Path(config_path)
         self.log_path = workdir / f"{name}.stderr.log"
         self.stdout_path = workdir / f"{name}.stdout.log"
+        self._records: list[dict[str, Any]] = []  # parsed so far, up to byte _read_to of the log
+        self._read_to = 0
         with open(self.log_path, "wb") as err, open(self.stdout_path, "wb") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "syncd", "run", "-c", str(self.config_path)],
+                [*wrapper, sys.executable, "-m", "syncd", "run", "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -212,18 +219,29 @@ class Daemon:
             return ""
 
     def records(self) -> list[dict[str, Any]]:
-        """The complete JSON lines of the log so far (other lines, and a half-written last one, skipped)."""
-        records: list[dict[str, Any]] = []
-        for line in self.log_text().splitlines(keepends=True):
-            if not line.endswith("\n") or not line.lstrip().startswith("{"):
+        """The complete JSON lines of the log so far (other lines, and a half-written last one, skipped).
+
+        Only what was written since the last call is read and parsed: tests poll this many times a
+        second, and parsing a debug log of thousands of records each time took a core from syncd.
+        """
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._read_to)
+                new = log.read()
+        except FileNotFoundError:
+            new = b""
+        complete = new[: new.rfind(b"\n") + 1]
+        self._read_to += len(complete)
+        for line in complete.decode(errors="replace").split("\n"):
+            if not line.lstrip().startswith("{"):
                 continue
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
             if isinstance(record, dict):
-                records.append(record)
-        return records
+                self._records.append(record)
+        return list(self._records)
 
     def uploaded(self) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("event") == "uploaded"]

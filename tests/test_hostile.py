@@ -32,8 +32,6 @@ from helpers import (
     wait_until,
 )
 
-from syncd.seaweed import die_with_parent
-
 ESC = "\u201b"  # the escape character of syncd/keys.py
 
 
@@ -107,19 +105,7 @@ class WrappedDaemon(Daemon):
     def __init__(
         self, wrapper: list[str], config_path: Path, env: dict[str, str], workdir: Path, name: str
     ) -> None:
-        self.config_path = Path(config_path)
-        self.log_path = workdir / f"{name}.stderr.log"
-        self.stdout_path = workdir / f"{name}.stdout.log"
-        with open(self.log_path, "wb") as err, open(self.stdout_path, "wb") as out:
-            self._proc = subprocess.Popen(
-                [*wrapper, sys.executable, "-m", "syncd", "run", "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env,
-                cwd=workdir,
-                preexec_fn=die_with_parent(),
-            )
+        super().__init__(config_path, env, workdir, name, wrapper=wrapper)
 
 
 @pytest.fixture
