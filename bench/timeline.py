@@ -15,6 +15,7 @@ much of the two cores sat idle in each.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import secrets
@@ -37,7 +38,10 @@ CHILD = r"""
 import json, os, sys, threading, time
 out_path, argv = sys.argv[1], sys.argv[2:]
 EVERY = float(os.environ["TIMELINE_EVERY"])
-import syncd.sync.pipeline as pipeline_module
+try:
+    import syncd.sync.pipeline as pipeline_module
+except ImportError:  # syncd before its restructure (syncd@DIR of an old checkout)
+    import syncd.daemon as pipeline_module
 caught = []
 original_init = pipeline_module.Pipeline.__init__
 def init(self, *a, **k):
@@ -45,14 +49,17 @@ def init(self, *a, **k):
     caught.append(self)
 pipeline_module.Pipeline.__init__ = init
 stop = threading.Event()
+def done(s):
+    return getattr(s, "done", None) or s.uploaded + s.copied + s.unchanged + s.failed + s.skipped
 def sample():
     with open(out_path, "w") as out:
         while not stop.is_set():
             row = {"t": time.time()}
             if caught:
                 p = caught[0]
-                row.update(waiting=len(p.queue.waiting), inflight=len(p.queue.inflight),
-                           settling=len(p.settler), done=p.stats.done)
+                queue = getattr(p, "scheduler", None) or p.queue
+                row.update(waiting=len(queue.waiting), inflight=len(queue.inflight),
+                           settling=len(p.settler), done=done(p.stats))
             out.write(json.dumps(row) + "\n")
             stop.wait(EVERY)
 threading.Thread(target=sample, daemon=True).start()
@@ -161,7 +168,8 @@ def show(result: dict[str, Any], row_s: float, files: int) -> None:
         f"max RSS {result['maxrss_mb']:.0f} MB"
     )
     first_done = next((r["t"] for r in pipeline if r.get("done", 0) > 0), None)
-    last_done = next((r["t"] for r in pipeline if r.get("done", 0) >= files), None)
+    most = max((r.get("done", 0) for r in pipeline), default=0)
+    last_done = next((r["t"] for r in pipeline if most and r.get("done", 0) >= most), None)
     print("   t(s)  client%  server%  idle%  waiting inflight settling    done")
     step = max(1, round(row_s / EVERY))
     for i in range(step, len(rows), step):
@@ -250,6 +258,13 @@ def main() -> None:
         results = []
         for label in args.tools.split(";"):
             tool, env["SYNCD_SET"] = label, args.syncd_set
+            env.pop("PYTHONPATH", None)
+            if tool.startswith("syncd@"):  # syncd@DIR: the syncd of another checkout (e.g. a git worktree)
+                tool, _, checkout = tool.partition("@")
+                tool, _, keys = checkout.partition(":")
+                checkout, tool = tool, "syncd" + (":" + keys if keys else "")
+                env["PYTHONPATH"] = checkout
+                compileall.compile_dir(str(Path(checkout) / "syncd"), quiet=1)
             if tool.startswith("syncd:"):  # syncd:{"workers": 256}: syncd with these keys
                 tool, env["SYNCD_SET"] = "syncd", tool.split(":", 1)[1]
             bucket = f"t-{tool}-{secrets.token_hex(3)}"
