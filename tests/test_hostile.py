@@ -1008,7 +1008,7 @@ def test_a_folder_below_its_mount_point_pauses_as_not_mounted(
     mountpoint = folder_on(loop_disk, tmp_path)
     folder = mountpoint / "photos"
     write(folder / "p.jpg", b"a photo")
-    config = make_config(folder, bucket_name, on_delete="delete", log={"level": "debug"})
+    config = make_config(folder, bucket_name, on_delete="delete", rescan_interval=1, log={"level": "debug"})
     daemon = start_daemon(config)
     wait_until(lambda: keys_in(s3, bucket_name) == {"p.jpg"}, timeout=60)
     start = len(daemon.records())
