@@ -294,7 +294,7 @@ def test_a_restore_whose_download_drips_fails_that_file_not_the_restore(
     tmp_path, s3_server, bucket_name, make_config, run_syncd
 ):
     """The body of one GetObject comes a byte every 2 s, without end (the socket read timeout never fires):
-    each attempt ends at its deadline (s3.request_timeout, 3 s here, plus the size's share), is tried again,
+    each attempt ends at its deadline (s3.request_timeout, 2 s here, plus the size's share), is tried again,
     and the file fails with a one-line reason (exit 1); the other file is restored and no partial file is
     left."""
     folder = tmp_path / "data"
@@ -318,7 +318,7 @@ def test_a_restore_whose_download_drips_fails_that_file_not_the_restore(
     out = tmp_path / "out"
     try:
         with BadServer("proxy", upstream=s3_server.endpoint_url, answer=dripping) as front:
-            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "3s"})
+            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "2s"})
             result = run_syncd(["restore", "-c", str(config), str(folder), "--to", str(out)], timeout=90)
     finally:
         stop.set()
