@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,12 @@ from rgw import RgwUnavailable
 # Property tests check results, not speed: a loaded CI machine must not fail them on a slow example.
 settings.register_profile("syncd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("syncd")
+
+# A background job without job control (a CI runner, `cmd &` in a script) starts with SIGINT ignored, and
+# every process the tests start inherits that: Ctrl-C sent to syncd would be ignored and
+# test_ctrl_c_in_once_exits_130 fails (the once runs to its end and exits 0). Give the tests the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Environment that would make the tests depend on the developer's machine rather than on the fixtures.
 FOREIGN_ENV = (
