@@ -39,12 +39,17 @@ def skip_or_fail(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-every_server = pytest.mark.servers("seaweedfs", "rgw")
-"""Decorator: run the test once against each real S3 server the suite starts (ids [seaweedfs], [rgw]).
+every_server = pytest.mark.servers("seaweedfs", "rgw", slow=("rgw",))
+"""Decorator: run the test once against each real S3 server the suite starts (ids [seaweedfs], [rgw]);
+the RGW run is in `-m slow` (CI runs it), which keeps the default suite near its 12-minute budget.
 
 For tests whose outcome depends on what the server answers (bucket checks, metadata, versions, copies,
 multipart, restore). Tests of local behaviour (config, locks, signals, the watcher, bursts of small files)
 stay on SeaweedFS: on RGW they would only add minutes (RGW takes ~1.7x as long per small PUT here)."""
+
+every_server_always = pytest.mark.servers("seaweedfs", "rgw")
+"""every_server with both runs in the default suite: the core command-line tests, so that the README's
+test command alone proves syncd on a second real server."""
 
 
 class S3TestServer(SeaweedServer):

@@ -16,7 +16,7 @@ import pytest
 from helpers import (
     bucket_matches,
     bucket_objects,
-    every_server,
+    every_server_always,
     json_records,
     list_versions,
     tree,
@@ -45,7 +45,7 @@ def assert_versions_match_log(s3, bucket: str, records: list[dict]) -> None:
     assert in_bucket == in_log
 
 
-@every_server
+@every_server_always
 def test_once_uploads_every_file_byte_for_byte(tmp_path, s3, bucket_name, make_config, run_syncd):
     folder = tmp_path / "data"
     write(folder / "a.txt", b"alpha\n")
@@ -81,7 +81,7 @@ def test_once_uploads_every_file_byte_for_byte(tmp_path, s3, bucket_name, make_c
     assert s3.head_object(Bucket=bucket_name, Key="a.txt")["ContentType"] == "text/plain"
 
 
-@every_server
+@every_server_always
 def test_new_bucket_is_private_and_anonymous_reads_fail(
     tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
 ):
@@ -96,7 +96,7 @@ def test_new_bucket_is_private_and_anonymous_reads_fail(
     assert anonymous_status(f"{s3_server.endpoint_url}/{bucket_name}/secret.txt") in (401, 403)
 
 
-@every_server
+@every_server_always
 def test_public_read_bucket_is_made_private(tmp_path, s3, s3_server, bucket_name, make_config, run_syncd):
     s3.create_bucket(Bucket=bucket_name, ACL="public-read")
     assert anonymous_status(f"{s3_server.endpoint_url}/{bucket_name}") == 200  # really public before
@@ -113,7 +113,7 @@ def test_public_read_bucket_is_made_private(tmp_path, s3, s3_server, bucket_name
     assert ready["made_private"] is True
 
 
-@every_server
+@every_server_always
 def test_daemon_uploads_changes_and_stops_cleanly(tmp_path, s3, bucket_name, make_config, start_daemon):
     folder = tmp_path / "data"
     write(folder / "before.txt", b"was here before start")
@@ -137,7 +137,7 @@ def test_daemon_uploads_changes_and_stops_cleanly(tmp_path, s3, bucket_name, mak
     assert_versions_match_log(s3, bucket_name, records)
 
 
-@every_server
+@every_server_always
 def test_identical_bytes_again_make_a_new_version_with_the_same_etag(
     tmp_path, s3, bucket_name, make_config, start_daemon
 ):
@@ -203,7 +203,7 @@ def test_sigterm_mid_burst_exits_0_and_leaves_nothing_half_done(
     assert bucket_objects(s3, bucket_name) == local
 
 
-@every_server
+@every_server_always
 def test_check_on_a_public_acl_bucket_says_what_run_does(
     tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
 ):
@@ -223,7 +223,7 @@ def test_check_on_a_public_acl_bucket_says_what_run_does(
     assert anonymous_status(f"{s3_server.endpoint_url}/{bucket_name}") in (401, 403)
 
 
-@every_server
+@every_server_always
 def test_check_creates_and_changes_nothing(tmp_path, s3, bucket_name, make_config, run_syncd):
     folder = folder_with(tmp_path)
     write(folder / "a.txt", b"a")
@@ -234,7 +234,7 @@ def test_check_creates_and_changes_nothing(tmp_path, s3, bucket_name, make_confi
         s3.head_bucket(Bucket=bucket_name)
 
 
-@every_server
+@every_server_always
 def test_dry_run_lists_and_uploads_nothing(tmp_path, s3, bucket_name, make_config, run_syncd):
     folder = folder_with(tmp_path)
     write(folder / "one.txt", b"1")
@@ -305,7 +305,7 @@ def test_missing_config_file_exits_2(tmp_path, run_syncd):
     assert "nope.yaml" in result.stderr and "Traceback" not in result.stderr
 
 
-@every_server
+@every_server_always
 def test_someone_elses_bucket_exits_3(tmp_path, s3_other, bucket_name, make_config, run_syncd):
     s3_other.create_bucket(Bucket=bucket_name)
     folder = folder_with(tmp_path)
@@ -318,7 +318,7 @@ def test_someone_elses_bucket_exits_3(tmp_path, s3_other, bucket_name, make_conf
     assert s3_other.list_objects_v2(Bucket=bucket_name).get("KeyCount", 0) == 0
 
 
-@every_server
+@every_server_always
 def test_wrong_secret_exits_4_without_leaking_it(
     tmp_path, s3_server, bucket_name, make_config, run_syncd, syncd_env
 ):
