@@ -8,6 +8,8 @@ then it runs once per named server, and `s3`, `s3_other`, `syncd_env`, `make_con
 
 from __future__ import annotations
 
+import compileall
+import importlib.util
 import itertools
 import os
 import secrets
@@ -34,6 +36,11 @@ settings.load_profile("syncd")
 # test_ctrl_c_in_once_exits_130 fails (the once runs to its end and exits 0). Give the tests the default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# syncd byte-compiled once, as an installed package is: an editable checkout under PYTHONDONTWRITEBYTECODE
+# (set on some machines and CI runners) recompiled every module in each of the suite's syncd processes.
+for _location in getattr(importlib.util.find_spec("syncd"), "submodule_search_locations", None) or []:
+    compileall.compile_dir(_location, quiet=1)
 
 # Environment that would make the tests depend on the developer's machine rather than on the fixtures.
 FOREIGN_ENV = (

@@ -136,6 +136,7 @@ def test_once_when_every_put_fails_but_headbucket_answers_is_an_outage(
     assert len(events(records, "s3_unreachable")) == 1
 
 
+@pytest.mark.slow  # 23 s of the product's fixed retry delays; `once` with a failing key is in the default run
 def test_run_fails_one_key_retries_it_later_and_keeps_going(
     tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
 ):
