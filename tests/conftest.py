@@ -40,7 +40,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # syncd byte-compiled once, as an installed package is: an editable checkout under PYTHONDONTWRITEBYTECODE
 # (set on some machines and CI runners) recompiled every module in each of the suite's syncd processes.
 for _location in getattr(importlib.util.find_spec("syncd"), "submodule_search_locations", None) or []:
-    compileall.compile_dir(_location, quiet=1)
+    compileall.compile_dir(_location, quiet=2)  # a read-only checkout just runs slower
 
 # Environment that would make the tests depend on the developer's machine rather than on the fixtures.
 FOREIGN_ENV = (
