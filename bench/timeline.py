@@ -160,7 +160,7 @@ def run_tool(
     }
 
 
-def show(result: dict[str, Any], row_s: float, files: int) -> None:
+def show(result: dict[str, Any], row_s: float) -> None:
     rows, pipeline, t0 = result["rows"], result["pipeline"], result["began"]
     wall = result["ended"] - t0
     print(
@@ -260,9 +260,8 @@ def main() -> None:
             tool, env["SYNCD_SET"] = label, args.syncd_set
             env.pop("PYTHONPATH", None)
             if tool.startswith("syncd@"):  # syncd@DIR: the syncd of another checkout (e.g. a git worktree)
-                tool, _, checkout = tool.partition("@")
-                tool, _, keys = checkout.partition(":")
-                checkout, tool = tool, "syncd" + (":" + keys if keys else "")
+                checkout, colon, keys = tool.removeprefix("syncd@").partition(":")
+                tool = "syncd" + colon + keys
                 env["PYTHONPATH"] = checkout
                 compileall.compile_dir(str(Path(checkout) / "syncd"), quiet=1)
             if tool.startswith("syncd:"):  # syncd:{"workers": 256}: syncd with these keys
@@ -277,7 +276,7 @@ def main() -> None:
             )
             result["objects"] = count
             result["label"] = label
-            show(result, args.row, args.files)
+            show(result, args.row)
             print(f"  bucket holds {count} of {args.files} objects")
             results.append(result)
         peer = next((r for r in results if r["tool"] == "s5cmd"), None)
