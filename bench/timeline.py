@@ -2,6 +2,7 @@
 
     python bench/timeline.py --files 5000 --size 16384                 # syncd once, then s5cmd cp
     python bench/timeline.py --files 20000 --size 4096 --per-dir 200 --tools 'syncd;syncd:{"workers": 256}'
+    python bench/timeline.py --files 5000 --tools 'syncd-run;s5cmd'   # the daemon's steady rate
 
 It starts a throwaway SeaweedFS on loopback (no namespace: the bench measures the tools, not a gate), writes
 the files, and uploads them into a fresh versioned bucket per tool. Sampled every 50 ms: the client's and
@@ -10,15 +11,23 @@ flight, files still settling and files done (read by a thread inside the syncd p
 `syncd once` exactly as the command does). Printed: one row per --row seconds, and a summary of where the
 wall time went (start-up before the first upload, the upload phase, the tail after the last one) and how
 much of the two cores sat idle in each.
+
+`syncd-run` measures the daemon instead: `syncd run` on an empty folder; after its `ready` record the bench
+hard-links every file into the folder in one loop (a cheap drop, about 20 us a file, that leaves the data for
+the other tools), and stops syncd with SIGTERM once the last `uploaded` record is out. Its steady rate is
+files / (last upload - first upload), and from the drop to the last upload (which adds the settle time):
+start-up is not in it, the watcher, settle stage and scheduler are. s5cmd cp's rate is over its whole run.
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,10 +116,13 @@ def run_tool(
     import yaml
 
     inside = root / f"{tool}-{bucket}.jsonl"
-    if tool == "syncd":
+    daemon = tool == "syncd-run"
+    watched = root / f"watched-{bucket}" if daemon else folder
+    if tool in ("syncd", "syncd-run"):
+        watched.mkdir(exist_ok=True)
         config = root / f"{bucket}.yaml"
         document = {
-            "folder": str(folder),
+            "folder": str(watched),
             "bucket": bucket,
             "s3": {"endpoint_url": env["S3_URL"], "region": REGION},
             "state_dir": str(root / f"state-{bucket}"),
@@ -118,7 +130,7 @@ def run_tool(
             **json.loads(env.get("SYNCD_SET", "{}")),
         }
         config.write_text(yaml.safe_dump(document))
-        cmd = [sys.executable, "-c", CHILD, str(inside), "once", "-c", str(config)]
+        cmd = [sys.executable, "-c", CHILD, str(inside), "run" if daemon else "once", "-c", str(config)]
         if env.get("PY_SPY_OUT"):  # profiling: py-spy's own cost lands in the figures
             spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--format", "raw"]
             cmd = [*spy, "-o", env["PY_SPY_OUT"], "--", *cmd]
@@ -134,12 +146,14 @@ def run_tool(
     rows: list[dict[str, float]] = []
     stop = threading.Event()
     began = time.time()
-    with open(root / f"{tool}.err", "wb") as err:
+    err_path = root / f"{tool}-{bucket}.err"
+    with open(err_path, "wb") as err:
         proc = subprocess.Popen(
             cmd, env={**env, "TIMELINE_EVERY": str(EVERY)}, stdout=subprocess.DEVNULL, stderr=err
         )
     sampler = threading.Thread(target=sample_cpu, args=(proc.pid, psutil.Process(server.pid), rows, stop))
     sampler.start()
+    dropped = drop_and_stop(proc, folder, watched, err_path) if daemon else None
     _, status, usage = os.wait4(proc.pid, 0)
     ended = time.time()
     stop.set()
@@ -151,6 +165,8 @@ def run_tool(
     return {
         "tool": tool,
         "began": began,
+        "dropped": dropped,
+        "err": str(err_path),
         "ended": ended,
         "rc": proc.returncode,
         "cpu": usage.ru_utime + usage.ru_stime,
@@ -158,6 +174,62 @@ def run_tool(
         "rows": rows,
         "pipeline": pipeline,
     }
+
+
+def drop_and_stop(proc: Any, data: Path, watched: Path, err: Path, files: int = 0) -> float:
+    """For `syncd run`: after `ready`, hard-link every file of data into the watched folder; SIGTERM once
+    as many `uploaded` records are out as files were linked. Returns when the files were dropped."""
+    records = RecordReader(err)
+    deadline = time.time() + 120
+    while not any(r.get("event") == "ready" for r in records.new()):
+        if proc.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"syncd run never became ready: {err.read_text()[-2000:]}")
+        time.sleep(0.01)
+    dropped = time.time()
+    for path in sorted(data.rglob("*")):
+        target = watched / path.relative_to(data)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            os.link(path, target)
+            files += 1
+    uploaded = 0
+    deadline = time.time() + 600
+    while uploaded < files and proc.poll() is None and time.time() < deadline:
+        uploaded += sum(r.get("event") == "uploaded" for r in records.new())
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    return dropped
+
+
+class RecordReader:
+    """The JSON records appended to a log file since the last call of new()."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def new(self) -> list[dict[str, Any]]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = self.partial + f.read()
+        self.offset += len(data) - len(self.partial)
+        *lines, self.partial = data.split(b"\n")
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):  # a line that is not a record (a traceback)
+                out.append(json.loads(line))
+        return out
+
+
+def uploaded_times(err: Path) -> list[float]:
+    """The timestamps of syncd's `uploaded` records, as epoch seconds."""
+    import datetime as dt
+
+    times = []
+    for record in RecordReader(err).new():
+        if record.get("event") == "uploaded":
+            times.append(dt.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp())
+    return sorted(times)
 
 
 def show(result: dict[str, Any], row_s: float) -> None:
@@ -201,7 +273,12 @@ def show(result: dict[str, Any], row_s: float) -> None:
         )
 
     print("  where the wall time went:")
-    if first_done is not None and last_done is not None:
+    if result.get("dropped") is not None and first_done is not None and last_done is not None:
+        phase("start -> ready, files dropped", t0, result["dropped"])
+        phase("drop -> first upload done", result["dropped"], first_done)
+        phase("uploads (first -> last)", first_done, last_done)
+        phase("last upload -> exit (SIGTERM)", last_done, result["ended"])
+    elif first_done is not None and last_done is not None:
         phase("start -> first upload done", t0, first_done)
         phase("uploads (first -> last)", first_done, last_done)
         phase("last upload -> exit", last_done, result["ended"])
@@ -214,7 +291,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16 * 1024)
     parser.add_argument("--per-dir", type=int, default=100_000, help="files per directory (default: flat)")
     parser.add_argument(
-        "--tools", default="syncd;s5cmd", help='";"-separated; syncd:{"workers": 256} sets keys'
+        "--tools",
+        default="syncd;s5cmd",
+        help='";"-separated: syncd, syncd-run, s5cmd; syncd:{"workers": 256} sets keys; syncd@DIR: a '
+        "checkout's",
     )
     parser.add_argument("--row", type=float, default=0.25, help="seconds per printed row")
     parser.add_argument("--json", help="write every sample here")
@@ -259,13 +339,14 @@ def main() -> None:
         for label in args.tools.split(";"):
             tool, env["SYNCD_SET"] = label, args.syncd_set
             env.pop("PYTHONPATH", None)
-            if tool.startswith("syncd@"):  # syncd@DIR: the syncd of another checkout (e.g. a git worktree)
-                checkout, colon, keys = tool.removeprefix("syncd@").partition(":")
-                tool = "syncd" + colon + keys
+            if tool.startswith(("syncd@", "syncd-run@")):  # syncd@DIR: another checkout's (a git worktree)
+                name, _, rest = tool.partition("@")
+                checkout, colon, keys = rest.partition(":")
+                tool = name + colon + keys
                 env["PYTHONPATH"] = checkout
                 compileall.compile_dir(str(Path(checkout) / "syncd"), quiet=1)
-            if tool.startswith("syncd:"):  # syncd:{"workers": 256}: syncd with these keys
-                tool, env["SYNCD_SET"] = "syncd", tool.split(":", 1)[1]
+            if tool.startswith(("syncd:", "syncd-run:")):  # syncd:{"workers": 256}: syncd with these keys
+                tool, env["SYNCD_SET"] = tool.split(":", 1)
             bucket = f"t-{tool}-{secrets.token_hex(3)}"
             s3.create_bucket(Bucket=bucket)
             s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
@@ -281,6 +362,19 @@ def main() -> None:
             results.append(result)
         peer = next((r for r in results if r["tool"] == "s5cmd"), None)
         for r in results:
+            if r.get("dropped") is not None:
+                times = uploaded_times(Path(r["err"]))
+                if len(times) < 2:
+                    print(f"{r['label']}: {len(times)} uploads, no rate")
+                    continue
+                steady = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
+                dropped = len(times) / max(times[-1] - r["dropped"], 1e-9)
+                line = f"{r['label']}: {steady:.0f} files/s first -> last upload, {dropped:.0f} from the drop"
+                if peer is not None:
+                    peer_rate = args.files / (peer["ended"] - peer["began"])
+                    line += f"; s5cmd cp {peer_rate:.0f} files/s start to exit: {steady / peer_rate:.2f}x"
+                print(line)
+                continue
             if peer is not None and r is not peer:
                 wall = (r["ended"] - r["began"]) / (peer["ended"] - peer["began"])
                 print(f"{r['label']} / s5cmd cp: wall {wall:.2f}x, CPU {r['cpu'] / peer['cpu']:.2f}x")
