@@ -78,8 +78,9 @@ def error_xml(code: str, message: str) -> bytes:
     ).encode()
 
 
-def self_signed_context(workdir: Path) -> ssl.SSLContext:
-    """A server TLS context with a throwaway self-signed certificate for 127.0.0.1 (openssl CLI)."""
+def self_signed_context(workdir: Path) -> tuple[ssl.SSLContext, bytes]:
+    """A server TLS context with a throwaway self-signed certificate for 127.0.0.1 (openssl CLI), and the
+    certificate (PEM), which a client trusts through AWS_CA_BUNDLE."""
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     subprocess.run(
         [
@@ -92,7 +93,7 @@ def self_signed_context(workdir: Path) -> ssl.SSLContext:
     )  # fmt: skip
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    return context
+    return context, cert.read_bytes()
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,7 @@ class BadServer:
         self.only = only
         self.refuse = refuse
         self.answer = answer
+        self.certificate = b""  # with tls=True: the self-signed certificate (PEM) it serves
         self.sent = 0  # bytes of streamed Answer bodies the client took
         self.answered: list[tuple[Request, Answer]] = []  # what answer() answered, in order
         self.requests: list[tuple[str, str]] = []
@@ -334,7 +336,7 @@ class BadServer:
         server.owner = self
         if self.tls:
             with tempfile.TemporaryDirectory() as tmp:
-                context = self_signed_context(Path(tmp))
+                context, self.certificate = self_signed_context(Path(tmp))
             server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self.port = server.server_address[1]

@@ -234,12 +234,12 @@ def test_anonymous_probe_refuses_a_public_bucket(s3_server: Any, s3: Any, bucket
     s3.create_bucket(Bucket=bucket_name, ACL="public-read")
     url = _bucket_url(None, bucket_name, "us-east-1", s3_server.endpoint_url)
     with pytest.raises(BucketError, match="lists its objects to anonymous requests"):
-        asyncio.run(_probe_anonymous(bucket_name, url))
+        asyncio.run(_probe_anonymous(bucket_name, url, None))
 
 
 def test_anonymous_probe_unreachable_is_transient(unused_port: int) -> None:
     with pytest.raises(aiohttp.ClientError) as caught:
-        asyncio.run(_probe_anonymous("some-bucket", f"http://127.0.0.1:{unused_port}/some-bucket"))
+        asyncio.run(_probe_anonymous("some-bucket", f"http://127.0.0.1:{unused_port}/some-bucket", None))
     assert classify(caught.value) is ErrorKind.TRANSIENT
 
 

@@ -23,6 +23,7 @@ import pytest
 from badserver import BadServer, free_port
 from helpers import (
     Daemon,
+    bucket_matches,
     bucket_objects,
     every_server,
     json_records,
@@ -1248,6 +1249,34 @@ def test_tls_certificate_failure_is_one_clear_line(
     line = one_line_error(result)
     assert result.returncode == 2, result.stderr
     assert "certificate" in line and bad.url in line, line
+
+
+@pytest.mark.parametrize(
+    ("sender", "trust"), [("fast", "AWS_CA_BUNDLE"), ("plain", "AWS_CA_BUNDLE"), ("fast", "ca_bundle")]
+)
+def test_https_endpoint_trusted_through_its_ca_bundle_takes_every_upload(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd, syncd_env, sender, trust
+):
+    """TLS that works: a server whose CA is in AWS_CA_BUNDLE (or the profile's ca_bundle) gets small PUTs
+    and a multipart upload, through the fast path and through the plain client; the anonymous privacy
+    probe trusts the same bundle."""
+    folder = tmp_path / "data"
+    write(folder / "small.txt", b"small over https")
+    write(folder / "big.bin", os.urandom(6 * 1024 * 1024))
+    with BadServer("proxy", upstream=s3_server.endpoint_url, tls=True) as front:
+        bundle = tmp_path / "ca.pem"
+        bundle.write_bytes(front.certificate)
+        env = dict(syncd_env, SYNCD_FASTPATH="1" if sender == "fast" else "0")
+        if trust == "AWS_CA_BUNDLE":
+            env["AWS_CA_BUNDLE"] = str(bundle)
+        else:
+            Path(env["AWS_CONFIG_FILE"]).write_text(f"[default]\nca_bundle = {bundle}\n")
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url}, multipart_threshold="5MiB")
+        result = run_syncd(["once", "-c", str(config)], env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    off = events(json_records(result.stderr), "fastpath_off")
+    assert (sender == "plain") == bool(off), off
+    assert bucket_matches(s3, bucket_name, folder)
 
 
 # -- slow: hanging servers and a big tree (pytest -m slow) -----------------------------------------------

@@ -17,6 +17,7 @@ import botocore.exceptions
 from syncd.errors import BucketError, ConfigError
 from syncd.log import get_logger
 from syncd.s3.client import ErrorKind, classify, credentials_error, describe, error_code, http_status
+from syncd.s3.transport import trusted, uses_tls
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -64,6 +65,7 @@ async def ensure_private_bucket(
     endpoint_url: str | None,
     check_only: bool = False,
     object_lock: bool = False,
+    profile: str | None = None,
 ) -> BucketStatus:
     """Create or adopt `bucket`, make it private and versioned, and prove the privacy from outside.
 
@@ -81,7 +83,8 @@ async def ensure_private_bucket(
     removed or refused here and proven by the anonymous probe, it needs one more permission, and B2 and
     SeaweedFS answer NotImplemented.
 
-    object_lock: a bucket created here gets Object Lock enabled (and with it versioning).
+    object_lock: a bucket created here gets Object Lock enabled (and with it versioning). profile: the
+    config's s3.profile, whose CA bundle the anonymous probe trusts as the client does.
 
     check_only changes nothing: a missing bucket is reported with exists=False, a public ACL that `run`
     would remove is reported with private=False and its grants in public_acl (the anonymous probe is
@@ -109,7 +112,7 @@ async def ensure_private_bucket(
     acls_ignored = False
     if public and check_only:
         # What run would find: grants it cannot remove that the server ignores (anonymous refused anyway).
-        acls_ignored = await _acls_disabled(client, bucket) and await _anonymous_refused(bucket, url)
+        acls_ignored = await _acls_disabled(client, bucket) and await _anonymous_refused(bucket, url, profile)
         if not acls_ignored:
             log.warning(
                 "bucket_public_acl", bucket=bucket, grants=public, hint="syncd run will make it private"
@@ -132,7 +135,7 @@ async def ensure_private_bucket(
     still_public = tuple(public) if check_only else ()
     await _check_policy(client, bucket, public_acl=bool(still_public))
     if not still_public:
-        await _probe_anonymous(bucket, url)
+        await _probe_anonymous(bucket, url, profile)
     versioning = await _versioning(client, bucket, enable=not check_only)
     return BucketStatus(
         bucket,
@@ -168,6 +171,7 @@ async def ensure_bucket(
             endpoint_url=s3.endpoint_url,
             check_only=check_only,
             object_lock=object_lock,
+            profile=s3.profile,
         )
 
     return await (retrier.call(attempt) if retrier is not None else attempt())
@@ -474,16 +478,16 @@ def _env_proxy(url: str) -> str | None:
     return urllib.request.getproxies_environment().get(parts.scheme)
 
 
-async def _anonymous_refused(bucket: str, url: str) -> bool:
+async def _anonymous_refused(bucket: str, url: str, profile: str | None) -> bool:
     """_probe_anonymous as a question: are unsigned requests refused?"""
     try:
-        await _probe_anonymous(bucket, url)
+        await _probe_anonymous(bucket, url, profile)
     except BucketError:
         return False
     return True
 
 
-async def _probe_anonymous(bucket: str, url: str) -> None:
+async def _probe_anonymous(bucket: str, url: str, profile: str | None) -> None:
     """The proof of privacy: unsigned requests to list the bucket and to read a key must be refused.
 
     A HEAD of a random missing key catches a policy or ACL that opens objects but not the listing (answered
@@ -492,8 +496,10 @@ async def _probe_anonymous(bucket: str, url: str) -> None:
     key_url = f"{url.rstrip('/')}/syncd-probe-{secrets.token_hex(8)}"
     async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT) as session:
         for method, target in (("GET", f"{url.rstrip('/')}/?max-keys=1"), ("HEAD", key_url)):
+            proxy = _env_proxy(target)
+            tls = trusted(profile) if uses_tls(target, proxy) else True  # True: aiohttp's default
             try:
-                request = session.request(method, target, allow_redirects=False, proxy=_env_proxy(target))
+                request = session.request(method, target, allow_redirects=False, proxy=proxy, ssl=tls)
                 async with request as response:
                     status = response.status
                     if status >= 500:
@@ -501,7 +507,8 @@ async def _probe_anonymous(bucket: str, url: str) -> None:
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise BucketError(
                     f"the anonymous privacy check of bucket {bucket!r} could not verify the TLS certificate "
-                    f"of {url}: {exc.certificate_error}; fix the server certificate or the system CA store"
+                    f"of {url}: {exc.certificate_error}; fix the server certificate, or point AWS_CA_BUNDLE "
+                    "at the CA that signed it"
                 ) from exc
             if status in (401, 403):
                 continue

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import os
 import re
-import ssl
 import sys
 import time
 import urllib.request
@@ -55,7 +54,7 @@ from syncd.s3.client import (
     request_deadline,
     response_error,
 )
-from syncd.s3.transport import botocore_errors, read_capped
+from syncd.s3.transport import botocore_errors, read_capped, trusted
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -242,6 +241,7 @@ class FastPut:
         self._sign_payload = self._base.startswith("http:")
         self._user_agent = _user_agent()
         self._request_timeout = settings.request_timeout
+        self._profile = settings.profile
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -572,7 +572,8 @@ class FastPut:
         if self._closed:
             raise RuntimeError("FastPut is closed")
         if self._http is None:
-            context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+            # The plain client's trust (AWS_CA_BUNDLE, the profile's ca_bundle, certifi), built for TLS only.
+            context = trusted(self._profile) if self._base.startswith("https:") else True
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._pool, ssl=context),
                 timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),

@@ -14,6 +14,7 @@ What it does not take: `proxies_config` (a proxy's own CA bundle or client certi
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import ssl
 from collections.abc import Awaitable, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import botocore.exceptions
+import botocore.session
 from aiobotocore.awsrequest import AioAWSResponse
 from botocore.httpsession import ProxyConfiguration, create_urllib3_context, get_cert_path, mask_proxy_url
 from multidict import CIMultiDict
@@ -44,6 +46,41 @@ async def read_capped(content: Any, cap: int = BODY_CAP) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def uses_tls(url: str, proxy: str | None) -> bool:
+    """Whether a request to url (through proxy) makes a TLS connection, to the server or to its proxy."""
+    return url.startswith("https:") or (proxy or "").startswith("https:")
+
+
+def ca_bundle(profile: str | None) -> str | None:
+    """The CA bundle botocore verifies servers with for this profile: AWS_CA_BUNDLE, else the profile's
+    `ca_bundle` in the AWS config file; None: its default (certifi's)."""
+    value = botocore.session.Session(profile=profile).get_config_variable("ca_bundle")
+    return str(value) if value else None
+
+
+def trusted(profile: str | None) -> ssl.SSLContext | bool:
+    """The TLS settings of syncd's own requests (the fast path, the anonymous privacy probe): the plain
+    client's, so every request to one server trusts the same CAs."""
+    return tls_context(ca_bundle(profile) or True)
+
+
+@functools.cache
+def tls_context(verify: bool | str) -> ssl.SSLContext | bool:
+    """botocore's TLS context for `verify` (False: none; True: certifi's bundle; a path: that bundle).
+
+    One per process and bundle: loading a bundle costs 40-60 ms of CPU.
+    """
+    return _new_tls_context(verify) if verify else False
+
+
+def _new_tls_context(verify: bool | str) -> ssl.SSLContext:
+    context: ssl.SSLContext = create_urllib3_context()
+    bundle = get_cert_path(verify)
+    if bundle:
+        context.load_verify_locations(bundle)
+    return context
 
 
 @contextlib.contextmanager
@@ -114,6 +151,7 @@ class NoRedirectSession:
         self._pool = max_pool_connections
         self._connector_args = dict(connector_args or {})
         self._connector_args.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT)
+        self._ssl: ssl.SSLContext | bool | None = self._connector_args.pop("ssl_context", None)
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> NoRedirectSession:
@@ -128,26 +166,26 @@ class NoRedirectSession:
             await http.close()
 
     def _tls(self) -> ssl.SSLContext | bool:
-        """botocore's TLS settings: its context, the CA bundle `verify` names (certifi's by default)."""
-        if not self._verify:
-            return False
-        context: ssl.SSLContext = create_urllib3_context()
-        if isinstance(self._client_cert, str):
-            context.load_cert_chain(self._client_cert)
-        elif self._client_cert is not None:
-            context.load_cert_chain(*self._client_cert)
-        bundle = get_cert_path(self._verify)
-        if bundle:
-            context.load_verify_locations(bundle)
-        return context
+        """botocore's TLS settings (tls_context) for `verify`, with the client certificate if one is given.
+
+        Built at the first https request: an http endpoint (and every short command against one) need not
+        load a CA bundle.
+        """
+        if self._ssl is None:
+            if self._client_cert is None or not self._verify:
+                self._ssl = tls_context(self._verify)
+            else:
+                self._ssl = _new_tls_context(self._verify)
+                if isinstance(self._client_cert, str):
+                    self._ssl.load_cert_chain(self._client_cert)
+                else:
+                    self._ssl.load_cert_chain(*self._client_cert)
+        return self._ssl
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            ssl_setting = self._tls()
-            connector_args = dict(self._connector_args)
-            ssl_setting = connector_args.pop("ssl_context", ssl_setting)
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._pool, ssl=ssl_setting, **connector_args),
+                connector=aiohttp.TCPConnector(limit=self._pool, **self._connector_args),
                 timeout=self._timeout,
                 skip_auto_headers={"Content-Type"},
                 auto_decompress=False,
@@ -179,6 +217,7 @@ class NoRedirectSession:
                     allow_redirects=False,
                     proxy=proxy,
                     proxy_headers=self._proxies.proxy_headers_for(url) or None,
+                    ssl=self._tls() if uses_tls(url, proxy) else True,  # True: aiohttp's default
                 )
                 answer_headers = {
                     name.decode("utf-8").lower(): value.decode("utf-8")
