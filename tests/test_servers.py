@@ -8,6 +8,7 @@ to the real SeaweedFS except the answers it reproduces.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import itertools
 import subprocess
 import threading
@@ -134,6 +135,44 @@ def test_once_when_every_put_fails_but_headbucket_answers_is_an_outage(
     assert "3 files still owed" in result.stderr, result.stderr
     records = json_records(result.stderr)
     assert len(events(records, "s3_unreachable")) == 1
+
+
+def _epoch(record: dict[str, Any]) -> float:
+    return dt.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def test_uploads_waiting_out_an_outage_go_again_as_soon_as_the_server_is_back(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    """Two files whose uploads back off through an outage (each worker's next try seconds away) are sent
+    when the server answers again (here: a third file's upload), not when their backoff ends (a backoff
+    grows to a minute, so the old daemon held its files up to a minute after s3_recovered)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with BadServer("proxy", upstream=s3_server.endpoint_url) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url}, log={"level": "debug"})
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        front.mode = "500"
+        write(folder / "a.txt", b"a")
+        write(folder / "b.txt", b"b")
+        daemon.wait_for_event("s3_unreachable", timeout=30)
+
+        def pending_wakes() -> list[float]:
+            """When the retries logged so far go again, for those still ahead (2 s or more)."""
+            now = time.time()
+            retries = [r for r in events(daemon.records(), "s3_retried") if "retry_in_s" in r]
+            return sorted(t for t in (_epoch(r) + r["retry_in_s"] for r in retries) if t > now + 2)
+
+        # Both workers (one per file) now sleep until at least 2 s from here.
+        wakes = wait_until(lambda: (found := pending_wakes()) and len(found) >= 2 and found, timeout=60)
+        front.mode = "proxy"
+        write(folder / "c.txt", b"c")  # a free worker sends it: the server answers, the outage ends
+        daemon.wait_for_event("s3_recovered", timeout=30)
+        wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt", "c.txt"}, timeout=60)
+        sent = {r["path"]: _epoch(r) for r in daemon.uploaded()}
+        assert sent["a.txt"] < wakes[0] and sent["b.txt"] < wakes[0], (sent, wakes)
+        assert daemon.terminate() == 0
 
 
 @pytest.mark.slow  # 23 s of the product's fixed retry delays; `once` with a failing key is in the default run

@@ -9,6 +9,7 @@ caller to report; throttling (SlowDown) is neither, and shrinks the window of re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -47,23 +48,29 @@ class Outage:
         self.failing: dict[str, float] = {}  # key -> when a request about it last failed
         self.probes = 0  # probes that ended, with an answer or without
         self._probing: asyncio.Event | None = None  # set when the probe running now ends
+        self._back: asyncio.Event | None = None  # set when the outage under way ends
 
     @property
     def down(self) -> bool:
         return self.down_since is not None
 
-    def retried(self) -> None:
+    def retried(self, wait: float | None = None) -> None:
+        """One failed attempt; `wait`: seconds until the request goes again (at most)."""
         self.retries += 1
-        log.debug("s3_retried", retries=self.retries)  # tests wait on it: still trying, still up
+        # Tests wait on it: still trying, still up (and when the next try is due).
+        due = {} if wait is None else {"retry_in_s": round(wait, 3)}
+        log.debug("s3_retried", retries=self.retries, **due)
         for retried in self.retry_listeners:
             retried()
 
-    def failed(self, exc: BaseException, since: float | None = None) -> None:
-        """A request failed; `since`: when it was sent (a timeout is known only long after)."""
-        self.retried()
+    def failed(self, exc: BaseException, since: float | None = None, wait: float | None = None) -> None:
+        """A request failed; `since`: when it was sent (a timeout is known only long after); `wait`: as
+        for retried()."""
+        self.retried(wait)
         if self.down_since is None:
             self.down_since = time.monotonic() if since is None else since
             self.reason = describe(exc)
+            self._back = asyncio.Event()
             log.warning("s3_unreachable", reason=self.reason)
             for listener in self.listeners:
                 listener(True, self.reason)
@@ -75,8 +82,22 @@ class Outage:
         if self.down_since is not None:
             log.info("s3_recovered", down_s=round(time.monotonic() - self.down_since, 1))
             self.down_since = None
+            if self._back is not None:
+                self._back.set()
+                self._back = None
             for listener in self.listeners:
                 listener(False, "")
+
+    async def wait_out(self, seconds: float) -> None:
+        """Sleep `seconds` before the next try, or less: every request waiting out an outage goes again as
+        soon as one of them gets an answer (a backoff grown to a minute would otherwise hold it that long)."""
+        back = self._back
+        if back is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await back.wait()
 
     async def only_this_key(self, key: str, since: float) -> bool:
         """A request about `key` sent at `since` failed: is that key's failure alone? Yes when another
@@ -224,27 +245,30 @@ class Retrier:
             if kind not in (ErrorKind.TRANSIENT, ErrorKind.CLOCK):
                 raise exc
             if throttled(exc):
+                wait = max(retry_after(exc) or 0.0, self.delay(attempt))
                 self.outage.answered_at = max(self.outage.answered_at, time.monotonic())
-                self.outage.retried()
+                self.outage.retried(wait)
                 self.throttle.slow_down(sent, describe(exc))
                 throttled_since = throttled_since or sent
                 if self.give_up_after is not None and time.monotonic() - throttled_since > self.give_up_after:
                     raise UnavailableError(
                         f"the S3 server kept asking to slow down: {describe(exc)}"
                     ) from None
-                await asyncio.sleep(max(retry_after(exc) or 0.0, self.delay(attempt)))
+                await asyncio.sleep(wait)
                 attempt = min(attempt + 1, 16)
                 continue
             if kind is ErrorKind.CLOCK and attempt == 0:
                 log.error("clock_skewed", reason=describe(exc), hint="fix this machine's clock (NTP)")
             if key is not None and kind is ErrorKind.TRANSIENT and await self.outage.only_this_key(key, sent):
                 key_failures += 1
-                self.outage.retried()
+                wait = self.delay(key_failures - 1)
+                self.outage.retried(None if key_failures >= KEY_ATTEMPTS else wait)
                 if key_failures >= KEY_ATTEMPTS:
                     raise exc
-                await asyncio.sleep(self.delay(key_failures - 1))
+                await asyncio.sleep(wait)
                 continue
-            self.outage.failed(exc, since=sent)
+            wait = self.delay(attempt)
+            self.outage.failed(exc, since=sent, wait=wait)
             down_for = time.monotonic() - (self.outage.down_since or sent)
             if self.give_up_after is not None and down_for > self.give_up_after:
                 if kind is ErrorKind.CLOCK:
@@ -252,5 +276,5 @@ class Retrier:
                         f"the S3 server refuses this machine's clock ({describe(exc)}); fix it (NTP)"
                     ) from None
                 raise UnavailableError(f"the S3 server stayed unreachable: {describe(exc)}") from None
-            await asyncio.sleep(self.delay(attempt))
+            await self.outage.wait_out(wait)
             attempt = min(attempt + 1, 16)
