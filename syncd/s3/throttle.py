@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator
 
 import botocore.exceptions
 
@@ -87,28 +85,30 @@ class Throttle:
         self.window = min(self.window, float(self.limit))
         self._wake()
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Hold one request's place in the window; yields the time the request is sent."""
+    def slot(self) -> _Slot:
+        """`async with throttle.slot() as sent`: one request's place in the window for the block;
+        `sent` is the time the request is sent."""
+        return _Slot(self)
+
+    async def _enter(self) -> None:
         if self.inflight < int(self.window) and not self._waiters:
             self.inflight += 1
-        else:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter  # granted by _wake, which counts it in flight
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self.inflight -= 1  # granted just as it was cancelled: hand the place on
-                    self._wake()
-                else:
-                    self._waiters.remove(waiter)
-                raise
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            yield time.monotonic()
-        finally:
-            self.inflight -= 1
-            self._wake()
+            await waiter  # granted by _wake, which counts it in flight
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.inflight -= 1  # granted just as it was cancelled: hand the place on
+                self._wake()
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        self._wake()
 
     def _wake(self) -> None:
         while self._waiters and self.inflight < int(self.window):
@@ -135,3 +135,19 @@ class Throttle:
         if self.decreased_at - self.logged_at >= LOG_EVERY:
             self.logged_at = self.decreased_at
             log.warning("s3_throttled", reason=reason, in_flight=int(self.window), throttled=self.throttles)
+
+
+class _Slot:
+    """Throttle.slot's context manager: a plain class, cheaper per request than an asynccontextmanager."""
+
+    __slots__ = ("throttle",)
+
+    def __init__(self, throttle: Throttle) -> None:
+        self.throttle = throttle
+
+    async def __aenter__(self) -> float:
+        await self.throttle._enter()
+        return time.monotonic()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.throttle._leave()
