@@ -149,7 +149,8 @@ def open_beneath(root: str | Path, rel: str, flags: int, mode: int = 0o600) -> i
     its own path has none, and rel has no "..": nothing but real directories below the folder can be
     on the way); only if that meets a symlink is the folder opened to tell whether it was above it.
     """
-    if rel and os.path.isabs(root):
+    root = os.fspath(root)  # once: a Path is turned into text on every use (a few us per file twice over)
+    if rel and root.startswith("/"):
         _parts(rel)
         try:
             fd = _openat2(_AT_FDCWD, f"{root}/{rel}", flags, mode, _RESOLVE_NO_SYMLINKS)

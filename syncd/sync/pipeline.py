@@ -266,7 +266,7 @@ class Pipeline:
         changed: list[tuple[str, os.stat_result | None]] = []
         for rel, st in batch:
             sig = uploaded.pop(rel, None) if uploaded is not None else self._uploaded_sig(rel)
-            if not unchanged(Signature.of(st), sig, self.config.ignore_inode):
+            if sig is None or not unchanged(Signature.of(st), sig, self.config.ignore_inode):
                 changed.append((rel, st))
         self.note_changes(changed)
         return len(changed)
@@ -310,9 +310,9 @@ class Pipeline:
                 self.on_progress(self)
 
     async def _upload_one(self, rel: str) -> None:
-        owed_since = None if self.dry_run else self.state.owed_since(rel)
+        known, owed_since = self.state.lookup(rel)
         try:
-            outcome = await self.uploader.upload(rel)
+            outcome = await self.uploader.upload(rel, known)
         except FileSkipped as exc:
             if exc.gone:
                 log.info("vanished", path=rel, reason=exc.reason)
@@ -325,7 +325,7 @@ class Pipeline:
         except Exception as exc:
             await self._failed(rel, exc)
             return
-        self.recorder.record(outcome, owed_since)
+        self.recorder.record(outcome, None if self.dry_run else owed_since)
         if outcome.action == "changed":
             self.note_changes([(rel, None)])  # upload it again once it settles
 

@@ -77,6 +77,15 @@ class Signature:
             return (self.size, self.mtime_ns, self.ctime_ns) == (other.size, other.mtime_ns, other.ctime_ns)
         return self == other
 
+    def describes(self, st: os.stat_result, ignore_inode: bool = False) -> bool:
+        """same_as(Signature.of(st)) without building one: asked two or three times per upload."""
+        return (
+            st.st_size == self.size
+            and st.st_mtime_ns == self.mtime_ns
+            and st.st_ctime_ns == self.ctime_ns
+            and (ignore_inode or st.st_ino == self.inode)
+        )
+
 
 def unchanged(sig: Signature, uploaded: Signature | None, ignore_inode: bool) -> bool:
     """Is a file unchanged since its upload? The one answer, by stat alone (a file is never read for it).
@@ -252,6 +261,18 @@ class StateStore:
         ).fetchone()
         return _record(row) if row else None
 
+    def lookup(self, path: str) -> tuple[FileRecord | None, float | None]:
+        """The path's row and when its debt began (None: not owed), read in one query as an upload
+        starts (two queries cost a third more of this per-file work)."""
+        row = self.db.execute(
+            "SELECT f.path, f.key, f.size, f.mtime_ns, f.ctime_ns, f.inode, f.md5, f.version_id, f.etag, "
+            "f.uploaded_at, o.since FROM (SELECT ? AS p) q "
+            "LEFT JOIN files f ON f.path=q.p LEFT JOIN owed o ON o.path=q.p",
+            (_b(path),),
+        ).fetchone()
+        since = None if row[10] is None else float(row[10])
+        return (_record(row[:10]) if row[0] is not None else None), since
+
     def signatures(self) -> dict[str, Signature]:
         """Every tracked file's last signature, for a reconcile walk that reads no unchanged file."""
         return {
@@ -331,9 +352,6 @@ class StateStore:
             )
         return now
 
-    def owed_since(self, path: str) -> float | None:
-        row = self.db.execute("SELECT since FROM owed WHERE path=?", (_b(path),)).fetchone()
-        return float(row[0]) if row else None
 
     def owed(self) -> list[str]:
         return [

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import mimetypes
 import os
+import posixpath
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -125,8 +126,23 @@ def part_size_for(size: int, chunksize: int) -> int:
     return -(-part // MiB) * MiB
 
 
+_TYPES: dict[str, str] = {}  # extension -> content type, for extensions whose answer depends on nothing else
+
+
 def content_type(path: str) -> str:
-    return mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream"
+    """mimetypes' answer for path, remembered per extension: the lookup cost more per small file than
+    its state row. Not remembered where more than the extension decides: an encoding or a suffix
+    alias (.gz, .tgz: the suffix before it counts) or a path mimetypes reads as a URL (a colon)."""
+    ext = posixpath.splitext(path.rpartition("/")[2])[1]
+    if ":" not in path:
+        known = _TYPES.get(ext)
+        if known is not None:
+            return known
+    ctype = mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream"
+    plain = ext.lower() not in mimetypes.suffix_map and ext not in mimetypes.encodings_map
+    if plain and ":" not in path and len(_TYPES) < 1024:
+        _TYPES[ext] = ctype
+    return ctype
 
 
 def b64(digest: bytes) -> str:
@@ -183,8 +199,9 @@ class Uploader:
         except ValueError as exc:
             raise FileSkipped(f"cannot map to a key: {exc}") from None
 
-    async def upload(self, rel: str) -> Outcome:
-        """Bring the bucket up to date with this one file; raises FileSkipped or the S3 error.
+    async def upload(self, rel: str, known: FileRecord | None) -> Outcome:
+        """Bring the bucket up to date with this one file (known: its state row); raises FileSkipped or
+        the S3 error.
 
         Opening is metadata work done on the loop, like the settler's stat. Small files (most of a tree)
         are read and hashed there too when the page cache holds them, under a reservation of the byte
@@ -192,7 +209,6 @@ class Uploader:
         """
         started = time.monotonic()
         key = self.key_for(rel)
-        known = self.state.get(rel)
         known_sig = known.sig if known is not None and known.key == key else None
         fd = -1
         try:  # every way out closes the fd: returns included, not only exceptions
@@ -375,14 +391,14 @@ class Uploader:
         )
 
     def _still(self, fd: int, sig: Signature) -> bool:
-        return Signature.of(os.fstat(fd)).same_as(sig)
+        return sig.describes(os.fstat(fd))
 
     def _path_is(self, rel: str, sig: Signature) -> bool:
         try:
-            now = Signature.of(stat_path(self.settings.root, rel, self.settings.follow_symlinks))
+            now = stat_path(self.settings.root, rel, self.settings.follow_symlinks)
         except OSError:
             return True  # gone: the watcher reports the deletion; what we uploaded was consistent
-        return now.same_as(sig, self.settings.ignore_inode)
+        return sig.describes(now, self.settings.ignore_inode)
 
     async def _put(
         self, key: str, body: bytes, md5: str, meta: dict[str, str], ctype: str, lock: Locked
