@@ -5,12 +5,14 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from badserver import Answer, BadServer, Request, error_answer
 from helpers import (
     S3TestServer,
     bucket_matches,
@@ -207,6 +209,52 @@ def test_large_file_rewritten_during_upload_ends_with_final_bytes(
     assert any(r.get("event") == "changed_during_upload" for r in daemon.records())
     # No multipart upload was left behind.
     assert s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads", []) == []
+
+
+def test_a_rewrite_during_an_upload_stays_owed_after_kill_9(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon, run_syncd
+):
+    """The upload of the old bytes is recorded, and the rewrite made meanwhile stays a debt in the state
+    through a kill -9: the old bytes' record clears only a debt as old as their upload (and the
+    `changed` outcome owes the file again)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    doc = folder / "doc.txt"
+    write(doc, b"first version")
+    release, finished = threading.Event(), threading.Event()
+    puts: list[Request] = []
+
+    def hold_doc(request: Request) -> Answer | None:
+        """The first PUT of doc.txt waits for `release`; the next ones are held until the test ends."""
+        if request.method != "PUT" or not request.path.split("?")[0].endswith("/doc.txt"):
+            return None
+        puts.append(request)
+        if len(puts) == 1 and release.wait(60):
+            return front.forward(request)
+        finished.wait(60)
+        return error_answer(503, "SlowDown", "held by the test")
+
+    def settled() -> int:
+        return sum(r.get("event") == "settled" and r.get("path") == "doc.txt" for r in daemon.records())
+
+    def status() -> str:
+        return str(run_syncd(["status", "-c", str(config)]).stdout)
+
+    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=hold_doc) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url}, log={"level": "debug"})
+        daemon = start_daemon(config)
+        wait_until(lambda: len(puts) >= 1, timeout=60)  # the first bytes' PUT is held at the door
+        before = settled()  # the startup walk's, or none
+        write(doc, b"second version, written while the first was being sent")
+        wait_until(lambda: settled() > before, timeout=30)  # the watcher saw the rewrite and owed it
+        release.set()
+        daemon.wait_for_event("changed_during_upload", path="doc.txt")
+        wait_until(lambda: len(puts) >= 2, timeout=30)  # the rewrite's PUT, held
+        wait_until(lambda: "uploaded: 1 files" in status(), timeout=30, interval=0.3)  # committed
+        daemon.kill()
+        finished.set()
+    shown = status()
+    assert "uploaded: 1 files" in shown and "owed: 1" in shown, shown
 
 
 @every_server
