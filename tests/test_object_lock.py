@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from badserver import BadServer
 from helpers import json_records, list_delete_markers, list_versions, wait_until, write
 
 from syncd.s3 import fastpath
@@ -481,6 +482,37 @@ def test_current_versions_syncd_did_not_lock_get_locked(
         assert mode == "GOVERNANCE" and until >= started + (RETAIN_LONG if before == "unlocked" else 0)
     status = run_syncd(["status", "-c", str(second)])
     assert "locked: 2 current versions (governance)" in status.stdout, status.stdout
+
+
+def test_one_version_the_server_keeps_failing_does_not_hold_the_extension_pass(
+    tmp_path: Path, s3: Any, s3_server: Any, bucket_name: str, make_config: Any, run_syncd: Any
+) -> None:
+    """PutObjectRetention for one key answered 500 while the server answers the rest: that version fails
+    alone after a few tries (lock_extend_failed, the server's reason, tried again at the next pass) and
+    the others are locked; it is not an outage (the old pass retried it as one: exit 75 after
+    --retry-for, nothing said about the key)."""
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    write(folder / "b.txt", b"bb")
+    s3.create_bucket(Bucket=bucket_name, ObjectLockEnabledForBucket=True)
+    assert run_syncd(["once", "-c", str(make_config(folder, bucket_name))]).returncode == 0
+
+    def retention_of_a(method: str, path: str) -> bool:
+        return method == "PUT" and path.startswith(f"/{bucket_name}/a.txt?") and "retention" in path
+
+    with BadServer("500", upstream=s3_server.endpoint_url, only=retention_of_a) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url}, **lock_config())
+        result = run_syncd(["once", "--retry-for", "20s", "-c", str(config)], timeout=120)
+    assert result.returncode != 75, result.stderr
+    records = json_records(result.stderr)
+    assert not [r for r in records if r.get("event") == "s3_unreachable"], result.stderr
+    (failed,) = [r for r in records if r.get("event") == "lock_extend_failed"]
+    assert failed["path"] == "a.txt" and "InternalError" in failed["reason"], failed
+    assert failed["hint"] == "retried at the next pass", failed  # not a missing permission
+    (extended,) = [r for r in records if r.get("event") == "locks_extended"]
+    assert (extended["versions"], extended["failed"]) == (1, 1), extended
+    (b_version,) = [v["VersionId"] for v in list_versions(s3, bucket_name) if v["Key"] == "b.txt"]
+    assert retention(s3, bucket_name, "b.txt", b_version)[0] == "GOVERNANCE"
 
 
 @BOTH

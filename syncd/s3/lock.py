@@ -161,9 +161,11 @@ async def ensure_retention(
     until: float,
 ) -> float:
     """Read the version's lock back and set it when the server holds less; the retain-until it holds."""
-    held = await retrier.call(lambda: read_retention(client, bucket, key, version_id))
+    held = await retrier.call(lambda: read_retention(client, bucket, key, version_id), key=key)
     if not held.covers(policy, until):
-        held = await retrier.call(lambda: set_retention(client, bucket, key, version_id, policy, until))
+        held = await retrier.call(
+            lambda: set_retention(client, bucket, key, version_id, policy, until), key=key
+        )
     assert held.until is not None
     return held.until
 

@@ -110,7 +110,7 @@ class LockExtender:
         try:
             if version_id is None:  # adopted from a listing: the current version's ID is not known yet
                 head = await self.retrier.call(
-                    lambda: self.client.head_object(Bucket=self.bucket, Key=row.key)
+                    lambda: self.client.head_object(Bucket=self.bucket, Key=row.key), key=row.key
                 )
                 version_id = head.get("VersionId")
                 held = head.get("ObjectLockRetainUntilDate")
@@ -121,7 +121,7 @@ class LockExtender:
             vid = str(version_id)
             until = self.policy.until()
             retention = await self.retrier.call(
-                lambda: set_retention(self.client, self.bucket, row.key, vid, self.policy, until)
+                lambda: set_retention(self.client, self.bucket, row.key, vid, self.policy, until), key=row.key
             )
         except Exception as exc:
             if error_code(exc) in GONE:
@@ -134,7 +134,11 @@ class LockExtender:
                 key=row.key,
                 version_id=version_id,
                 reason=describe(exc),
-                hint="grant s3:PutObjectRetention to this key; retried at the next pass",
+                hint=(
+                    "grant s3:PutObjectRetention to this key; retried at the next pass"
+                    if error_code(exc) == "AccessDenied"
+                    else "retried at the next pass"
+                ),
             )
             return None
         self.extended += 1
