@@ -153,7 +153,7 @@ def run_tool(
         )
     sampler = threading.Thread(target=sample_cpu, args=(proc.pid, psutil.Process(server.pid), rows, stop))
     sampler.start()
-    dropped = drop_and_stop(proc, folder, watched, err_path) if daemon else None
+    dropped = drop_and_stop(proc, folder, watched, err_path, bool(env.get("PY_SPY_OUT"))) if daemon else None
     _, status, usage = os.wait4(proc.pid, 0)
     ended = time.time()
     stop.set()
@@ -176,7 +176,7 @@ def run_tool(
     }
 
 
-def drop_and_stop(proc: Any, data: Path, watched: Path, err: Path, files: int = 0) -> float:
+def drop_and_stop(proc: Any, data: Path, watched: Path, err: Path, spied: bool) -> float:
     """For `syncd run`: after `ready`, hard-link every file of data into the watched folder; SIGTERM once
     as many `uploaded` records are out as files were linked. Returns when the files were dropped."""
     records = RecordReader(err)
@@ -186,6 +186,7 @@ def drop_and_stop(proc: Any, data: Path, watched: Path, err: Path, files: int = 
             raise SystemExit(f"syncd run never became ready: {err.read_text()[-2000:]}")
         time.sleep(0.01)
     dropped = time.time()
+    files = 0
     for path in sorted(data.rglob("*")):
         target = watched / path.relative_to(data)
         if path.is_dir():
@@ -198,7 +199,12 @@ def drop_and_stop(proc: Any, data: Path, watched: Path, err: Path, files: int = 
     while uploaded < files and proc.poll() is None and time.time() < deadline:
         uploaded += sum(r.get("event") == "uploaded" for r in records.new())
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    import psutil
+
+    # Under py-spy the syncd process is its child: stop syncd, and py-spy writes its profile as syncd ends.
+    children = psutil.Process(proc.pid).children() if spied else []
+    for target in children or [proc]:
+        target.send_signal(signal.SIGTERM)
     return dropped
 
 
