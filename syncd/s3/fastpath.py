@@ -4,9 +4,10 @@ The plain client spends over a millisecond of CPU per small PUT, most of it on w
 PUT to one bucket (endpoint rules, request preparation, event hooks). FastPut does that work once and per PUT
 only signs and sends (figures: bench/README.md). It is built from syncd's own config (endpoint_url, region,
 path addressing, bucket) and public APIs: the session's credentials (refreshable ones renew themselves in
-get_frozen_credentials), its own aiohttp session sized to the workers, its own SigV4 signer (tests check it
-against botocore's S3SigV4Auth), responses parsed with the standard library and raised as botocore's
-ClientError and transport exceptions, so syncd's one retry policy sorts them as it sorts the client's.
+get_frozen_credentials), its own connections sized to the workers (small PUTs on wire.py's HTTP/1.1 pool,
+streamed bodies on an aiohttp session, which waits for "100 Continue"), its own SigV4 signer (tests check
+it against botocore's S3SigV4Auth), responses raised as botocore's ClientError and transport exceptions, so
+syncd's one retry policy sorts them as it sorts the client's.
 
 Decided by behaviour, not by library versions: `FastPut.create` sends one signed probe (an UploadPart to an
 upload that does not exist, so nothing is stored) and says why not when the server does not take it. Later,
@@ -55,6 +56,7 @@ from syncd.s3.client import (
     response_error,
 )
 from syncd.s3.transport import botocore_errors, read_capped, trusted
+from syncd.s3.wire import Wire
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -243,6 +245,7 @@ class FastPut:
         self._request_timeout = settings.request_timeout
         self._profile = settings.profile
         self._http: aiohttp.ClientSession | None = None
+        self._wire = Wire(endpoint, self._sigv4.host, pool, lambda: trusted(self._profile))
         self._closed = False
 
     @classmethod
@@ -305,6 +308,7 @@ class FastPut:
 
     async def close(self) -> None:
         self._closed = True
+        await self._wire.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -585,15 +589,32 @@ class FastPut:
     async def _send(
         self, url: str, headers: dict[str, str], body: bytes | AsyncIterable[bytes], size: int
     ) -> dict[str, Any]:
-        """PUT; transport failures become the botocore exceptions the client raises."""
-        session = self._session()
+        """PUT; transport failures become the botocore exceptions the client raises.
+
+        A body in memory that does not wait for "100 Continue" goes through wire.py (small PUTs: most of
+        aiohttp's CPU per request is machinery they do not need); streamed ones through aiohttp.
+        """
         # The whole request, body and answer, has one deadline: a server dripping bytes never trips the
         # socket read timeout, and a stuck request must become a retry, not a hung worker.
-        deadline = aiohttp.ClientTimeout(
-            total=request_deadline(size, self._request_timeout),
-            sock_connect=CONNECT_TIMEOUT,
-            sock_read=READ_TIMEOUT,
-        )
+        timeout = request_deadline(size, self._request_timeout)
+        if isinstance(body, bytes | bytearray) and "Expect" not in headers:
+            answer = await self._wire.request("PUT", url, headers, body, timeout)
+            status, raw, payload = answer.status, answer.headers, answer.body
+        else:
+            status, raw, payload = await self._send_streamed(url, headers, body, timeout)
+        operation = "UploadPart" if "?" in url else "PutObject"
+        if 300 <= status < 400:
+            raise redirect_error(status, raw, payload, operation)
+        if status >= 300 or status < 200:
+            raise response_error(status, raw, payload, operation)
+        return _parsed_ok(status, raw)
+
+    async def _send_streamed(
+        self, url: str, headers: dict[str, str], body: bytes | AsyncIterable[bytes], timeout: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        """PUT through aiohttp (which waits for "100 Continue" when asked): status, headers, capped body."""
+        session = self._session()
+        deadline = aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
         with botocore_errors(url):
             async with session.put(
                 self._target(url), headers=headers, data=body, allow_redirects=False, timeout=deadline
@@ -601,12 +622,7 @@ class FastPut:
                 status = response.status
                 raw = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.raw_headers}
                 payload = await read_capped(response.content)
-        operation = "UploadPart" if "?" in url else "PutObject"
-        if 300 <= status < 400:
-            raise redirect_error(status, raw, payload, operation)
-        if status >= 300 or status < 200:
-            raise response_error(status, raw, payload, operation)
-        return _parsed_ok(status, raw)
+        return status, raw, payload
 
     def _target(self, url: str) -> URL:
         """URL(url, encoded=True) for a URL under this bucket, without parsing all of it again."""
