@@ -25,6 +25,10 @@ the real server's answer (`front.forward(request)`) and change one thing in it; 
 iterable of chunks, sent as they come (a server that drips, or one that never stops); `sent` counts the
 bytes of such bodies that the client took.
 
+`drop_reused(request)`: a matching request that comes on a connection which has served one already is read
+and then the connection closed unanswered, as by a server whose keep-alive timeout fired as the request
+came (`dropped` counts them; `connections` counts the connections accepted).
+
 `only(method, path_and_query)` limits the misbehaviour to matching requests (the rest are proxied, and only
 matching requests count towards `times`); `refuse(method, path_and_query)` names requests to answer 403
 AccessDenied whatever the mode (a key without a permission); `tls=True` serves HTTPS with a fresh
@@ -114,11 +118,20 @@ class Request:
         return "authorization" in self.headers or "X-Amz-Signature" in self.path
 
 
+def from_the_fast_path(request: Request) -> bool:
+    """A PUT the fast path sent: the client's requests carry amz-sdk-invocation-id, the fast path's never."""
+    return request.method == "PUT" and "amz-sdk-invocation-id" not in request.headers
+
+
 @dataclass(frozen=True)
 class Answer:
+    """status, body, headers; raw=True: the body is the whole answer (status line and headers too), sent as
+    it is before the connection is closed: an answer cut short or malformed."""
+
     status: int
     body: bytes | Iterable[bytes] = b""
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bool = False
 
 
 def error_answer(status: int, code: str, message: str, **headers: str) -> Answer:
@@ -132,6 +145,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the tests read syncd's log, not this one
 
+    def setup(self) -> None:
+        super().setup()
+        self.served = 0  # requests answered on this connection
+        self.server.owner.note_connection()
+
     def do_GET(self) -> None:
         self._serve()
 
@@ -140,13 +158,25 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         owner = self.server.owner
         body = self._read_body()
+        self.served += 1
+        if owner.drop_reused is not None and self.served > 1:
+            request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            if owner.drop_reused(request):
+                owner.note_dropped()
+                self.close_connection = True
+                return
         if owner.answer is not None:
             request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             answer = owner.answer(request)
             if answer is not None:
                 owner.count(self.command, self.path, False)
                 owner.answered.append((request, answer))
-                self._send(answer.status, answer.headers, answer.body)
+                if answer.raw:
+                    assert isinstance(answer.body, bytes)
+                    self.wfile.write(answer.body)
+                    self.close_connection = True
+                else:
+                    self._send(answer.status, answer.headers, answer.body)
                 return
         matched = owner.only is None or owner.only(self.command, self.path)
         number = owner.count(self.command, self.path, matched)
@@ -270,6 +300,7 @@ class BadServer:
         only: Callable[[str, str], bool] | None = None,
         refuse: Callable[[str, str], bool] | None = None,
         answer: Callable[[Request], Answer | None] | None = None,
+        drop_reused: Callable[[Request], bool] | None = None,
         port: int = 0,
     ) -> None:
         self.mode = mode
@@ -280,6 +311,9 @@ class BadServer:
         self.only = only
         self.refuse = refuse
         self.answer = answer
+        self.drop_reused = drop_reused
+        self.dropped = 0  # requests read and left unanswered by drop_reused
+        self.connections = 0  # connections accepted
         self.certificate = b""  # with tls=True: the self-signed certificate (PEM) it serves
         self.sent = 0  # bytes of streamed Answer bodies the client took
         self.answered: list[tuple[Request, Answer]] = []  # what answer() answered, in order
@@ -299,6 +333,14 @@ class BadServer:
     def note_sent(self, size: int) -> None:
         with self._lock:
             self.sent += size
+
+    def note_connection(self) -> None:
+        with self._lock:
+            self.connections += 1
+
+    def note_dropped(self) -> None:
+        with self._lock:
+            self.dropped += 1
 
     def forward(self, request: Request) -> Answer:
         """The upstream server's own answer to this request (Host kept, so SigV4 still verifies)."""

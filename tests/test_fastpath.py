@@ -20,7 +20,7 @@ import botocore.auth
 import botocore.exceptions
 import pytest
 from aiobotocore.credentials import AioRefreshableCredentials
-from badserver import Answer, BadServer, Request, error_answer
+from badserver import Answer, BadServer, Request, error_answer, from_the_fast_path
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from helpers import bucket_objects, json_records, tree, write
@@ -846,11 +846,6 @@ def test_part_bytes_that_differ_from_their_hashes_are_refused(
 
 
 # -- through the CLI, behind a front that fakes only the fast path's answers ---------------------------------
-
-
-def from_the_fast_path(request: Request) -> bool:
-    """A PUT the fast path sent: the client's requests carry amz-sdk-invocation-id, the fast path's never."""
-    return request.method == "PUT" and "amz-sdk-invocation-id" not in request.headers
 
 
 @pytest.mark.parametrize("when", ["probe", "later"])

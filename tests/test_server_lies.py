@@ -156,12 +156,15 @@ def test_a_server_that_drips_its_answer_becomes_a_retry_not_a_hang(
     assert len(dripped) > 1  # retried, each attempt ended by its deadline
 
 
-@pytest.mark.parametrize("sender", SENDERS)
+@pytest.mark.parametrize(
+    ("sender", "framing"), [("fast", "length"), ("plain", "length"), ("fast", "chunked")]
+)
 def test_an_error_body_is_read_up_to_a_cap(
-    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd, syncd_env, sender
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd, syncd_env, sender, framing
 ):
-    """A 500 whose XML body is 256 MiB: each sender reads at most 1 MiB of it per attempt (the bytes the
-    front sent bound what syncd held), retries, and fails the file with a one-line reason."""
+    """A 500 whose XML body is 256 MiB (with its length, or chunked): each sender reads at most 1 MiB of it
+    per attempt (the bytes the front sent bound what syncd held; the connection is then closed, never
+    reused), retries, and fails the file with a one-line reason."""
     folder = tmp_path / "data"
     write(folder / "kept.txt", b"stays here")
     write(folder / "huge.txt", b"its error never ends")
@@ -170,14 +173,20 @@ def test_an_error_body_is_read_up_to_a_cap(
     chunks = 256
 
     def huge() -> Iterator[bytes]:
-        yield head
-        for _ in range(chunks):
-            yield chunk
+        for piece in [head] + [chunk] * chunks:
+            yield b"%x\r\n%s\r\n" % (len(piece), piece) if framing == "chunked" else piece
+        if framing == "chunked":
+            yield b"0\r\n\r\n"
 
     def endless_error(request: Request) -> Answer | None:
         if object_put(request, "huge.txt"):
-            length = str(len(head) + chunks * len(chunk))
-            return Answer(500, huge(), {"Content-Type": "application/xml", "Content-Length": length})
+            headers = {
+                "Content-Type": "application/xml",
+                "Content-Length": str(len(head) + chunks * len(chunk)),
+            }
+            if framing == "chunked":
+                headers = {"Content-Type": "application/xml", "Transfer-Encoding": "chunked"}
+            return Answer(500, huge(), headers)
         return None
 
     with BadServer("proxy", upstream=s3_server.endpoint_url, answer=endless_error) as front:
