@@ -5,7 +5,8 @@ by hand), PUTs N x 16 KiB objects with 64 concurrent tasks through each path in 
 fast, ...) and prints wall seconds, client CPU per PUT (user+sys of this process) and server CPU per PUT,
 then each mode's range over the rounds and ratios of the medians. The machine may be shared: run a few rounds.
 `--before FILE` adds the FastPut of another version of syncd/s3/fastpath.py as a third mode (one made as
-`FastPut(client, bucket)`, as before December 2026), e.g. `git show ea5cf0b:syncd/fastpath.py > /tmp/b.py`.
+`FastPut.create(...)`, or `FastPut(client, bucket)` as before December 2026), e.g.
+`git show main:syncd/s3/fastpath.py > /tmp/b.py`.
 
     /work/venv/bin/python bench/put_cpu.py -n 5000 --rounds 3 [--uvloop] [--only fast] [--before FILE]
 """
@@ -202,8 +203,16 @@ async def bench(url: str, server_pid: int | None, args: argparse.Namespace) -> l
         if isinstance(fast, str):
             raise SystemExit(f"FastPut unavailable: {fast}")
         modes: dict[str, Put] = {"plain": client.put_object}
+        before: Any = None
         if args.before:
-            modes["before"] = _load_fast_put(args.before)(client, BUCKET).put_object
+            cls = _load_fast_put(args.before)
+            if hasattr(cls, "create"):  # since December 2026: built and probed from syncd's config
+                before = await cls.create(
+                    client, settings, BUCKET, credentials_of(client), pool=args.concurrency
+                )
+            else:
+                before = cls(client, BUCKET)
+            modes["before"] = before.put_object
         modes["fast"] = fast.put_object
         if args.only:
             modes = {args.only: modes[args.only]}
@@ -221,6 +230,8 @@ async def bench(url: str, server_pid: int | None, args: argparse.Namespace) -> l
                 )
                 results.append(res)
         await fast.close()
+        if before is not None and hasattr(before, "close"):
+            await before.close()
         return results
 
 
