@@ -148,8 +148,9 @@ def run_tool(
     began = time.time()
     err_path = root / f"{tool}-{bucket}.err"
     with open(err_path, "wb") as err:
+        # cwd: not the checkout the bench runs from, whose syncd/ would come before PYTHONPATH's (syncd@DIR)
         proc = subprocess.Popen(
-            cmd, env={**env, "TIMELINE_EVERY": str(EVERY)}, stdout=subprocess.DEVNULL, stderr=err
+            cmd, env={**env, "TIMELINE_EVERY": str(EVERY)}, stdout=subprocess.DEVNULL, stderr=err, cwd=root
         )
     sampler = threading.Thread(target=sample_cpu, args=(proc.pid, psutil.Process(server.pid), rows, stop))
     sampler.start()
