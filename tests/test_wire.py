@@ -144,3 +144,77 @@ def test_an_answer_cut_short_is_never_sent_again_by_the_sender(
     retried = events(records, "s3_retried")
     assert cut == 1 and len(retried) >= 1
     assert len(puts) == len(retried) + 1  # every send of it was one of syncd's attempts
+
+
+def raw_answer(answer: Answer, **replaced: str) -> bytes:
+    """answer as its bytes on the wire (with a Content-Length), headers named in `replaced` set to those
+    values (underscores as dashes)."""
+    assert isinstance(answer.body, bytes)
+    headers = {name.lower(): value for name, value in answer.headers.items()}
+    headers.update({name.replace("_", "-"): value for name, value in replaced.items()})
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head = f"HTTP/1.1 {answer.status} OK\r\n{lines}content-length: {len(answer.body)}\r\n\r\n"
+    return head.encode("latin-1") + answer.body
+
+
+def once_with_one_answer_changed(
+    run_syncd: Any, make_config: Any, folder: Path, bucket: str, upstream: str, change: Any
+) -> tuple[Any, BadServer]:
+    """`syncd once` through a front whose answer to the first fast-path PUT of f1.txt is change(the server's
+    own answer to it)."""
+    front: BadServer
+
+    def changed(request: Request) -> Answer | None:
+        if not object_put(request, "f1.txt") or front.answered:
+            return None
+        answer: Answer = change(front.forward(request))
+        return answer
+
+    with BadServer("proxy", upstream=upstream, answer=changed) as front:
+        result = run_once(run_syncd, make_config, folder, bucket, front.url)
+    assert len(front.answered) == 1
+    return result, front
+
+
+def test_bytes_after_an_answer_are_not_taken_for_part_of_it(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """The server's real answer to one PUT comes with, in the same write, a second answer naming another
+    version id (pipelining garbage, or an answer meant for someone else): the PUT's answer is the first,
+    and its version id is the one recorded, never the one in the bytes that followed."""
+    files = small_files(tmp_path / "data", 4)
+    result, _ = once_with_one_answer_changed(
+        run_syncd,
+        make_config,
+        tmp_path / "data",
+        bucket_name,
+        s3_server.endpoint_url,
+        lambda real: Answer(200, raw_answer(real) + raw_answer(real, x_amz_version_id="forged"), raw=True),
+    )
+    uploaded_without_retries(result, s3, bucket_name, files)
+    records = json_records(result.stderr)
+    versions = {r["key"]: r["version_id"] for r in events(records, "uploaded")}
+    stored = {v["Key"]: v["VersionId"] for v in s3.list_object_versions(Bucket=bucket_name)["Versions"]}
+    assert versions == stored
+
+
+def test_an_answer_with_a_header_section_over_the_cap_is_refused(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """The server's answer to one PUT carries 4 MiB of headers (a server could send them without end, and
+    httptools keeps every byte of a header section until it ends): the sender stops reading at its cap
+    and that attempt fails as a transport error, which syncd retries; the file lands."""
+    files = small_files(tmp_path / "data", 4)
+    result, front = once_with_one_answer_changed(
+        run_syncd,
+        make_config,
+        tmp_path / "data",
+        bucket_name,
+        s3_server.endpoint_url,
+        lambda real: Answer(real.status, real.body, {**real.headers, "X-Pad": "a" * (4 << 20)}),
+    )
+    records = json_records(result.stderr)
+    assert result.returncode == 0, result.stderr
+    assert bucket_objects(s3, bucket_name) == files
+    puts = [r for r in front.requests if r[0] == "PUT" and r[1].split("?")[0].endswith("/f1.txt")]
+    assert len(events(records, "s3_retried")) == 1 and len(puts) == 2

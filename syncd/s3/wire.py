@@ -7,6 +7,8 @@ signed S3 PUT needs of HTTP is little: one request head, the body, and an answer
 ReadTimeoutError; a connection lost mid-answer -> ConnectionClosedError), so syncd's one retry policy
 sorts them alike. Redirects are not followed (the caller gets the 3xx) and answer bodies are read up to
 transport.BODY_CAP; a connection whose answer was cut there, or that says `Connection: close`, is closed.
+A header section over HEAD_CAP fails the request (HTTPClientError); bytes after an answer are never read as
+part of it and close the connection.
 
 A kept-alive connection the server closed while idle is not an error: a request on a reused connection
 that ends before any byte of its answer came is sent once more on a new connection, as urllib3 and aiohttp
@@ -26,6 +28,10 @@ import httptools
 
 from syncd.s3.client import CONNECT_TIMEOUT, READ_TIMEOUT
 from syncd.s3.transport import BODY_CAP, KEEPALIVE_TIMEOUT
+
+# Bytes of an answer before its final header section ends (S3's are under 2 KiB): httptools keeps a
+# header section whole until it ends, so a server sending one without end would grow memory without it.
+HEAD_CAP = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
+        self._head_size = 0  # bytes received before the final answer's header section ended
         self._delimited = False  # the answer has a Content-Length or is chunked: its end is in the bytes
         self._reusable = False
 
@@ -77,12 +84,18 @@ class _Connection(asyncio.Protocol):
         self._answered = True
         self._last_read = self.loop.time()
         assert self._parser is not None
+        heading = self._status < 200
+        if heading:
+            self._head_size += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._fail(botocore.exceptions.HTTPClientError(error=exc))
         except httptools.HttpParserError as exc:
             self._fail(botocore.exceptions.HTTPClientError(error=exc))
+        if heading and self._status < 200 and self._head_size > HEAD_CAP:
+            error = f"the answer's header section is over {HEAD_CAP} bytes"
+            self._fail(botocore.exceptions.HTTPClientError(error=error))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -98,6 +111,11 @@ class _Connection(asyncio.Protocol):
             self._fail(botocore.exceptions.ConnectionClosedError(endpoint_url=self.url, error=error))
 
     # -- httptools callbacks --
+
+    def on_message_begin(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and waiter.done():  # bytes after the answer: never read as part of it
+            raise httptools.HttpParserError("bytes after the answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
@@ -134,7 +152,7 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter = loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
         self._answered = self._reusable = self._delimited = False
-        self._status, self._headers, self._body, self._size = 0, {}, [], 0
+        self._status, self._headers, self._body, self._size, self._head_size = 0, {}, [], 0, 0
         self._deadline = deadline
         self._last_read = now = loop.time()
         self._timer = loop.call_at(min(deadline, now + READ_TIMEOUT), self._on_timer)
