@@ -28,6 +28,7 @@ KEY_ATTEMPTS = 4  # tries of one object's request while the server answers other
 OTHER_KEYS_FAILING = 2  # other keys failing with nothing served since: the server is failing, not a key
 FAILING_WINDOW = 60.0  # seconds a key's failure counts towards that
 PROBE_TIMEOUT = 10.0  # seconds for the HeadBucket that tells a failing key from a failing server
+RECOVERED_SPREAD = 0.5  # seconds over which the requests that waited out an outage go again
 
 
 class Outage:
@@ -98,6 +99,7 @@ class Outage:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await back.wait()
+                await asyncio.sleep(random.uniform(0, RECOVERED_SPREAD))  # spread, on a server just back
 
     async def only_this_key(self, key: str, since: float) -> bool:
         """A request about `key` sent at `since` failed: is that key's failure alone? Yes when another

@@ -352,7 +352,6 @@ class StateStore:
             )
         return now
 
-
     def owed(self) -> list[str]:
         return [
             _s(p) for (p,) in self.db.execute("SELECT path FROM owed WHERE failed_at IS NULL ORDER BY since")
