@@ -494,10 +494,10 @@ async def _probe_anonymous(bucket: str, url: str, profile: str | None) -> None:
     404 instead of 403). 5xx and network failures are raised as aiohttp errors: the caller retries them.
     """
     key_url = f"{url.rstrip('/')}/syncd-probe-{secrets.token_hex(8)}"
+    proxy = _env_proxy(url)  # both targets are under url: one scheme and host, so one proxy and trust
+    tls = trusted(profile) if uses_tls(url, proxy) else True  # True: aiohttp's default
     async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT) as session:
         for method, target in (("GET", f"{url.rstrip('/')}/?max-keys=1"), ("HEAD", key_url)):
-            proxy = _env_proxy(target)
-            tls = trusted(profile) if uses_tls(target, proxy) else True  # True: aiohttp's default
             try:
                 request = session.request(method, target, allow_redirects=False, proxy=proxy, ssl=tls)
                 async with request as response:
