@@ -50,6 +50,11 @@ class UnavailableError(SyncdError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class RequestFailedError(UnavailableError):
+    """The server answers, but kept failing a request syncd cannot go on without (a listing page, a bucket
+    check): 75 as for an outage, for a later run may well get it through."""
+
+
 def first_syncd_error(exc: BaseException) -> SyncdError | None:
     """The first of our own errors in exc (an ExceptionGroup from a TaskGroup included), else None."""
     if isinstance(exc, SyncdError):

@@ -11,7 +11,14 @@ import time
 from typing import Any
 
 from syncd.config import Config
-from syncd.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_UNAVAILABLE, UnavailableError, first_syncd_error
+from syncd.errors import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_UNAVAILABLE,
+    RequestFailedError,
+    UnavailableError,
+    first_syncd_error,
+)
 
 
 class Progress:
@@ -86,8 +93,13 @@ async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress:
         unavailable = first_syncd_error(exc)
         if isinstance(unavailable, UnavailableError):
             owed = state.owed()
+            waited = (
+                ""
+                if isinstance(unavailable, RequestFailedError)
+                else f" (gave up after {args_duration(retry_for)})"
+            )
             print(
-                f"syncd: error: {unavailable} (gave up after {args_duration(retry_for)}); "
+                f"syncd: error: {unavailable}{waited}; "
                 f"{len(owed)} files still owed{_named(owed)} (run again, or use syncd run)",
                 file=sys.stderr,
             )

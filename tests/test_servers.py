@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from badserver import Answer, BadServer, Request, error_answer
-from helpers import bucket_objects, json_records, wait_until, write
+from helpers import bucket_matches, bucket_objects, json_records, wait_until, write
 from s3front import B2, R2, AwsAclsDisabled, front
 
 
@@ -135,6 +135,93 @@ def test_once_when_every_put_fails_but_headbucket_answers_is_an_outage(
     assert "3 files still owed" in result.stderr, result.stderr
     records = json_records(result.stderr)
     assert len(events(records, "s3_unreachable")) == 1
+
+
+# -- one request failing, about no key, on a server that answers the rest --------------------------------
+
+
+def is_listing(method: str, path: str) -> bool:
+    """A ListObjectsV2 page: what the scan of a fresh state asks the bucket."""
+    return method == "GET" and "list-type=2" in urllib.parse.urlsplit(path).query
+
+
+def test_once_with_a_listing_held_past_its_deadline_retries_it_and_uploads(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """The scan's first ListObjectsV2 held unanswered past s3.request_timeout (5 s), the rest answered,
+    `--retry-for 1s`: the listing is sent again (HeadBucket says the server answers), no outage, every
+    file uploaded, exit 0 (was: `s3_unreachable` dated from when the listing was sent, so down 5 s at its
+    first timeout: exit 75 "stayed unreachable" on a server that answered all along)."""
+    folder = tmp_path / "data"
+    for name in ("a.txt", "b/c.txt", "d.bin"):
+        write(folder / name, name.encode() * 100)
+    listings = itertools.count()
+
+    def first_listing(method: str, path: str) -> bool:
+        return is_listing(method, path) and next(listings) == 0
+
+    with BadServer("hang", upstream=s3_server.endpoint_url, only=first_listing) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "5s"})
+        result = run_syncd(["once", "--retry-for", "1s", "-c", str(config)], timeout=90)
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    assert front.matched == 1 and sum(is_listing(*r) for r in front.requests) >= 2, front.requests
+    records = json_records(result.stderr)
+    assert not events(records, "s3_unreachable") and not events(records, "s3_recovered"), result.stderr
+    assert {r["path"] for r in events(records, "uploaded")} == {"a.txt", "b/c.txt", "d.bin"}
+    assert bucket_matches(s3, bucket_name, folder)
+
+
+def test_once_with_every_listing_failing_on_a_working_server_exits_75_naming_it(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """Every ListObjectsV2 answered 500 while the rest (HeadBucket, the bucket checks) is answered: the
+    listing is given up after its tries with one line naming it and the server's reason, exit 75, no
+    outage logged and nothing recorded as uploaded (was: an outage, `s3_unreachable`, waited out for the
+    whole --retry-for, then "stayed unreachable"; `run` waited forever)."""
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    with BadServer("500", upstream=s3_server.endpoint_url, only=is_listing) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url})
+        result = run_syncd(["once", "--retry-for", "30s", "-c", str(config)], timeout=90)
+    no_traceback(result)
+    assert result.returncode == 75, result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), result.stderr
+    assert "ListObjectsV2" in lines[0] and "InternalError (HTTP 500)" in lines[0], lines[0]
+    assert "unreachable" not in lines[0] and "gave up after" not in lines[0], lines[0]
+    records = json_records(result.stderr)
+    assert not events(records, "s3_unreachable"), "the server answered: not an outage"
+    assert not events(records, "uploaded")
+    assert front.matched >= 2, "the listing is tried more than once"
+    assert keys_in(s3, bucket_name) == set()
+
+
+def test_once_with_a_bucket_check_failing_on_a_working_server_exits_75_naming_it(
+    tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
+):
+    """GetBucketVersioning (a start-up check) answered 500 every time while the rest is answered: the
+    start-up ends after its tries with one line naming the request and the server's reason, exit 75, no
+    outage logged, nothing uploaded (was: an outage waited out for the whole --retry-for)."""
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+
+    def versioning_read(method: str, path: str) -> bool:
+        return method == "GET" and "versioning" in urllib.parse.urlsplit(path).query
+
+    with BadServer("500", upstream=s3_server.endpoint_url, only=versioning_read) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url})
+        result = run_syncd(["once", "--retry-for", "30s", "-c", str(config)], timeout=90)
+    no_traceback(result)
+    assert result.returncode == 75, result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), result.stderr
+    assert "GetBucketVersioning" in lines[0] and "InternalError (HTTP 500)" in lines[0], lines[0]
+    records = json_records(result.stderr)
+    assert not events(records, "s3_unreachable"), "the server answered: not an outage"
+    assert not events(records, "uploaded") and not events(records, "bucket_ready")
+    assert front.matched >= 2, "the check is tried more than once"
+    assert keys_in(s3, bucket_name) == set()
 
 
 def _epoch(record: dict[str, Any]) -> float:

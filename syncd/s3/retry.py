@@ -1,9 +1,10 @@
 """The one place transient S3 failures are retried: exponential backoff with jitter, one record per outage.
 
-An outage is the server as a whole failing, not one key: when a request about one object fails, the
-retrier asks whether the server answered anything since it was sent (another request, or a HeadBucket
-probe). If it did, the failure is that object's and is given up after KEY_ATTEMPTS tries, for the
-caller to report; throttling (SlowDown) is neither, and shrinks the window of requests in flight.
+An outage is the server as a whole failing, not one request: when a request fails, the retrier asks
+whether the server answered anything since it was sent (another request, or a HeadBucket probe). If it
+did, the failure is that request's own (one object's, or one listing page's) and is given up after
+KEY_ATTEMPTS tries, for the caller to report; throttling (SlowDown) is neither, and shrinks the window
+of requests in flight.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 
-from syncd.errors import UnavailableError
+from syncd.errors import RequestFailedError, UnavailableError
 from syncd.log import get_logger
 from syncd.s3.client import REQUEST_TIMEOUT, ErrorKind, FastPathOff, classify, describe, request_deadline
 from syncd.s3.throttle import Throttle, retry_after, throttled
 
 T = TypeVar("T")
 log = get_logger()
-KEY_ATTEMPTS = 4  # tries of one object's request while the server answers others, before it fails
+KEY_ATTEMPTS = 4  # tries of one request while the server answers others, before it fails
 OTHER_KEYS_FAILING = 2  # other keys failing with nothing served since: the server is failing, not a key
 FAILING_WINDOW = 60.0  # seconds a key's failure counts towards that
 PROBE_TIMEOUT = 10.0  # seconds for the HeadBucket that tells a failing key from a failing server
@@ -69,7 +70,9 @@ class Outage:
         for retried()."""
         self.retried(wait)
         if self.down_since is None:
-            self.down_since = time.monotonic() if since is None else since
+            # Silent since the later of the two: a request sent before the server's last answer does not
+            # date the outage back past that answer (down_for is how long it has really not answered).
+            self.down_since = time.monotonic() if since is None else max(since, self.answered_at)
             self.reason = describe(exc)
             self._back = asyncio.Event()
             log.warning("s3_unreachable", reason=self.reason)
@@ -101,14 +104,19 @@ class Outage:
                 await back.wait()
                 await asyncio.sleep(random.uniform(0, RECOVERED_SPREAD))  # spread, on a server just back
 
-    async def only_this_key(self, key: str, since: float) -> bool:
-        """A request about `key` sent at `since` failed: is that key's failure alone? Yes when another
-        request succeeded since; no when other keys fail too and nothing succeeded; else the probe says."""
+    async def only_this_request(self, key: str | None, since: float) -> bool:
+        """A request sent at `since` about `key` (None: about no one object: a listing page, a bucket
+        check) failed: is that failure its own? Yes when another request succeeded since; no when keys
+        fail too and nothing succeeded; else the probe says (a timeout is known only long after `since`,
+        so the probe's answer after it shows the server answering while this request did not)."""
         now = time.monotonic()
         self.failing = {k: t for k, t in self.failing.items() if now - t < FAILING_WINDOW}
-        self.failing[key] = now
+        if key is not None:
+            self.failing[key] = now
         if self.served_at >= since:
             return True
+        if key is None and self.down:
+            return False  # waits the outage out with the rest; a success or a keyed probe ends it
         if self._others_failing(key) >= OTHER_KEYS_FAILING or not await self.server_answers(since):
             return False
         others = self._others_failing(key)  # again: more may have failed while the probe was out
@@ -118,7 +126,7 @@ class Outage:
             self.succeeded(probe=True)  # it answers, and no other key fails: the outage is over
         return True
 
-    def _others_failing(self, key: str) -> int:
+    def _others_failing(self, key: str | None) -> int:
         """Keys other than `key` that failed since the last request that succeeded."""
         return sum(1 for k, t in self.failing.items() if k != key and t > self.served_at)
 
@@ -154,6 +162,18 @@ class Outage:
             # Any other answer (403 for a key without s3:ListBucket included) is the server answering.
         self.probes += 1
         self.answered_at = time.monotonic()
+
+
+def kept_failing(exc: Exception, what: str) -> RequestFailedError | None:
+    """The one-line error for `what` (a request a caller cannot go on without) when Retrier.call gave up on
+    exc after KEY_ATTEMPTS tries with the server answering others; None for any other error, which the
+    retrier raises at once (not transient) or as UnavailableError (an outage that outlasted its wait)."""
+    if classify(exc) is not ErrorKind.TRANSIENT:
+        return None
+    return RequestFailedError(
+        f"the S3 server kept failing {what} while it answered other requests ({KEY_ATTEMPTS} tries): "
+        f"{describe(exc)}"
+    )
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -211,15 +231,19 @@ class Retrier:
         return random.uniform(self.base / 2, backoff(attempt, self.base, self.cap))
 
     async def call(self, op: Callable[[], Awaitable[T]], *, key: str | None = None, size: int = 0) -> T:
-        """op() until it succeeds; `key`: the object the request is about, so that a failure of that
-        object alone (the server answering other requests) ends after KEY_ATTEMPTS tries, raised as is.
+        """op() until it succeeds; `key`: the object the request is about, if any.
+
+        A failure while the server answers others (Outage.only_this_request) is this request's own: it is
+        tried KEY_ATTEMPTS times in all, then raised as is for the caller to report with the server's
+        reason, keyed or not; the server is up, so waiting for it to "come back" would wait forever. Only
+        a failure with nothing answered since it was sent is an outage, waited out up to give_up_after.
 
         Each attempt has a deadline (request_deadline: s3.request_timeout plus a second per 16 KiB of
         `size`, the bytes it moves): a server that answers a byte at a time becomes a retry, not a hang.
         """
         deadline = request_deadline(size, self.request_timeout)
         attempt = 0
-        key_failures = 0
+        own_failures = 0
         throttled_since: float | None = None
         while True:
             exc: Exception | None
@@ -261,11 +285,11 @@ class Retrier:
                 continue
             if kind is ErrorKind.CLOCK and attempt == 0:
                 log.error("clock_skewed", reason=describe(exc), hint="fix this machine's clock (NTP)")
-            if key is not None and kind is ErrorKind.TRANSIENT and await self.outage.only_this_key(key, sent):
-                key_failures += 1
-                wait = self.delay(key_failures - 1)
-                self.outage.retried(None if key_failures >= KEY_ATTEMPTS else wait)
-                if key_failures >= KEY_ATTEMPTS:
+            if kind is ErrorKind.TRANSIENT and await self.outage.only_this_request(key, sent):
+                own_failures += 1
+                wait = self.delay(own_failures - 1)
+                self.outage.retried(None if own_failures >= KEY_ATTEMPTS else wait)
+                if own_failures >= KEY_ATTEMPTS:
                     raise exc
                 await asyncio.sleep(wait)
                 continue

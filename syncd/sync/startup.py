@@ -18,7 +18,7 @@ from syncd.s3.client import describe, error_code
 from syncd.s3.lifecycle import ensure_noncurrent_expiry
 from syncd.s3.lock import check_bucket_lock
 from syncd.s3.put import Sender
-from syncd.s3.retry import Retrier
+from syncd.s3.retry import Retrier, kept_failing
 from syncd.sync.state import StateStore
 
 if TYPE_CHECKING:
@@ -78,9 +78,13 @@ async def start(
         if config.object_lock is not None and not dry_run:
             state.adopt_unlocked()  # current versions from before object_lock: lock them too
         sender = await put.choose(client, settings, process) if sending else Sender(client, config.bucket)
-    except BaseException:
+    except BaseException as exc:
         if process is not None:
             await process.stop()
+        operation = getattr(exc, "operation_name", None) or "a start-up check"  # a timeout names none
+        what = f"{operation} on bucket {config.bucket}"
+        if isinstance(exc, Exception) and (failing := kept_failing(exc, what)) is not None:
+            raise failing from exc
         raise
     return Started(status, sender)
 
