@@ -914,9 +914,13 @@ def test_unmounted_folder_pauses_and_resumes_on_remount(
     assert daemon.terminate() == 0
 
 
-def test_changes_after_a_remount_are_watched(tmp_path, s3, bucket_name, make_config, start_daemon, loop_disk):
+def test_changes_after_a_remount_are_watched(
+    tmp_path, s3, bucket_name, make_config, start_daemon, loop_disk, syncd_env
+):
     folder = folder_on(loop_disk, tmp_path)
-    daemon = start_daemon(make_config(folder, bucket_name))
+    # No rescan is due (rescan_interval 15 min): the unmount and the mount are seen by the heartbeat's look
+    # at the folder, every 5 s, or every half watchdog period under systemd: WatchdogSec=1s makes it 0.5 s.
+    daemon = start_daemon(make_config(folder, bucket_name), env=dict(syncd_env, WATCHDOG_USEC="1000000"))
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt"})
     start = len(daemon.records())
