@@ -84,11 +84,10 @@ def test_server_outage_mid_burst_and_daemon_started_while_server_down(
     own_server.start()
     s3 = s3_client(own_server, own_server.admin)
     env = env_for(own_server, syncd_env)
+    endpoint = {"endpoint_url": own_server.endpoint_url}
     folder = tmp_path / "data"
     folder.mkdir()
-    config = make_config(
-        folder, "outage", s3={"endpoint_url": own_server.endpoint_url}, log={"level": "debug"}
-    )
+    config = make_config(folder, "outage", s3=endpoint, log={"level": "debug"})
     daemon = start_daemon(config, env=env)
     daemon.wait_for_event("ready", timeout=60)
     for i in range(100):
@@ -97,12 +96,23 @@ def test_server_outage_mid_burst_and_daemon_started_while_server_down(
     own_server.stop()
     for i in range(100):
         write(folder / f"b/{i}.bin", os.urandom(2048))
+    # A daemon started while the server is down (on a folder and bucket of its own, during the same
+    # outage) waits, says so, and uploads once the server is back.
+    late_folder = tmp_path / "late"
+    write(late_folder / "c/late.txt", b"written before the server came back")
+    late = start_daemon(make_config(late_folder, "outage-late", s3=endpoint, log={"level": "debug"}), env=env)
+
     unreachable = daemon.wait_for_event("s3_unreachable", timeout=30)
     down = daemon.records().index(unreachable)
     # The outage lasts until every worker has failed and backed off a few times (each s3_retried is one
     # failed attempt): long enough to prove the retries, short enough that no backoff grows to a minute.
     wait_until(lambda: sum(r.get("event") == "s3_retried" for r in daemon.records()[down:]) >= 16, timeout=60)
+    late_unreachable = late.wait_for_event("s3_unreachable", timeout=60)
+    late_down = late.records().index(late_unreachable)
+    wait_until(lambda: len([r for r in late.records()[late_down:] if r.get("event") == "s3_retried"]) >= 3)
     assert daemon.returncode is None, "the daemon must stay up while the server is away"
+    assert late.returncode is None
+    assert not [r for r in late.records() if r.get("event") == "ready"]
     own_server.start()
     daemon.wait_for_event("s3_recovered", timeout=90)
     wait_until(lambda: bucket_matches(s3, "outage", folder), timeout=90, interval=0.5)
@@ -113,19 +123,8 @@ def test_server_outage_mid_burst_and_daemon_started_while_server_down(
     assert len(logged) < 600, "one record per upload and per outage, not one per retry"
     assert daemon.terminate() == 0
 
-    # A daemon started while the server is down waits, says so, and uploads once it is back.
-    own_server.stop()
-    write(folder / "c/late.txt", b"written before the server came back")
-    endpoint = {"endpoint_url": own_server.endpoint_url}
-    late = start_daemon(make_config(folder, "outage", s3=endpoint, log={"level": "debug"}), env=env)
-    unreachable = late.wait_for_event("s3_unreachable", timeout=60)
-    down = late.records().index(unreachable)
-    wait_until(lambda: len([r for r in late.records()[down:] if r.get("event") == "s3_retried"]) >= 3)
-    assert late.returncode is None
-    assert not [r for r in late.records() if r.get("event") == "ready"]
-    own_server.start()
     late.wait_for_event("ready", timeout=120)
-    wait_until(lambda: bucket_matches(s3, "outage", folder), timeout=60, interval=0.5)
+    wait_until(lambda: bucket_matches(s3, "outage-late", late_folder), timeout=60, interval=0.5)
     assert late.terminate() == 0
 
 
