@@ -27,7 +27,8 @@ bytes of such bodies that the client took.
 
 `drop_reused(request)`: a matching request that comes on a connection which has served one already is read
 and then the connection closed unanswered, as by a server whose keep-alive timeout fired as the request
-came (`dropped` counts them; `connections` counts the connections accepted).
+came (`dropped` counts them; `connections` counts the connections accepted, `closed` those that ended,
+closed by either side).
 
 `only(method, path_and_query)` limits the misbehaviour to matching requests (the rest are proxied, and only
 matching requests count towards `times`); `refuse(method, path_and_query)` names requests to answer 403
@@ -149,6 +150,12 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.served = 0  # requests answered on this connection
         self.server.owner.note_connection()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner.note_closed()
 
     def do_GET(self) -> None:
         self._serve()
@@ -314,6 +321,7 @@ class BadServer:
         self.drop_reused = drop_reused
         self.dropped = 0  # requests read and left unanswered by drop_reused
         self.connections = 0  # connections accepted
+        self.closed = 0  # connections that ended (closed by the client, or by this front)
         self.certificate = b""  # with tls=True: the self-signed certificate (PEM) it serves
         self.sent = 0  # bytes of streamed Answer bodies the client took
         self.answered: list[tuple[Request, Answer]] = []  # what answer() answered, in order
@@ -337,6 +345,10 @@ class BadServer:
     def note_connection(self) -> None:
         with self._lock:
             self.connections += 1
+
+    def note_closed(self) -> None:
+        with self._lock:
+            self.closed += 1
 
     def note_dropped(self) -> None:
         with self._lock:

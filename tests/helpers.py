@@ -39,6 +39,14 @@ def skip_or_fail(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def libfaketime() -> str:
+    """libfaketime's path, for LD_PRELOAD (a process's clocks set back, or running faster); else a skip."""
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if not found:
+        skip_or_fail("libfaketime is not installed (Debian: apt-get install libfaketime)")
+    return str(found[0])
+
+
 every_server = pytest.mark.servers("seaweedfs", "rgw", slow=("rgw",))
 """Decorator: run the test once against each real S3 server the suite starts (ids [seaweedfs], [rgw]);
 the RGW run is in `-m slow` (CI runs it), which keeps the default suite near its 12-minute budget.

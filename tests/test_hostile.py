@@ -27,6 +27,7 @@ from helpers import (
     bucket_objects,
     every_server,
     json_records,
+    libfaketime,
     list_delete_markers,
     list_versions,
     skip_or_fail,
@@ -1210,10 +1211,7 @@ def test_slow_answers_are_waited_for(tmp_path, s3, s3_server, bucket_name, make_
 @pytest.fixture
 def skewed_env(syncd_env: dict[str, str]) -> dict[str, str]:
     """syncd's environment with its clock two hours slow (libfaketime): the real server refuses it."""
-    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
-    if not found:
-        skip_or_fail("libfaketime is not installed (Debian: apt-get install libfaketime)")
-    return dict(syncd_env, LD_PRELOAD=str(found[0]), FAKETIME="-2h", FAKETIME_DONT_FAKE_MONOTONIC="1")
+    return dict(syncd_env, LD_PRELOAD=libfaketime(), FAKETIME="-2h", FAKETIME_DONT_FAKE_MONOTONIC="1")
 
 
 def test_clock_skew_says_fix_the_clock(tmp_path, s3, bucket_name, make_config, run_syncd, skewed_env):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from badserver import Answer, BadServer, Request, from_the_fast_path
-from helpers import bucket_objects, json_records, tree, write
+from helpers import bucket_objects, json_records, libfaketime, tree, wait_until, write
 
 from syncd.s3 import fastpath
 
@@ -67,6 +67,42 @@ def test_kept_alive_connections_the_server_dropped_cost_no_retry(
         result = run_once(run_syncd, make_config, tmp_path / "data", bucket_name, front.url)
     uploaded_without_retries(result, s3, bucket_name, files)
     assert front.dropped > 0  # connections were reused and dropped: the case was exercised
+
+
+def test_idle_connections_are_reused_then_closed_after_the_keepalive_timeout(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon, syncd_env
+):
+    """`syncd run` sends its PUTs on the connection kept from the last answer, and closes a connection left
+    idle for transport.KEEPALIVE_TIMEOUT (12 s: under S3's own idle timeout, so no PUT goes out on a
+    connection the server is closing); the next PUT opens a new one. syncd's clocks run 5 times as fast
+    (libfaketime), so the 12 s pass in about 2.4 s; the front sees each connection syncd closes."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    reused: list[str] = []  # fast-path PUTs that came on a connection which had served a request before
+
+    def note_reused(request: Request) -> bool:
+        if from_the_fast_path(request):
+            reused.append(request.path.split("?")[0].rsplit("/", 1)[-1])
+        return False  # served as usual
+
+    env = dict(syncd_env, LD_PRELOAD=libfaketime(), FAKETIME="+0 x5")
+    with BadServer("proxy", upstream=s3_server.endpoint_url, drop_reused=note_reused) as front:
+        config = make_config(folder, bucket_name, workers=1, s3={"endpoint_url": front.url})
+        daemon = start_daemon(config, env=env)
+        daemon.wait_for_event("ready", timeout=60)
+        for name in ("a.txt", "b.txt", "c.txt"):
+            write(folder / name, name.encode())
+        wait_until(lambda: {r["path"] for r in daemon.uploaded()} == {"a.txt", "b.txt", "c.txt"}, timeout=60)
+        assert {"b.txt", "c.txt"} & set(reused), f"one worker's PUTs share a connection: {reused}"
+        # Idle now: every connection syncd holds (the fast path's and the client's) is closed by syncd.
+        wait_until(lambda: front.closed == front.connections, timeout=60)
+        before = (front.connections, len(reused))
+        write(folder / "d.txt", b"d")
+        daemon.wait_for_event("uploaded", timeout=60, path="d.txt")
+        assert front.connections > before[0] and len(reused) == before[1], (reused, before)
+        assert daemon.terminate() == 0
+    assert not events(daemon.records(), "fastpath_off")
+    assert bucket_objects(s3, bucket_name) == tree(folder)
 
 
 def test_connection_close_on_every_answer_is_honoured(
