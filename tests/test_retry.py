@@ -55,3 +55,14 @@ def test_a_probe_ends_with_its_caller_and_a_waiter_probes_itself() -> None:
         assert running == 0
 
     asyncio.run(main())
+
+
+def test_an_outage_is_dated_no_earlier_than_the_last_answer() -> None:
+    """A request sent before the server's last answer fails (a timeout, known only a deadline after it was
+    sent): the outage it declares starts at that answer, so `--retry-for` counts the time the server has
+    really been silent, not the whole request time (was: dated from the request's sending)."""
+    outage = Outage()
+    sent = time.monotonic() - 5.0  # a request sent 5 s ago
+    outage.succeeded()  # another request answered after `sent`
+    outage.failed(TimeoutError("no answer"), since=sent)
+    assert outage.down and outage.down_since == outage.answered_at > sent
