@@ -104,18 +104,22 @@ class Outage:
                 await back.wait()
                 await asyncio.sleep(random.uniform(0, RECOVERED_SPREAD))  # spread, on a server just back
 
-    async def only_this_request(self, key: str | None, since: float) -> bool:
+    async def only_this_request(self, key: str | None, since: float, *, connected: bool = True) -> bool:
         """A request sent at `since` about `key` (None: about no one object: a listing page, a bucket
         check) failed: is that failure its own? Yes when another request succeeded since; no when keys
         fail too and nothing succeeded; else the probe says (a timeout is known only long after `since`,
-        so the probe's answer after it shows the server answering while this request did not)."""
+        so the probe's answer after it shows the server answering while this request did not).
+
+        connected=False: the request never reached the server (no connection): for a keyless one that
+        is the server unreachable, without a probe that would only wait on the same connect.
+        """
         now = time.monotonic()
         self.failing = {k: t for k, t in self.failing.items() if now - t < FAILING_WINDOW}
         if key is not None:
             self.failing[key] = now
         if self.served_at >= since:
             return True
-        if key is None and self.down:
+        if key is None and (self.down or not connected):
             return False  # waits the outage out with the rest; a success or a keyed probe ends it
         if self._others_failing(key) >= OTHER_KEYS_FAILING or not await self.server_answers(since):
             return False
@@ -285,7 +289,10 @@ class Retrier:
                 continue
             if kind is ErrorKind.CLOCK and attempt == 0:
                 log.error("clock_skewed", reason=describe(exc), hint="fix this machine's clock (NTP)")
-            if kind is ErrorKind.TRANSIENT and await self.outage.only_this_request(key, sent):
+            connected = not isinstance(exc, botocore.exceptions.ConnectionError)
+            if kind is ErrorKind.TRANSIENT and await self.outage.only_this_request(
+                key, sent, connected=connected
+            ):
                 own_failures += 1
                 wait = self.delay(own_failures - 1)
                 self.outage.retried(None if own_failures >= KEY_ATTEMPTS else wait)
