@@ -178,15 +178,26 @@ SCENARIO = {"rgw": (40, 5, 60), "seaweedfs": (12, 2, 14)}
 
 
 @pytest.mark.servers("seaweedfs", "rgw", slow=("rgw",))
-def test_current_version_is_extended_and_the_old_one_expires(
-    tmp_path: Path, s3_server: Any, s3: Any, bucket_name: str, make_config: Any, start_daemon: Any
+def test_current_version_is_extended_the_old_one_expires_and_a_restart_does_not_extend_it_again(
+    tmp_path: Path,
+    s3_server: Any,
+    s3: Any,
+    bucket_name: str,
+    make_config: Any,
+    run_syncd: Any,
+    start_daemon: Any,
 ) -> None:
     """retain: 40s (RGW). A file rewritten after 5 s: after ~60 s its old version has kept its date and
-    can be deleted, while its current version was extended (to now + retain) and is still locked."""
+    can be deleted, while its current version was extended (to now + retain) and is still locked.
+
+    The state remembers each current version's retain-until: `once` right after the daemon's extension
+    sends no PutObjectRetention; once the lock is within retain/2 of its end it does. (One run of the
+    scenario for both: the restart's `once` runs while the old version's lock runs out.)"""
     retain, rewrite_after, look_after = SCENARIO[s3_server.kind]
     folder = tmp_path / "data"
     write(folder / "f.txt", b"one")
-    daemon = start_daemon(make_config(folder, bucket_name, **lock_config(retain=f"{retain}s")))
+    config = make_config(folder, bucket_name, **lock_config(retain=f"{retain}s"))
+    daemon = start_daemon(config)
     first = daemon.wait_for_event("uploaded", path="f.txt")
     uploaded_at = time.time()
     time.sleep(rewrite_after)  # the scenario itself: a rewrite a few seconds after the first upload
@@ -194,6 +205,17 @@ def test_current_version_is_extended_and_the_old_one_expires(
     second = daemon.wait_for(
         lambda r: r.get("event") == "uploaded" and r.get("version_id") != first["version_id"]
     )
+    # The current version comes due (less than retain/2 left) before the old one's lock ends.
+    daemon.wait_for_event("locks_extended", timeout=retain + 30)
+    assert daemon.terminate() == 0
+    extended_until = retention(s3, bucket_name, "f.txt", second["version_id"])[1]
+    assert extended_until > rfc3339_ts(second["retain_until"])
+
+    again = run_syncd(["once", "-c", str(config)])
+    assert again.returncode == 0, again.stderr
+    assert not [r for r in json_records(again.stderr) if r.get("event") == "locks_extended"]
+    assert retention(s3, bucket_name, "f.txt", second["version_id"])[1] == extended_until
+
     old_until = rfc3339_ts(first["retain_until"])
     wait_until(lambda: time.time() > max(old_until + 1, uploaded_at + look_after), timeout=look_after + 30)
     # The old version kept its date and can be deleted now; the current one was extended and is locked.
@@ -206,35 +228,11 @@ def test_current_version_is_extended_and_the_old_one_expires(
         s3.delete_object(Bucket=bucket_name, Key="f.txt", VersionId=second["version_id"])
     assert refused.value.response["Error"]["Code"] == "AccessDenied"
     assert s3.get_object(Bucket=bucket_name, Key="f.txt")["Body"].read() == b"two"
-    assert daemon.terminate() == 0
 
-
-@pytest.mark.servers("seaweedfs", "rgw", slow=("rgw",))  # what the state remembers: the same on both
-def test_restart_does_not_extend_what_is_far_enough_out(
-    tmp_path: Path, s3: Any, bucket_name: str, make_config: Any, run_syncd: Any, start_daemon: Any
-) -> None:
-    """The state remembers each current version's retain-until: `once` after a fresh extension sends no
-    PutObjectRetention; once the lock is within retain/2 of its end it does."""
-    retain = 12  # seconds: the `once` right after the extension has retain/2 to start and find nothing due
-    folder = tmp_path / "data"
-    write(folder / "f.txt", b"locked")
-    config = make_config(folder, bucket_name, **lock_config(retain=f"{retain}s"))
-    daemon = start_daemon(config)
-    uploaded = daemon.wait_for_event("uploaded", path="f.txt")
-    daemon.wait_for_event("locks_extended", timeout=30)
-    assert daemon.terminate() == 0
-    extended_until = retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1]
-    assert extended_until > rfc3339_ts(uploaded["retain_until"])
-
-    again = run_syncd(["once", "-c", str(config)])
-    assert again.returncode == 0, again.stderr
-    assert not [r for r in json_records(again.stderr) if r.get("event") == "locks_extended"]
-    assert retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1] == extended_until
-
-    wait_until(lambda: extended_until - time.time() < retain / 2, timeout=30)  # within retain/2 of its end
+    wait_until(lambda: extended_until - time.time() < retain / 2, timeout=retain)  # due: retain/2 left
     due = run_syncd(["once", "-c", str(config)])
     assert [r for r in json_records(due.stderr) if r.get("event") == "locks_extended"], due.stderr
-    assert retention(s3, bucket_name, "f.txt", uploaded["version_id"])[1] > extended_until
+    assert retention(s3, bucket_name, "f.txt", second["version_id"])[1] > extended_until
 
 
 @BOTH
