@@ -60,6 +60,14 @@ every_server_always = pytest.mark.servers("seaweedfs", "rgw")
 test command alone proves syncd on a second real server."""
 
 
+def fast_heartbeat(env: Mapping[str, str]) -> dict[str, str]:
+    """env for a `syncd run` whose heartbeat runs every 0.5 s instead of every 5 s: as under systemd with
+    WatchdogSec=1s (no NOTIFY_SOCKET: nothing is sent). The heartbeat is what looks at the folder when no
+    rescan is due, writes the line `syncd status` prints and sets the gauges counted from the state; a test
+    waiting on one of those waits up to 5 s per step without this."""
+    return dict(env, WATCHDOG_USEC="1000000")
+
+
 class S3TestServer(SeaweedServer):
     """The session's SeaweedFS with two users: `admin` (the one syncd runs as) and `other` (someone else)."""
 

@@ -26,6 +26,7 @@ from helpers import (
     bucket_matches,
     bucket_objects,
     every_server,
+    fast_heartbeat,
     json_records,
     libfaketime,
     list_delete_markers,
@@ -919,9 +920,8 @@ def test_changes_after_a_remount_are_watched(
     tmp_path, s3, bucket_name, make_config, start_daemon, loop_disk, syncd_env
 ):
     folder = folder_on(loop_disk, tmp_path)
-    # No rescan is due (rescan_interval 15 min): the unmount and the mount are seen by the heartbeat's look
-    # at the folder, every 5 s, or every half watchdog period under systemd: WatchdogSec=1s makes it 0.5 s.
-    daemon = start_daemon(make_config(folder, bucket_name), env=dict(syncd_env, WATCHDOG_USEC="1000000"))
+    # No rescan is due (rescan_interval 15 min): the heartbeat's look at the folder sees the (un)mount.
+    daemon = start_daemon(make_config(folder, bucket_name), env=fast_heartbeat(syncd_env))
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: keys_in(s3, bucket_name) == {"a.txt", "b.txt"})
     start = len(daemon.records())
@@ -938,7 +938,7 @@ def test_changes_after_a_remount_are_watched(
 
 
 def test_started_before_its_disk_is_mounted_waits_paused_and_resumes(
-    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd, loop_disk
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd, loop_disk, syncd_env
 ):
     """Boot order: syncd ran on the disk before, and starts again while the mountpoint is still bare."""
     folder = folder_on(loop_disk, tmp_path)
@@ -957,7 +957,7 @@ def test_started_before_its_disk_is_mounted_waits_paused_and_resumes(
     assert f"error: folder not mounted: {folder}" in once.stderr.splitlines()[-1], once.stderr
     assert keys_in(s3, bucket_name) == {"a.txt", "b.txt"}
 
-    daemon = start_daemon(config)
+    daemon = start_daemon(config, env=fast_heartbeat(syncd_env))  # the status line is the heartbeat's
     unavailable = daemon.wait_for_event("folder_unavailable", timeout=60)
     assert unavailable["reason"] == "folder not mounted" and unavailable["mount"] == str(folder)
     daemon.wait_for_event("ready", timeout=60)
@@ -1008,14 +1008,14 @@ def test_reload_takes_a_folder_whose_disk_is_gone_for_good_as_it_is(
 
 
 def test_a_folder_below_its_mount_point_pauses_as_not_mounted(
-    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd, loop_disk
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd, loop_disk, syncd_env
 ):
     """folder: /mnt/disk/photos: unmounting the disk takes the folder itself away, which is not 'missing'."""
     mountpoint = folder_on(loop_disk, tmp_path)
     folder = mountpoint / "photos"
     write(folder / "p.jpg", b"a photo")
     config = make_config(folder, bucket_name, on_delete="delete", rescan_interval=1, log={"level": "debug"})
-    daemon = start_daemon(config)
+    daemon = start_daemon(config, env=fast_heartbeat(syncd_env))  # the status line is the heartbeat's
     wait_until(lambda: keys_in(s3, bucket_name) == {"p.jpg"}, timeout=60)
     start = len(daemon.records())
     loop_disk.umount(mountpoint)
