@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from badserver import BadServer
-from helpers import json_records, list_delete_markers, list_versions, wait_until, write
+from helpers import fast_heartbeat, json_records, list_delete_markers, list_versions, wait_until, write
 
 from syncd.s3 import fastpath
 
@@ -397,7 +397,7 @@ def test_least_privilege_key_runs_syncd_and_cannot_erase_history(
         on_delete="delete",
         multipart_threshold="5MiB",
         multipart_chunksize="5MiB",
-        **lock_config(retain="12s"),
+        **lock_config(retain="10s"),  # the least object_lock.retain takes: the extension comes soonest
     )
 
     check = run_syncd(["check", "-c", str(config)], env=env)
@@ -409,9 +409,9 @@ def test_least_privilege_key_runs_syncd_and_cannot_erase_history(
     daemon = start_daemon(config, env=env)
     small = daemon.wait_for_event("uploaded", path="small.txt")
     big = daemon.wait_for_event("uploaded", path="big.bin")
-    daemon.wait_for_event("locks_extended", timeout=30)
-    (folder / "small.txt").unlink()
+    (folder / "small.txt").unlink()  # its delete marker is made while big.bin's lock comes due
     daemon.wait_for_event("deleted", path="small.txt")
+    daemon.wait_for_event("locks_extended", timeout=30)
     assert daemon.terminate() == 0
     assert not [r for r in daemon.records() if r.get("level") in ("error", "critical")], daemon.tail()
     for record in (small, big):
@@ -426,7 +426,7 @@ def test_least_privilege_key_runs_syncd_and_cannot_erase_history(
 
 
 def test_prometheus_shows_the_locked_current_versions(
-    tmp_path: Path, bucket_name: str, make_config: Any, start_daemon: Any
+    tmp_path: Path, bucket_name: str, make_config: Any, start_daemon: Any, syncd_env: dict[str, str]
 ) -> None:
     pytest.importorskip("prometheus_client")
     from test_service import first_if, free_port, scrape
@@ -436,7 +436,7 @@ def test_prometheus_shows_the_locked_current_versions(
     write(folder / "a.txt", b"a")
     write(folder / "b.txt", b"b")
     config = make_config(folder, bucket_name, metrics={"listen": f"127.0.0.1:{port}"}, **lock_config())
-    daemon = start_daemon(config)
+    daemon = start_daemon(config, env=fast_heartbeat(syncd_env))  # the heartbeat counts the locks
     records = [daemon.wait_for_event("uploaded", path=name) for name in ("a.txt", "b.txt")]
     earliest = min(rfc3339_ts(r["retain_until"]) for r in records)
     values = wait_until(

@@ -21,6 +21,7 @@ import yaml
 from helpers import (
     bucket_objects,
     every_server,
+    fast_heartbeat,
     list_delete_markers,
     s3_client,
     skip_or_fail,
@@ -472,7 +473,7 @@ def needs_prometheus() -> None:
         skip_or_fail("prometheus-client is not installed (pip install 'syncd[metrics]')")
 
 
-def test_metrics_endpoint_counts_uploads(tmp_path, bucket_name, make_config, start_daemon):
+def test_metrics_endpoint_counts_uploads(tmp_path, bucket_name, make_config, start_daemon, syncd_env):
     needs_prometheus()
     port = free_port()
     folder = tmp_path / "data"
@@ -481,7 +482,7 @@ def test_metrics_endpoint_counts_uploads(tmp_path, bucket_name, make_config, sta
         write(folder / name, os.urandom(size))
     config = make_config(folder, bucket_name, metrics={"listen": f"127.0.0.1:{port}"})
     started = time.time()
-    daemon = start_daemon(config)
+    daemon = start_daemon(config, env=fast_heartbeat(syncd_env))  # the heartbeat sets the owed gauge
     daemon.wait_for_event("ready", timeout=60)
     wait_until(lambda: len(daemon.uploaded()) == 3, timeout=30)
 
