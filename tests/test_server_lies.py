@@ -121,7 +121,8 @@ def test_a_server_that_drips_its_answer_becomes_a_retry_not_a_hang(
     tmp_path, s3, s3_server, bucket_name, make_config, run_syncd, syncd_env, sender
 ):
     """The answer to one PUT comes a byte every 5 s (no socket read timeout ever fires): each attempt ends
-    at its deadline (s3.request_timeout, 2 s here) and is retried; the file fails, the rest is uploaded."""
+    at its deadline (s3.request_timeout, 1 s here: the least it takes) and is retried; the file fails, the
+    rest is uploaded."""
     folder = tmp_path / "data"
     write(folder / "kept.txt", b"stays here")
     write(folder / "dripped.txt", b"its answer never ends")
@@ -142,7 +143,7 @@ def test_a_server_that_drips_its_answer_becomes_a_retry_not_a_hang(
 
     try:
         with BadServer("proxy", upstream=s3_server.endpoint_url, answer=dripping) as front:
-            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "2s"})
+            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "1s"})
             result = run_syncd(["once", "-c", str(config)], env=env_for(syncd_env, sender))
     finally:
         stop.set()
@@ -304,9 +305,9 @@ def test_a_restore_whose_download_drips_fails_that_file_not_the_restore(
     tmp_path, s3_server, bucket_name, make_config, run_syncd
 ):
     """The body of one GetObject comes a byte every 2 s, without end (the socket read timeout never fires):
-    each attempt ends at its deadline (s3.request_timeout, 2 s here, plus the size's share), is tried again,
-    and the file fails with a one-line reason (exit 1); the other file is restored and no partial file is
-    left."""
+    each attempt ends at its deadline (s3.request_timeout, 1 s here, the least it takes, plus the size's
+    share), is tried again, and the file fails with a one-line reason (exit 1); the other file is restored
+    and no partial file is left."""
     folder = tmp_path / "data"
     write(folder / "kept.txt", b"comes back")
     write(folder / "dripped.txt", b"its download never ends")
@@ -328,7 +329,7 @@ def test_a_restore_whose_download_drips_fails_that_file_not_the_restore(
     out = tmp_path / "out"
     try:
         with BadServer("proxy", upstream=s3_server.endpoint_url, answer=dripping) as front:
-            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "2s"})
+            config = make_config(folder, bucket_name, s3={"endpoint_url": front.url, "request_timeout": "1s"})
             result = run_syncd(["restore", "-c", str(config), str(folder), "--to", str(out)], timeout=90)
     finally:
         stop.set()
