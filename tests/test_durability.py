@@ -193,10 +193,10 @@ def test_large_file_rewritten_during_upload_ends_with_final_bytes(
     daemon = start_daemon(config)
     daemon.wait_for_event("ready", timeout=60)
     big = folder / "big.bin"
-    write(big, os.urandom(12 * MiB))
-    # Its multipart upload has started: parts are being sent (about 4 s at 3 MB/s).
+    write(big, os.urandom(8 * MiB))
+    # Its multipart upload (two parts) has started: parts are being sent (about 2.8 s at 3 MB/s).
     wait_until(lambda: s3.list_multipart_uploads(Bucket=bucket_name).get("Uploads"), timeout=30)
-    final = os.urandom(12 * MiB)
+    final = os.urandom(8 * MiB)
     with open(big, "r+b") as f:  # rewritten in place while its parts are being sent
         f.write(final)
     wait_until(
