@@ -432,10 +432,10 @@ def test_files_swapped_for_a_fifo_or_deleted_while_queued(
 ):
     """One worker, busy with a rate-limited file: the files queued behind it change before their turn."""
     folder = tmp_path / "data"
-    write(folder / "big.bin", os.urandom(600_000))
+    write(folder / "big.bin", os.urandom(400_000))
     config = make_config(folder, bucket_name, workers=1, bandwidth_limit="100KB", log={"level": "debug"})
     daemon = start_daemon(config)
-    daemon.wait_for_event("scan_done", timeout=60)  # big.bin is in the worker: ~6 s of rate limiting
+    daemon.wait_for_event("scan_done", timeout=60)  # big.bin is in the worker: ~4 s of rate limiting
     write(folder / "swap.txt", b"soon a fifo")
     write(folder / "vanish.txt", b"soon gone")
     for name in ("swap.txt", "vanish.txt"):  # watched, settled and queued behind big.bin
