@@ -1177,16 +1177,16 @@ def test_a_short_outage_late_in_a_long_once_is_retried(
     tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
 ):
     folder = tmp_path / "data"
-    write(folder / "big.bin", os.urandom(300_000))
+    write(folder / "big.bin", os.urandom(200_000))
     with BadServer(
         "slowdown",
         times=1,
         upstream=s3_server.endpoint_url,
         only=lambda method, path: method == "PUT" and "big.bin" in path,
     ) as bad:
-        # About 5 s of bandwidth limit before the PUT (past --retry-for), which is answered SlowDown once.
+        # About 3-4 s of bandwidth limit before the PUT (past --retry-for), which is answered SlowDown once.
         config = make_config(folder, bucket_name, bandwidth_limit="50KB", s3={"endpoint_url": bad.url})
-        result = run_syncd(["once", "--retry-for", "3s", "-c", str(config)], timeout=60)
+        result = run_syncd(["once", "--retry-for", "2s", "-c", str(config)], timeout=60)
     assert result.returncode == 0, result.stderr
     assert keys_in(s3, bucket_name) == {"big.bin"}
 
