@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from syncd import __version__
+from syncd import __version__, heap
 from syncd.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -90,6 +90,7 @@ def entry() -> NoReturn:
     ended; freeing botocore's models and the rest of the heap one object at a time took ~0.12 s of
     every `syncd once`.
     """
+    heap.tune()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         # A closed pipe (`syncd versions ... | head`) has nowhere to flush to.
@@ -116,12 +117,14 @@ def default_config_path() -> str:
 
 
 def load(args: argparse.Namespace) -> Config:
+    from syncd import fds
     from syncd.config import load_config
     from syncd.log import configure_logging
 
     reads_only = args.command in ("status", "versions")  # these work while the folder is not mounted
     config = load_config(args.config or default_config_path(), folder_must_exist=not reads_only)
     configure_logging(config.log.format, config.log.level)
+    fds.raise_for(config.workers)
     return config
 
 

@@ -83,7 +83,7 @@ class Config:
     bucket: str
     prefix: str
     s3: S3Settings
-    workers: int = 64
+    workers: int = 256
     upload_processes: int = 1
     settle: float = 0.5
     stop_timeout: float = 20.0
@@ -370,7 +370,7 @@ def parse_config(data: Mapping[str, Any], file: Path, *, folder_must_exist: bool
         bucket=bucket,
         prefix=prefix,
         s3=s3,
-        workers=top.int_("workers", 64, minimum=1),
+        workers=top.int_("workers", 256, minimum=1),
         upload_processes=top.int_("upload_processes", 1, minimum=1),
         settle=parse_duration(top.get("settle", 0.5), top.where("settle")),
         stop_timeout=parse_duration(top.get("stop_timeout", 20), top.where("stop_timeout")),

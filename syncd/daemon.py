@@ -10,6 +10,7 @@ import asyncio
 import signal
 from dataclasses import replace
 
+from syncd import fds, heap
 from syncd.config import Config, load_config
 from syncd.errors import ConfigError, SyncdError
 from syncd.log import configure_logging, get_logger
@@ -60,6 +61,7 @@ class Daemon:
                 outcome = await self._run_config(config, state)
             finally:
                 state.close()  # commits the last group of upload rows, also when the run failed
+                heap.ended()
             if outcome is None:
                 return
             # A reload that changes what is synced: take the new state's lock before letting go of the old.
@@ -172,6 +174,7 @@ class Daemon:
             return None
         if _same_target(old, new):
             configure_logging(new.log.format, new.log.level)
+            fds.raise_for(new.workers)
             pipeline.set_workers(new.workers)
             pipeline.config = new
             log.info("reloaded", workers=new.workers, log_level=new.log.level, restarted=False)

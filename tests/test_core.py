@@ -411,3 +411,55 @@ def test_ctrl_c_in_once_exits_130(tmp_path, bucket_name, make_config, syncd_env)
     err = log.read_text()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+def run_with_open_files(args: list[str], env: dict[str, str], cwd: Path, soft: int, hard: int):
+    """`python -m syncd *args` with its open-file limit set to soft/hard, as systemd sets a service's."""
+    import resource
+
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+
+
+def test_a_low_open_file_limit_is_raised_for_the_workers(tmp_path, s3, bucket_name, make_config, syncd_env):
+    """systemd gives a service 1024 open files (soft); 256 workers can need more. Scaled down: a soft limit
+    of 128 under a hard one of 4096, and 256 workers: every file is uploaded, none fails for want of one."""
+    folder = folder_with(tmp_path)
+    for i in range(600):
+        write(folder / f"f{i:04d}.bin", os.urandom(1024))
+    config = make_config(folder, bucket_name, workers=256)
+    result = run_with_open_files(["once", "-c", str(config)], syncd_env, tmp_path, 128, 4096)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Too many open files" not in result.stderr
+    assert bucket_matches(s3, bucket_name, folder)
+
+
+def test_a_hard_open_file_limit_below_the_workers_warns_and_loses_nothing(
+    tmp_path, s3, bucket_name, make_config, syncd_env
+):
+    """A hard limit syncd cannot raise: `open_files_limited` names the fix; files that found no descriptor
+    stay owed (never recorded as uploaded), and a run with fewer workers uploads them."""
+    folder = folder_with(tmp_path)
+    for i in range(600):
+        write(folder / f"f{i:04d}.bin", os.urandom(1024))
+    many = make_config(folder, bucket_name, workers=256)
+    first = run_with_open_files(["once", "-c", str(many)], syncd_env, tmp_path, 128, 128)
+    records = json_records(first.stderr)
+    warning = next(r for r in records if r["event"] == "open_files_limited")
+    assert "LimitNOFILE=" in warning["hint"] and "workers: 256" in warning["reason"]
+    in_bucket = bucket_objects(s3, bucket_name)
+    for record in (r for r in records if r["event"] == "uploaded"):
+        assert in_bucket[record["key"]] == (folder / record["path"]).read_bytes()
+    few = make_config(folder, bucket_name, workers=4)
+    second = run_with_open_files(["once", "-c", str(few)], syncd_env, tmp_path, 128, 128)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "open_files_limited" not in second.stderr
+    assert bucket_matches(s3, bucket_name, folder)

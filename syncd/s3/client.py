@@ -18,6 +18,7 @@ import aiohttp
 import botocore.exceptions
 from aiobotocore.config import AioConfig
 
+from syncd import fds
 from syncd.config import S3Settings
 from syncd.errors import CredentialsError
 from syncd.s3.transport import NoRedirectSession
@@ -193,6 +194,8 @@ def classify(exc: BaseException) -> ErrorKind:
     )
     if isinstance(exc, transient_types):
         return ErrorKind.TRANSIENT
+    if isinstance(exc, OSError) and exc.errno in fds.OUT_OF_FDS:
+        return ErrorKind.TRANSIENT  # out of file descriptors: some close as requests end (fds.py)
     if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return ErrorKind.CREDENTIALS
     return ErrorKind.PERMANENT

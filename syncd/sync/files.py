@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from syncd import beneath
+from syncd import beneath, fds
 from syncd.config import MiB
 from syncd.log import get_logger
 from syncd.sync.limits import ByteBudget
@@ -53,6 +53,8 @@ def open_file(root: Path, rel: str, follow_symlinks: bool) -> tuple[int, os.stat
     except OSError as exc:
         if beneath.is_symlink_error(exc):
             raise FileSkipped("a symlink, or under a symlinked directory (follow_symlinks is off)") from None
+        if exc.errno in fds.OUT_OF_FDS:
+            raise  # the process's limit, not the file's fault: a failure retried later (client.classify)
         raise FileSkipped(exc.strerror or str(exc)) from None
     if follow_symlinks and not opened_inside(fd, root):
         os.close(fd)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from syncd import heap
 from syncd.config import Config
 from syncd.errors import SyncdError
 from syncd.log import get_logger
@@ -144,6 +145,7 @@ class Pipeline:
         self.bucket = started.bucket
         self.sender = started.sender
         self._uploader = self._build_uploader(started.sender)
+        heap.started()
         return started.bucket
 
     def _build_uploader(self, sender: Sender) -> Uploader:

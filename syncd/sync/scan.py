@@ -160,13 +160,17 @@ def _classify(opts: WalkOptions, entry: os.DirEntry[str], rel: str) -> os.stat_r
     return st
 
 
-async def batches(
-    opts: WalkOptions, start: str = "", size: int = 2000
-) -> AsyncIterator[list[tuple[str, os.stat_result]]]:
+FIRST_SLICE = 100  # files in the first slice: uploads start after ~100 stats, not a whole slice's
+SLICE = 2000
+
+
+async def batches(opts: WalkOptions, start: str = "") -> AsyncIterator[list[tuple[str, os.stat_result]]]:
     """Stream the walk from a worker thread in slices, so the event loop stays responsive."""
     iterator = walk(opts, start)
+    size = FIRST_SLICE
     while True:
-        chunk = await asyncio.to_thread(lambda: list(islice(iterator, size)))
+        chunk = await asyncio.to_thread(list, islice(iterator, size))
         if not chunk:
             return
         yield chunk
+        size = SLICE
