@@ -997,7 +997,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def summary(bench: Bench) -> str:
-    settings = ", ".join(f"{k}={v}" for k, v in bench.syncd_settings.items()) or "defaults (workers 64)"
+    from syncd.config import Config
+
+    default_workers = Config.__dataclass_fields__["workers"].default
+    settings = ", ".join(f"{k}={v}" for k, v in bench.syncd_settings.items()) or (
+        f"defaults (workers {default_workers})"
+    )
     head = (
         f"\nsyncd vs peers on one SeaweedFS ({'quick' if bench.args.quick else 'full'} sizes, "
         f"repeat {bench.args.repeat}, medians; syncd {bench.version}, settings: {settings}"
