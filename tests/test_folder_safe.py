@@ -95,7 +95,7 @@ def test_directory_swapped_after_the_file_was_queued(
     """
     folder, outside = tmp_path / "data", tmp_path / "outside"
     write(outside / "shadow", SECRET)
-    write(folder / "big.bin", os.urandom(500_000))
+    write(folder / "big.bin", os.urandom(300_000))  # ~3 s at 100 KB/s: the swap comes right after the walk
     write(folder / "dir" / "shadow", b"x")
     for path in (folder / "big.bin", folder / "dir" / "shadow"):
         os.utime(path, (LONG_AGO, LONG_AGO))  # settled already: released to the queue by the walk
