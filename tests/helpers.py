@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -68,6 +69,9 @@ def fast_heartbeat(env: Mapping[str, str]) -> dict[str, str]:
     return dict(env, WATCHDOG_USEC="1000000")
 
 
+TEST_STOP_GRACE = 4.0  # seconds a test's SeaweedFS may take to stop after SIGTERM (1-1.5 s when it does)
+
+
 class S3TestServer(SeaweedServer):
     """The session's SeaweedFS with two users: `admin` (the one syncd runs as) and `other` (someone else)."""
 
@@ -77,6 +81,26 @@ class S3TestServer(SeaweedServer):
         self.admin = Identity.generate("admin")
         self.other = Identity.generate("other")
         super().__init__(data_dir, [self.admin, self.other])
+
+    def stop(self) -> None:
+        """SeaweedServer.stop(), but a `weed mini` still running TEST_STOP_GRACE s after SIGTERM is killed
+        then, not after seaweed.STOP_GRACE (10 s): now and then its master keeps retrying a volume growth
+        after the filer and volume servers stopped, and never exits. What it stored is on disk by then
+        (the filer stops first), so a test's restart finds it; the wait was 10 s lost, often at the end of
+        the session."""
+        pid = self.pid
+        if pid is not None and self.running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + TEST_STOP_GRACE
+            while self.running and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.running:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                with open(self.log_path, "a") as log:
+                    log.write(f"--- tests: still running {TEST_STOP_GRACE:.0f} s after SIGTERM: killed\n")
+        super().stop()
 
 
 class RgwTestServer(RgwServer):
