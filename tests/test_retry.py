@@ -66,3 +66,16 @@ def test_an_outage_is_dated_no_earlier_than_the_last_answer() -> None:
     outage.succeeded()  # another request answered after `sent`
     outage.failed(TimeoutError("no answer"), since=sent)
     assert outage.down and outage.down_since == outage.answered_at > sent
+
+
+def test_a_late_answer_to_a_request_sent_before_the_outage_does_not_end_it() -> None:
+    """A server shutting down refuses a new connection, then still answers a PUT it took before: that
+    answer does not end the outage (was: s3_recovered after 0.0 s, then a second s3_unreachable); an answer
+    to a request sent after the outage began does."""
+    outage = Outage()
+    before = time.monotonic()
+    outage.failed(ConnectionRefusedError("refused"))
+    outage.succeeded(sent=before)
+    assert outage.down
+    outage.succeeded(sent=time.monotonic())
+    assert not outage.down

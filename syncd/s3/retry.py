@@ -79,11 +79,13 @@ class Outage:
             for listener in self.listeners:
                 listener(True, self.reason)
 
-    def succeeded(self, *, probe: bool = False) -> None:
+    def succeeded(self, *, probe: bool = False, sent: float | None = None) -> None:
+        """An answer. It ends an outage only if its request was sent after the outage began (or `sent` is
+        not known): a server going down still answers what it took before, after refusing newer requests."""
         self.answered_at = time.monotonic()
         if not probe:
             self.served_at = self.answered_at
-        if self.down_since is not None:
+        if self.down_since is not None and (sent is None or sent >= self.down_since):
             log.info("s3_recovered", down_s=round(time.monotonic() - self.down_since, 1))
             self.down_since = None
             if self._back is not None:
@@ -267,7 +269,7 @@ class Retrier:
                     exc = None
             if exc is None:
                 self.throttle.answered()
-                self.outage.succeeded()
+                self.outage.succeeded(sent=sent)
                 return result
             if isinstance(exc, FastPathOff):
                 continue  # sent again at once, by the plain client: not an outage
