@@ -132,7 +132,7 @@ def run_tool(
         config.write_text(yaml.safe_dump(document))
         cmd = [sys.executable, "-c", CHILD, str(inside), "run" if daemon else "once", "-c", str(config)]
         if env.get("PY_SPY_OUT"):  # profiling: py-spy's own cost lands in the figures
-            spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--format", "raw"]
+            spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--threads", "--format", "raw"]
             cmd = [*spy, "-o", env["PY_SPY_OUT"], "--", *cmd]
     else:
         cmd = [
