@@ -117,14 +117,12 @@ def default_config_path() -> str:
 
 
 def load(args: argparse.Namespace) -> Config:
-    from syncd import fds
     from syncd.config import load_config
     from syncd.log import configure_logging
 
     reads_only = args.command in ("status", "versions")  # these work while the folder is not mounted
     config = load_config(args.config or default_config_path(), folder_must_exist=not reads_only)
     configure_logging(config.log.format, config.log.level)
-    fds.raise_for(config.workers)
     return config
 
 

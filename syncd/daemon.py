@@ -10,7 +10,7 @@ import asyncio
 import signal
 from dataclasses import replace
 
-from syncd import fds, heap
+from syncd import heap
 from syncd.config import Config, load_config
 from syncd.errors import ConfigError, SyncdError
 from syncd.log import configure_logging, get_logger
@@ -174,7 +174,6 @@ class Daemon:
             return None
         if _same_target(old, new):
             configure_logging(new.log.format, new.log.level)
-            fds.raise_for(new.workers)
             pipeline.set_workers(new.workers)
             pipeline.config = new
             log.info("reloaded", workers=new.workers, log_level=new.log.level, restarted=False)

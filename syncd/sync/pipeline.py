@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from syncd import heap
+from syncd import fds, heap
 from syncd.config import Config
 from syncd.errors import SyncdError
 from syncd.log import get_logger
@@ -280,6 +280,7 @@ class Pipeline:
     # -- workers: queue -> uploader -> recorder ----------------------------------------------------
     def set_workers(self, n: int) -> None:
         """Start workers up to n; surplus ones (after a reload lowered `workers`) end after their file."""
+        fds.raise_for(n)  # before the files and sockets n workers hold
         self.workers_wanted = n
         self.throttle.set_limit(n)
         if self.group is None:
