@@ -156,6 +156,13 @@ def list_delete_markers(s3: Any, bucket: str, prefix: str = "") -> list[dict[str
     return markers
 
 
+def error_line(result: Any) -> str:
+    """The one line a failing command prints besides its JSON records: `syncd: error: ...`."""
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), result.stderr
+    return str(lines[0])
+
+
 def json_records(text: str) -> list[dict[str, Any]]:
     """The JSON log records in a syncd process's stderr."""
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]

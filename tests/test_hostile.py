@@ -25,6 +25,7 @@ from helpers import (
     Daemon,
     bucket_matches,
     bucket_objects,
+    error_line,
     every_server,
     fast_heartbeat,
     json_records,
@@ -1118,9 +1119,7 @@ def test_watch_limit_falls_back_to_rescans(tmp_path, s3, bucket_name, make_confi
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     """The stderr line syncd ends with (after any JSON records), checked to be its one human line."""
     no_traceback(result)
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), result.stderr
-    return lines[0]
+    return error_line(result)
 
 
 @pytest.mark.parametrize("server", ["dead", "blackhole"])

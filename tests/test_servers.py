@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from badserver import Answer, BadServer, Request, error_answer
-from helpers import bucket_matches, bucket_objects, json_records, wait_until, write
+from helpers import bucket_matches, bucket_objects, error_line, json_records, wait_until, write
 from s3front import B2, R2, AwsAclsDisabled, front
 
 
@@ -109,9 +109,8 @@ def test_once_when_the_whole_server_fails_mid_run_exits_75_naming_what_is_owed(
         result = run_syncd(["once", "--retry-for", "3s", "-c", str(config)], timeout=90)
     no_traceback(result)
     assert result.returncode == 75, result.stderr
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), result.stderr
-    assert "unreachable" in lines[0] and "1 files still owed: owed.txt" in lines[0], lines[0]
+    line = error_line(result)
+    assert "unreachable" in line and "1 files still owed: owed.txt" in line, line
     assert len(events(json_records(result.stderr), "s3_unreachable")) == 1
 
 
@@ -186,10 +185,9 @@ def test_once_with_every_listing_failing_on_a_working_server_exits_75_naming_it(
         result = run_syncd(["once", "--retry-for", "30s", "-c", str(config)], timeout=90)
     no_traceback(result)
     assert result.returncode == 75, result.stderr
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), result.stderr
-    assert "ListObjectsV2" in lines[0] and "InternalError (HTTP 500)" in lines[0], lines[0]
-    assert "unreachable" not in lines[0] and "gave up after" not in lines[0], lines[0]
+    line = error_line(result)
+    assert "ListObjectsV2" in line and "InternalError (HTTP 500)" in line, line
+    assert "unreachable" not in line and "gave up after" not in line, line
     records = json_records(result.stderr)
     assert not events(records, "s3_unreachable"), "the server answered: not an outage"
     assert not events(records, "uploaded")
@@ -214,9 +212,8 @@ def test_once_with_a_bucket_check_failing_on_a_working_server_exits_75_naming_it
         result = run_syncd(["once", "--retry-for", "30s", "-c", str(config)], timeout=90)
     no_traceback(result)
     assert result.returncode == 75, result.stderr
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert len(lines) == 1 and lines[0].startswith("syncd: error: "), result.stderr
-    assert "GetBucketVersioning" in lines[0] and "InternalError (HTTP 500)" in lines[0], lines[0]
+    line = error_line(result)
+    assert "GetBucketVersioning" in line and "InternalError (HTTP 500)" in line, line
     records = json_records(result.stderr)
     assert not events(records, "s3_unreachable"), "the server answered: not an outage"
     assert not events(records, "uploaded") and not events(records, "bucket_ready")
