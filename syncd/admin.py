@@ -87,9 +87,11 @@ async def versions(config: Config, raw_path: str) -> int:
         record = state.get(rel)
     finally:
         state.close()
-    retrier = Retrier.for_command(60, request_timeout=config.s3.request_timeout)
     locks: dict[str, str] = {}
     async with open_client(config.s3, pool=4) as client:
+        retrier = Retrier.for_bucket(
+            client, config.bucket, give_up_after=60, request_timeout=config.s3.request_timeout
+        )
         found = [v for v in await list_versions(client, config.bucket, key, retrier) if v.key == key]
         if config.object_lock is not None:
             locks = await lockview.version_notes(client, config.bucket, found, retrier)
@@ -131,7 +133,9 @@ async def compare(config: Config, state: StateStore) -> Comparison:
     from syncd.sync.state import Signature, unchanged
 
     async with open_client(config.s3, pool=4) as client:
-        retrier = Retrier.for_command(120, request_timeout=config.s3.request_timeout)
+        retrier = Retrier.for_bucket(
+            client, config.bucket, give_up_after=120, request_timeout=config.s3.request_timeout
+        )
         remote = await list_current(client, config.bucket, config.prefix, retrier)
     records: dict[str, FileRecord] = {}
     for rel in state.signatures():
@@ -182,7 +186,9 @@ async def check(config: Config) -> int:
     from syncd.s3.bucket import ensure_bucket
 
     async with open_client(config.s3, pool=4) as client:
-        retrier = Retrier.for_command(30, request_timeout=config.s3.request_timeout)
+        retrier = Retrier.for_bucket(
+            client, config.bucket, give_up_after=30, request_timeout=config.s3.request_timeout
+        )
         status = await ensure_bucket(
             client,
             config.s3,

@@ -115,7 +115,9 @@ async def version_notes(
     async def note(v: Version) -> tuple[str, str]:
         try:
             async with gate:
-                held = await retrier.call(lambda: read_retention(client, bucket, v.key, v.version_id))
+                held = await retrier.call(
+                    lambda: read_retention(client, bucket, v.key, v.version_id), key=v.key
+                )
         except Exception as exc:
             return v.version_id, f"lock unknown ({describe(exc)})"
         if held.mode is None or held.until is None:

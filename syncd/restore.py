@@ -62,10 +62,8 @@ async def restore(
     restored = 0
     targets: dict[Path, RestoreTarget] = {}
     async with open_client(config.s3, pool=8) as client:
-        retrier = Retrier.for_command(
-            120,
-            request_timeout=config.s3.request_timeout,
-            probe=lambda: client.head_bucket(Bucket=config.bucket),
+        retrier = Retrier.for_bucket(
+            client, config.bucket, give_up_after=120, request_timeout=config.s3.request_timeout
         )
         for raw in raw_paths:
             rel = rel_from_user_path(config, raw)

@@ -174,7 +174,7 @@ async def ensure_bucket(
             profile=s3.profile,
         )
 
-    return await (retrier.call(attempt) if retrier is not None else attempt())
+    return await (retrier.call(attempt, what="a bucket check") if retrier is not None else attempt())
 
 
 @contextlib.contextmanager

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from syncd.errors import UnavailableError
 from syncd.log import get_logger
 from syncd.s3 import metadata
 from syncd.s3.client import error_code
-from syncd.s3.retry import Retrier, kept_failing
+from syncd.s3.retry import Retrier
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-T = TypeVar("T")
 log = get_logger()
 
 
@@ -45,18 +44,6 @@ def _advanced(operation: str, bucket: str, before: Any, after: Any) -> None:
             f"{'no next marker' if not after or not any(after) else f'the same marker {after!r} again'}; "
             "a broken server or proxy in front of it (stopped instead of asking forever)"
         )
-
-
-async def _page(retrier: Retrier, operation: str, bucket: str, request: Callable[[], Awaitable[T]]) -> T:
-    """One page of a listing; a page the server keeps failing while it answers other requests ends the
-    listing (and what needs it: a scan, `versions`) with one line naming it, not a traceback."""
-    try:
-        return await retrier.call(request)
-    except Exception as exc:
-        failing = kept_failing(exc, f"{operation} on bucket {bucket}")
-        if failing is None:
-            raise
-        raise failing from exc
 
 
 @dataclass(frozen=True)
@@ -88,7 +75,7 @@ async def list_current(
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": 1000}
     while True:
         try:
-            page = await _page(retrier, "ListObjectsV2", bucket, lambda: client.list_objects_v2(**kwargs))
+            page = await retrier.call(lambda: client.list_objects_v2(**kwargs), what="ListObjectsV2")
         except Exception as exc:
             if error_code(exc) == "NoSuchBucket":
                 return out
@@ -107,9 +94,7 @@ async def list_versions(client: S3Client, bucket: str, prefix: str, retrier: Ret
     out: list[Version] = []
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     while True:
-        page = await _page(
-            retrier, "ListObjectVersions", bucket, lambda: client.list_object_versions(**kwargs)
-        )
+        page = await retrier.call(lambda: client.list_object_versions(**kwargs), what="ListObjectVersions")
         for v in page.get("Versions", []):
             out.append(
                 Version(

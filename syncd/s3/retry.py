@@ -3,8 +3,9 @@
 An outage is the server as a whole failing, not one request: when a request fails, the retrier asks
 whether the server answered anything since it was sent (another request, or a HeadBucket probe). If it
 did, the failure is that request's own (one object's, or one listing page's) and is given up after
-KEY_ATTEMPTS tries, for the caller to report; throttling (SlowDown) is neither, and shrinks the window
-of requests in flight.
+KEY_ATTEMPTS tries: an object's as the server's error, for the caller to report as that file's; one
+about no object as RequestFailedError, naming it. Throttling (SlowDown) is neither, and shrinks the
+window of requests in flight.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 
@@ -22,6 +23,9 @@ from syncd.errors import RequestFailedError, UnavailableError
 from syncd.log import get_logger
 from syncd.s3.client import REQUEST_TIMEOUT, ErrorKind, FastPathOff, classify, describe, request_deadline
 from syncd.s3.throttle import Throttle, retry_after, throttled
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 T = TypeVar("T")
 log = get_logger()
@@ -170,18 +174,6 @@ class Outage:
         self.answered_at = time.monotonic()
 
 
-def kept_failing(exc: Exception, what: str) -> RequestFailedError | None:
-    """The one-line error for `what` (a request a caller cannot go on without) when Retrier.call gave up on
-    exc after KEY_ATTEMPTS tries with the server answering others; None for any other error, which the
-    retrier raises at once (not transient) or as UnavailableError (an outage that outlasted its wait)."""
-    if classify(exc) is not ErrorKind.TRANSIENT:
-        return None
-    return RequestFailedError(
-        f"the S3 server kept failing {what} while it answered other requests ({KEY_ATTEMPTS} tries): "
-        f"{describe(exc)}"
-    )
-
-
 def backoff(attempt: int, base: float, cap: float) -> float:
     """The n-th wait (from 0) of a capped exponential backoff: base, 2*base, 4*base, ... cap.
 
@@ -202,6 +194,7 @@ class Retrier:
     def __init__(
         self,
         outage: Outage,
+        bucket: str,
         *,
         base: float = 0.5,
         cap: float = 60.0,
@@ -210,6 +203,7 @@ class Retrier:
         request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.outage = outage
+        self.bucket = bucket  # where its requests go: named when one about no object kept failing
         self.request_timeout = request_timeout
         self.base = base
         self.cap = cap
@@ -218,31 +212,48 @@ class Retrier:
         self.started = time.monotonic()
 
     @classmethod
-    def for_command(
+    def for_bucket(
         cls,
-        give_up_after: float,
+        client: S3Client,
+        bucket: str,
         *,
+        give_up_after: float | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
-        probe: Callable[[], Awaitable[Any]] | None = None,
+        throttle: Throttle | None = None,
     ) -> Retrier:
-        """A one-shot command's retrier (versions, restore, verify, check): gives up after that long.
+        """The retrier of a pipeline or a one-shot command (versions, restore, verify, check) on `bucket`.
 
-        request_timeout: s3.request_timeout; probe: a HeadBucket, so that one object failing while the
-        server answers (a download that never ends) fails that object after KEY_ATTEMPTS tries.
+        Its outage probe is a HeadBucket of that bucket, so that a request failing while the server
+        answers (a listing page, a bucket check, a download that never ends) is given up after
+        KEY_ATTEMPTS tries instead of waited out as an outage. give_up_after: how long an outage is
+        waited out (None: for ever, as the daemon does); request_timeout: s3.request_timeout.
         """
-        return cls(Outage(probe), give_up_after=give_up_after, request_timeout=request_timeout)
+        outage = Outage(probe=lambda: client.head_bucket(Bucket=bucket))
+        return cls(
+            outage, bucket, give_up_after=give_up_after, throttle=throttle, request_timeout=request_timeout
+        )
 
     def delay(self, attempt: int) -> float:
         # Jittered so that many workers retrying at once do not all come back at the same moment.
         return random.uniform(self.base / 2, backoff(attempt, self.base, self.cap))
 
-    async def call(self, op: Callable[[], Awaitable[T]], *, key: str | None = None, size: int = 0) -> T:
-        """op() until it succeeds; `key`: the object the request is about, if any.
+    async def call(
+        self,
+        op: Callable[[], Awaitable[T]],
+        *,
+        key: str | None = None,
+        what: str = "a request",
+        size: int = 0,
+    ) -> T:
+        """op() until it succeeds; `key`: the object the request is about, if any; `what`: the request,
+        named in the error when it kept failing and the server's error names no operation (a timeout).
 
         A failure while the server answers others (Outage.only_this_request) is this request's own: it is
-        tried KEY_ATTEMPTS times in all, then raised as is for the caller to report with the server's
-        reason, keyed or not; the server is up, so waiting for it to "come back" would wait forever. Only
-        a failure with nothing answered since it was sent is an outage, waited out up to give_up_after.
+        tried KEY_ATTEMPTS times in all, then raised; the server is up, so waiting for it to "come back"
+        would wait forever. A keyed request's error is raised as is, for the caller to report as that
+        object's; a request about no object (a listing page, a bucket check) is one the caller cannot go
+        on without: RequestFailedError, which names it. Only a failure with nothing answered since it was
+        sent is an outage, waited out up to give_up_after.
 
         Each attempt has a deadline (request_deadline: s3.request_timeout plus a second per 16 KiB of
         `size`, the bytes it moves): a server that answers a byte at a time becomes a retry, not a hang.
@@ -299,6 +310,8 @@ class Retrier:
                 wait = self.delay(own_failures - 1)
                 self.outage.retried(None if own_failures >= KEY_ATTEMPTS else wait)
                 if own_failures >= KEY_ATTEMPTS:
+                    if key is None:
+                        raise self._kept_failing(exc, what) from exc
                     raise exc
                 await asyncio.sleep(wait)
                 continue
@@ -313,3 +326,12 @@ class Retrier:
                 raise UnavailableError(f"the S3 server stayed unreachable: {describe(exc)}") from None
             await self.outage.wait_out(wait)
             attempt = min(attempt + 1, 16)
+
+    def _kept_failing(self, exc: Exception, what: str) -> RequestFailedError:
+        """The one-line error for a request about no object that failed KEY_ATTEMPTS times while the server
+        answered others."""
+        operation = getattr(exc, "operation_name", None) or what
+        return RequestFailedError(
+            f"the S3 server kept failing {operation} on bucket {self.bucket} while it answered other "
+            f"requests ({KEY_ATTEMPTS} tries): {describe(exc)}"
+        )

@@ -26,7 +26,7 @@ from syncd.s3.client import ErrorKind, classify, describe
 from syncd.s3.listing import RemoteIndex
 from syncd.s3.lock import LockPolicy
 from syncd.s3.put import Sender
-from syncd.s3.retry import Outage, Retrier
+from syncd.s3.retry import Retrier
 from syncd.s3.throttle import Throttle
 from syncd.sync import scan, startup
 from syncd.sync.deletions import Deletions
@@ -75,16 +75,17 @@ class Pipeline:
         self.dry_run = dry_run
         self.on_progress = on_progress
         self.metrics: MetricsSink = metrics or NullMetrics()
-        self.outage = Outage(probe=lambda: client.head_bucket(Bucket=config.bucket))
-        self.outage.listeners.append(self._outage_changed)
-        self.outage.retry_listeners.append(self.metrics.retried)
         self.throttle = Throttle(config.workers)
-        self.retrier = Retrier(
-            self.outage,
+        self.retrier = Retrier.for_bucket(
+            client,
+            config.bucket,
             give_up_after=retry_for,
             throttle=self.throttle,
             request_timeout=config.s3.request_timeout,
         )
+        self.outage = self.retrier.outage
+        self.outage.listeners.append(self._outage_changed)
+        self.outage.retry_listeners.append(self.metrics.retried)
         self.retry_timers: dict[str, asyncio.TimerHandle] = {}  # failed files, to be tried again
         self.lock = LockPolicy.of(config.object_lock)
         self.locks_counted = -LOCK_METRICS_EVERY

@@ -18,7 +18,7 @@ from syncd.s3.client import describe, error_code
 from syncd.s3.lifecycle import ensure_noncurrent_expiry
 from syncd.s3.lock import check_bucket_lock
 from syncd.s3.put import Sender
-from syncd.s3.retry import Retrier, kept_failing
+from syncd.s3.retry import Retrier
 from syncd.sync.state import StateStore
 
 if TYPE_CHECKING:
@@ -71,20 +71,16 @@ async def start(
             object_lock=config.object_lock is not None,
         )
         if config.object_lock is not None and status.exists:
-            await retrier.call(lambda: check_bucket_lock(client, config.bucket))
+            await retrier.call(lambda: check_bucket_lock(client, config.bucket), what="an Object Lock check")
         if check_only:
             return Started(status, Sender(client, config.bucket))
         await _bucket_ready(config, client, state, retrier, metrics, status)
         if config.object_lock is not None and not dry_run:
             state.adopt_unlocked()  # current versions from before object_lock: lock them too
         sender = await put.choose(client, settings, process) if sending else Sender(client, config.bucket)
-    except BaseException as exc:
+    except BaseException:
         if process is not None:
             await process.stop()
-        operation = getattr(exc, "operation_name", None) or "a start-up check"  # a timeout names none
-        what = f"{operation} on bucket {config.bucket}"
-        if isinstance(exc, Exception) and (failing := kept_failing(exc, what)) is not None:
-            raise failing from exc
         raise
     return Started(status, sender)
 
@@ -116,7 +112,8 @@ async def _bucket_ready(
     state.set_meta("bucket", f"{config.bucket}: private={status.private} versioning={status.versioning}")
     metrics.set_s3_up(True)
     await retrier.call(
-        lambda: ensure_noncurrent_expiry(client, config.bucket, config.prefix, config.keep_versions_days)
+        lambda: ensure_noncurrent_expiry(client, config.bucket, config.prefix, config.keep_versions_days),
+        what="a lifecycle check",
     )
     await abort_leftover_multiparts(client, config.bucket, state, retrier)
 
@@ -128,7 +125,8 @@ async def abort_leftover_multiparts(
     for upload_id, key in state.multiparts():
         try:
             await retrier.call(
-                functools.partial(client.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id)
+                functools.partial(client.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id),
+                key=key,
             )
         except Exception as exc:
             if error_code(exc) != "NoSuchUpload":

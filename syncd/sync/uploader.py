@@ -316,7 +316,7 @@ class Uploader:
             return lock.until
         policy, vid = lock.policy, str(version_id)
         held = await self.retrier.call(
-            lambda: set_retention(self.client, self.settings.bucket, key, vid, policy, until)
+            lambda: set_retention(self.client, self.settings.bucket, key, vid, policy, until), key=key
         )
         return held.until
 
@@ -349,7 +349,7 @@ class Uploader:
             return dict(response)
         try:
             head = await self.retrier.call(
-                lambda: self.client.head_object(Bucket=self.settings.bucket, Key=key)
+                lambda: self.client.head_object(Bucket=self.settings.bucket, Key=key), key=key
             )
         except Exception:
             return dict(response)  # the object is stored; only its record lacks what the server did not say
