@@ -98,9 +98,9 @@ async def run_once(config: Config, *, dry_run: bool, retry_for: float, progress:
                 if isinstance(unavailable, RequestFailedError)
                 else f" (gave up after {args_duration(retry_for)})"
             )
+            owes = _still_owed(owed, scanned=pipeline is not None and pipeline.scanned)
             print(
-                f"syncd: error: {unavailable}{waited}; "
-                f"{len(owed)} files still owed{_named(owed)} (run again, or use syncd run)",
+                f"syncd: error: {unavailable}{waited}; {owes} (run again, or use syncd run)",
                 file=sys.stderr,
             )
             return EXIT_UNAVAILABLE
@@ -142,6 +142,16 @@ NAMED_FAILURES = 20  # files named one per line after `syncd once`; `syncd statu
 
 def _show(rel: str) -> str:
     return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def _still_owed(owed: list[str], scanned: bool) -> str:
+    """What a run that ended early leaves owed. Files are marked owed as the walk meets them (after the
+    bucket's listing, for a fresh state): before the walk ended, those it did not reach are not counted."""
+    if scanned:
+        return f"{len(owed)} files still owed{_named(owed)}"
+    if not owed:
+        return "the folder was not scanned to the end, so which files are owed is not known yet"
+    return f"the folder was not scanned to the end: {len(owed)} files owed so far{_named(owed)}"
 
 
 def _named(paths: list[str], most: int = 5) -> str:

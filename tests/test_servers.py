@@ -177,9 +177,12 @@ def test_once_with_every_listing_failing_on_a_working_server_exits_75_naming_it(
     """Every ListObjectsV2 answered 500 while the rest (HeadBucket, the bucket checks) is answered: the
     listing is given up after its tries with one line naming it and the server's reason, exit 75, no
     outage logged and nothing recorded as uploaded (was: an outage, `s3_unreachable`, waited out for the
-    whole --retry-for, then "stayed unreachable"; `run` waited forever)."""
+    whole --retry-for, then "stayed unreachable"; `run` waited forever). The line says the folder was not
+    scanned (was: "0 files still owed", with two files to upload: they are marked owed only as the walk
+    meets them, after the listing); the next `once` on a working server uploads them."""
     folder = tmp_path / "data"
     write(folder / "a.txt", b"a")
+    write(folder / "b/c.txt", b"c")
     with BadServer("500", upstream=s3_server.endpoint_url, only=is_listing) as front:
         config = make_config(folder, bucket_name, s3={"endpoint_url": front.url})
         result = run_syncd(["once", "--retry-for", "30s", "-c", str(config)], timeout=90)
@@ -188,11 +191,16 @@ def test_once_with_every_listing_failing_on_a_working_server_exits_75_naming_it(
     line = error_line(result)
     assert "ListObjectsV2" in line and "InternalError (HTTP 500)" in line, line
     assert "unreachable" not in line and "gave up after" not in line, line
+    assert "the folder was not scanned to the end" in line and "files still owed" not in line, line
     records = json_records(result.stderr)
     assert not events(records, "s3_unreachable"), "the server answered: not an outage"
     assert not events(records, "uploaded")
     assert front.matched >= 2, "the listing is tried more than once"
     assert keys_in(s3, bucket_name) == set()
+
+    config = make_config(folder, bucket_name, s3={"endpoint_url": s3_server.endpoint_url})
+    assert run_syncd(["once", "-c", str(config)]).returncode == 0
+    assert bucket_matches(s3, bucket_name, folder)
 
 
 def test_once_with_a_bucket_check_failing_on_a_working_server_exits_75_naming_it(
@@ -214,6 +222,7 @@ def test_once_with_a_bucket_check_failing_on_a_working_server_exits_75_naming_it
     assert result.returncode == 75, result.stderr
     line = error_line(result)
     assert "GetBucketVersioning" in line and "InternalError (HTTP 500)" in line, line
+    assert "the folder was not scanned to the end" in line, line
     records = json_records(result.stderr)
     assert not events(records, "s3_unreachable"), "the server answered: not an outage"
     assert not events(records, "uploaded") and not events(records, "bucket_ready")

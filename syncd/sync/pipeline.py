@@ -119,6 +119,7 @@ class Pipeline:
         self.workers_wanted = config.workers
         self.workers_running = 0
         self.scanned_files = 0
+        self.scanned = False  # a walk met the whole folder: every file it owes is marked owed
         self.sender: Sender | None = None  # chosen by prepare(), closed by close()
 
     @property
@@ -243,6 +244,7 @@ class Pipeline:
             owed += self._owe_changed(batch, uploaded)
         if not self.folder.available():
             return owed  # went away during the walk: the "missing" files are not deletions
+        self.scanned = True
         for rel in uploaded:  # what the walk did not meet
             if not present(
                 self.config.folder, rel, self.config.follow_symlinks
