@@ -144,6 +144,17 @@ def is_listing(method: str, path: str) -> bool:
     return method == "GET" and "list-type=2" in urllib.parse.urlsplit(path).query
 
 
+def is_versioning_read(method: str, path: str) -> bool:
+    """A GetBucketVersioning: one of the bucket checks of a start-up and of `check`."""
+    return method == "GET" and "versioning" in urllib.parse.urlsplit(path).query
+
+
+def is_version_listing(method: str, path: str) -> bool:
+    """A ListObjectVersions page: what `versions` and `restore` ask the bucket."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query, keep_blank_values=True)
+    return method == "GET" and "versions" in query
+
+
 def test_once_with_a_listing_held_past_its_deadline_retries_it_and_uploads(
     tmp_path, s3, s3_server, bucket_name, make_config, run_syncd
 ):
@@ -211,11 +222,7 @@ def test_once_with_a_bucket_check_failing_on_a_working_server_exits_75_naming_it
     outage logged, nothing uploaded (was: an outage waited out for the whole --retry-for)."""
     folder = tmp_path / "data"
     write(folder / "a.txt", b"a")
-
-    def versioning_read(method: str, path: str) -> bool:
-        return method == "GET" and "versioning" in urllib.parse.urlsplit(path).query
-
-    with BadServer("500", upstream=s3_server.endpoint_url, only=versioning_read) as front:
+    with BadServer("500", upstream=s3_server.endpoint_url, only=is_versioning_read) as front:
         config = make_config(folder, bucket_name, s3={"endpoint_url": front.url})
         result = run_syncd(["once", "--retry-for", "30s", "-c", str(config)], timeout=90)
     no_traceback(result)
@@ -228,6 +235,38 @@ def test_once_with_a_bucket_check_failing_on_a_working_server_exits_75_naming_it
     assert not events(records, "uploaded") and not events(records, "bucket_ready")
     assert front.matched >= 2, "the check is tried more than once"
     assert keys_in(s3, bucket_name) == set()
+
+
+@pytest.mark.parametrize(
+    ("command", "fails", "operation"),
+    [
+        (["check"], is_versioning_read, "GetBucketVersioning"),
+        (["verify"], is_listing, "ListObjectsV2"),
+        (["versions", "{folder}/a.txt"], is_version_listing, "ListObjectVersions"),
+    ],
+    ids=["check", "verify", "versions"],
+)
+def test_a_command_with_one_request_failing_on_a_working_server_exits_75_naming_it(
+    tmp_path, s3_server, bucket_name, make_config, run_syncd, command, fails, operation
+):
+    """`check`, `verify` and `versions` where one request is answered 500 every time while the rest
+    (HeadBucket included) is answered: that request is given up after its tries, one line names it and the
+    server's reason, exit 75 (was: with no HeadBucket probe, taken as an outage and waited out for the
+    command's 30, 120 or 60 s, then "stayed unreachable")."""
+    folder = tmp_path / "data"
+    write(folder / "a.txt", b"a")
+    assert run_syncd(["once", "-c", str(make_config(folder, bucket_name))]).returncode == 0
+    with BadServer("500", upstream=s3_server.endpoint_url, only=fails) as front:
+        config = make_config(folder, bucket_name, s3={"endpoint_url": front.url})
+        args = [arg.format(folder=folder) for arg in command]
+        result = run_syncd([*args, "-c", str(config)], timeout=200)
+    no_traceback(result)
+    assert result.returncode == 75, result.stdout + result.stderr
+    line = error_line(result)
+    assert f"kept failing {operation} on bucket {bucket_name}" in line, line
+    assert "InternalError (HTTP 500)" in line and "unreachable" not in line, line
+    assert not events(json_records(result.stderr), "s3_unreachable"), "the server answered: not an outage"
+    assert front.matched >= 2, "the request is tried more than once"
 
 
 def _epoch(record: dict[str, Any]) -> float:
