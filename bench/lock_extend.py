@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import aioboto3
+from aiobotocore.session import AioSession
 from botocore.config import Config as BotoConfig
 
 from syncd.config import ObjectLockSettings
@@ -52,9 +52,8 @@ async def timed(coro: object) -> tuple[float, float]:
 
 
 async def bench(server: SeaweedServer, identity: Identity, files: int, capped: bool, workdir: Path) -> None:
-    session = aioboto3.Session(
-        aws_access_key_id=identity.access_key, aws_secret_access_key=identity.secret_key
-    )
+    session = AioSession()
+    session.set_credentials(identity.access_key, identity.secret_key)
     config = BotoConfig(
         region_name="us-east-1",
         max_pool_connections=64,
@@ -62,7 +61,7 @@ async def bench(server: SeaweedServer, identity: Identity, files: int, capped: b
         s3={"addressing_style": "path"},
         request_checksum_calculation="when_required",
     )
-    async with session.client("s3", endpoint_url=server.endpoint_url, config=config) as client:
+    async with session.create_client("s3", endpoint_url=server.endpoint_url, config=config) as client:
         await client.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
         policy = LockPolicy.of(ObjectLockSettings("governance", 3600))
         assert policy is not None

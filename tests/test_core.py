@@ -374,8 +374,8 @@ def test_ctrl_c_while_the_aws_libraries_load_exits_130(
     tmp_path, bucket_name, make_config, syncd_env, run_syncd
 ):
     # The AWS libraries take a few hundred milliseconds to import: a Ctrl-C then is as likely as any.
-    # A stand-in aioboto3 on PYTHONPATH raises KeyboardInterrupt exactly there.
-    fake = tmp_path / "fake-modules" / "aioboto3"
+    # A stand-in aiobotocore on PYTHONPATH raises KeyboardInterrupt exactly there.
+    fake = tmp_path / "fake-modules" / "aiobotocore"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
     env = dict(syncd_env, PYTHONPATH=os.pathsep.join([str(fake.parent), syncd_env.get("PYTHONPATH", "")]))
@@ -385,6 +385,22 @@ def test_ctrl_c_while_the_aws_libraries_load_exits_130(
 
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip() == "syncd: interrupted"
+
+
+def test_status_imports_no_s3_library(tmp_path, bucket_name, make_config, syncd_env, run_syncd):
+    # status only reads the state: it must not pay the S3 libraries' ~0.5 s of imports (nor need them).
+    fake = tmp_path / "fake-modules"
+    for name in ("aiobotocore", "aiohttp", "aioboto3"):
+        (fake / name).mkdir(parents=True)
+        (fake / name / "__init__.py").write_text(f"raise ImportError('status imported {name}')\n")
+    env = dict(syncd_env, PYTHONPATH=os.pathsep.join([str(fake), syncd_env.get("PYTHONPATH", "")]))
+    config = make_config(folder_with(tmp_path), bucket_name)
+
+    result = run_syncd(["status", "-c", str(config)], env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "daemon: not running" in result.stdout
+    assert "uploaded: 0 files" in result.stdout
 
 
 def test_ctrl_c_in_once_exits_130(tmp_path, bucket_name, make_config, syncd_env):

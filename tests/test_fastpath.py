@@ -15,11 +15,11 @@ import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import aioboto3
 import botocore.auth
 import botocore.exceptions
 import pytest
 from aiobotocore.credentials import AioRefreshableCredentials
+from aiobotocore.session import AioSession
 from badserver import Answer, BadServer, Request, error_answer, from_the_fast_path
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -108,8 +108,9 @@ async def open_s3(
     """A client configured exactly as syncd's (syncd.s3.client.boto_config), with explicit keys, and the
     session's credentials."""
     s = settings_for(endpoint_url, **more)
-    session = aioboto3.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
-    async with session.client(
+    session = AioSession()
+    session.set_credentials(access_key, secret_key)
+    async with session.create_client(
         "s3", endpoint_url=s.endpoint_url, region_name=s.region, config=boto_config(s, 8)
     ) as client:
         yield client, await session.get_credentials()
