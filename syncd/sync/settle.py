@@ -85,12 +85,13 @@ class Settler:
         while True:
             self.wake.clear()
             now = time.time()
-            due: list[str] = []
+            due_paths: dict[str, None] = {}  # a dict, not a list: `in` on a list of thousands is quadratic
             while self.heap and self.heap[0][0] <= now:
                 _, rel = heapq.heappop(self.heap)
-                if rel in self.pending and rel not in due:
-                    due.append(rel)
-            if due:
+                if rel in self.pending:
+                    due_paths[rel] = None
+            if due_paths:
+                due = list(due_paths)
                 stats = await asyncio.to_thread(self._stat_all, due) if len(due) > 64 else self._stat_all(due)
                 for rel, result in zip(due, stats, strict=True):
                     self._decide(rel, result, time.time())
