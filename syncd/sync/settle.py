@@ -3,6 +3,9 @@
 A file counts as settled when neither its mtime nor its ctime moved within `settle` (so a file written long
 ago is released at once, with one stat) or when we saw its signature hold still for `settle`. A file that
 never settles (a live log) is released after `max_delay` anyway, with a warning, so it is never starved.
+A path the watcher has just seen change is first looked at `settle` after the event (a look sooner only
+finds it still changing): one stat for a file written and left alone. Further events while it waits move
+its last change on without another look.
 """
 
 from __future__ import annotations
@@ -63,19 +66,23 @@ class Settler:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def add(self, rel: str, st: os.stat_result | None = None) -> None:
-        """Note a change. With a fresh stat (from a walk) an old file is released without waiting."""
+    def add(self, rel: str, st: os.stat_result | None = None, *, just_changed: bool = False) -> None:
+        """Note a change. With a fresh stat (from a walk) an old file is released without waiting.
+
+        just_changed: the watcher saw it change now, so its first look waits `settle`; other paths (owed at
+        start, retried) may have changed long ago and are looked at soon.
+        """
         now = time.time()
-        fresh = st is not None and rel not in self.pending and stat.S_ISREG(st.st_mode)
-        if fresh and st is not None and now - _changed_at(st) >= self.settle:
+        entry = self.pending.get(rel)
+        if entry is not None:
+            entry.last_change = now  # its look is scheduled already: it finds the file quiet or not then
+            return
+        if st is not None and stat.S_ISREG(st.st_mode) and now - _changed_at(st) >= self.settle:
             self.release(rel)
             return
-        entry = self.pending.get(rel)
-        if entry is None:
-            self.pending[rel] = _Pending(first_seen=now, last_change=now)
-        else:
-            entry.last_change = now
-        self._schedule(rel, now + min(self.settle, 0.05) if st is None else now + self.settle)
+        self.pending[rel] = _Pending(first_seen=now, last_change=now)
+        soon = st is None and not just_changed
+        self._schedule(rel, now + min(self.settle, 0.05) if soon else now + self.settle)
 
     def _schedule(self, rel: str, due: float) -> None:
         heapq.heappush(self.heap, (due, rel))
@@ -93,8 +100,9 @@ class Settler:
             if due_paths:
                 due = list(due_paths)
                 stats = await asyncio.to_thread(self._stat_all, due) if len(due) > 64 else self._stat_all(due)
+                decided = time.time()
                 for rel, result in zip(due, stats, strict=True):
-                    self._decide(rel, result, time.time())
+                    self._decide(rel, result, now, decided)
                 continue
             timeout = self.heap[0][0] - now if self.heap else None
             with contextlib.suppress(TimeoutError):
@@ -109,7 +117,8 @@ class Settler:
                 out.append(exc)
         return out
 
-    def _decide(self, rel: str, result: os.stat_result | OSError, now: float) -> None:
+    def _decide(self, rel: str, result: os.stat_result | OSError, looked: float, now: float) -> None:
+        """What a look (a stat taken after `looked`) says of rel: gone, a directory, settled, or wait on."""
         entry = self.pending.get(rel)
         if entry is None:
             return
@@ -142,10 +151,10 @@ class Settler:
             return
         sig = Signature.of(result)
         if sig != entry.sig:
-            if entry.sig is not None:
-                entry.last_change = now
+            entry.last_change = max(entry.last_change, looked)  # held still only from the look that saw it
             entry.sig = sig
-        if now - _changed_at(result) >= self.settle or now - entry.last_change >= self.settle:
+        quiet = looked - _changed_at(result) >= self.settle or looked - entry.last_change >= self.settle
+        if quiet and entry.last_change <= looked:  # and no event came in while the stat was taken
             del self.pending[rel]
             log.debug("settled", path=rel)  # tests wait on it: the file is in the upload queue now
             self.release(rel)
