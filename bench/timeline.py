@@ -17,6 +17,7 @@ hard-links every file into the folder in one loop (a cheap drop, about 20 us a f
 the other tools), and stops syncd with SIGTERM once the last `uploaded` record is out. Its steady rate is
 files / (last upload - first upload), and from the drop to the last upload (which adds the settle time):
 start-up is not in it, the watcher, settle stage and scheduler are. s5cmd cp's rate is over its whole run.
+Each syncd run is compared with the s5cmd run after it (else before): 'syncd-run;s5cmd;syncd-run;s5cmd' pairs.
 """
 
 from __future__ import annotations
@@ -292,6 +293,14 @@ def show(result: dict[str, Any], row_s: float) -> None:
     phase("whole run", t0, result["ended"])
 
 
+def nearest_s5cmd(results: list[dict[str, Any]], i: int) -> dict[str, Any] | None:
+    """The s5cmd run right after results[i], else the one right before: the machine drifts within a run,
+    so each syncd run is compared with its neighbour ('syncd-run;s5cmd;syncd-run;s5cmd' gives pairs)."""
+    after = next((r for r in results[i + 1 :] if r["tool"] == "s5cmd"), None)
+    before = next((r for r in reversed(results[:i]) if r["tool"] == "s5cmd"), None)
+    return after or before
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=5000)
@@ -367,8 +376,8 @@ def main() -> None:
             show(result, args.row)
             print(f"  bucket holds {count} of {args.files} objects")
             results.append(result)
-        peer = next((r for r in results if r["tool"] == "s5cmd"), None)
-        for r in results:
+        for i, r in enumerate(results):
+            peer = nearest_s5cmd(results, i)
             if r.get("dropped") is not None:
                 times = uploaded_times(Path(r["err"]))
                 if len(times) < 2:
@@ -379,7 +388,10 @@ def main() -> None:
                 line = f"{r['label']}: {steady:.0f} files/s first -> last upload, {dropped:.0f} from the drop"
                 if peer is not None:
                     peer_rate = args.files / (peer["ended"] - peer["began"])
-                    line += f"; s5cmd cp {peer_rate:.0f} files/s start to exit: {steady / peer_rate:.2f}x"
+                    line += (
+                        f"; the neighbouring s5cmd cp {peer_rate:.0f} files/s start to exit: {steady / peer_rate:.2f}x"
+                        f" ({dropped / peer_rate:.2f}x from the drop)"
+                    )
                 print(line)
                 continue
             if peer is not None and r is not peer:
