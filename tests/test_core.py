@@ -403,6 +403,35 @@ def test_status_imports_no_s3_library(tmp_path, bucket_name, make_config, syncd_
     assert "uploaded: 0 files" in result.stdout
 
 
+def test_s3_profile_gives_the_keys_and_a_missing_one_exits_4(
+    tmp_path, s3_server, bucket_name, make_config, syncd_env, run_syncd
+):
+    # The session is built from s3.profile (aiobotocore's, client.make_session): its keys sign the
+    # requests, and a profile in neither file is the user's error, said in one line before any request.
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[backup]\naws_access_key_id = {s3_server.admin.access_key}\n"
+        f"aws_secret_access_key = {s3_server.admin.secret_key}\n"
+    )
+    env = {k: v for k, v in syncd_env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(credentials)
+    folder = folder_with(tmp_path)
+    write(folder / "a.txt", b"a")
+
+    with_profile = make_config(folder, bucket_name, s3={"profile": "backup"})
+    without = make_config(folder, bucket_name, s3={"profile": "other"})
+
+    found = run_syncd(["once", "-c", str(with_profile)], env=env)
+    missing = run_syncd(["check", "-c", str(without)], env=env)
+
+    assert found.returncode == 0, found.stderr
+    assert missing.returncode == 4, missing.stderr
+    assert missing.stderr.strip() == (
+        "syncd: error: the AWS profile 'other' (s3.profile) is not in the shared config or credentials "
+        "file; add it or remove s3.profile"
+    )
+
+
 def test_ctrl_c_in_once_exits_130(tmp_path, bucket_name, make_config, syncd_env):
     folder = folder_with(tmp_path)
     write(folder / "big.bin", os.urandom(3_000_000))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import botocore.exceptions
 
-from syncd import fds
+from syncd import fds, heap
 from syncd.config import S3Settings
 from syncd.errors import CredentialsError
 
@@ -333,6 +333,7 @@ async def open_client(settings: S3Settings, pool: int = 16) -> AsyncIterator[S3C
         region_name=settings.region,
         config=boto_config(settings, pool),
     ) as client:
+        heap.built()
         if settings.checksum == "when_required":
             client.meta.events.register("before-call.s3", content_md5_instead_of_crc32)
         # Found once here, so every command (versions, restore, verify too) says what is missing.
