@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import aiohttp
 import botocore.exceptions
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from syncd.s3.retry import Retrier
 
 log = get_logger()
+T = TypeVar("T")
 
 PUBLIC_GROUPS = {
     "http://acs.amazonaws.com/groups/global/AllUsers": "AllUsers",
@@ -90,6 +92,35 @@ async def ensure_private_bucket(
     would remove is reported with private=False and its grants in public_acl (the anonymous probe is
     skipped then); only what `run` could not fix itself raises.
     """
+    ahead = _Ahead()
+    try:
+        return await _ensure(
+            ahead,
+            client,
+            bucket,
+            region,
+            endpoint_url,
+            check_only=check_only,
+            object_lock=object_lock,
+            profile=profile,
+        )
+    finally:
+        await ahead.close()
+
+
+async def _ensure(
+    ahead: _Ahead,
+    client: S3Client,
+    bucket: str,
+    region: str | None,
+    endpoint_url: str | None,
+    *,
+    check_only: bool,
+    object_lock: bool,
+    profile: str | None,
+) -> BucketStatus:
+    """ensure_private_bucket's steps, in their order; reads that do not depend on an earlier step's answer
+    are sent ahead (see _Ahead)."""
     if not await _exists(client, bucket):
         if check_only:
             return BucketStatus(
@@ -104,11 +135,16 @@ async def ensure_private_bucket(
         created = await _create(client, bucket, region, object_lock=object_lock)
     else:
         created = False
+        ahead.send("owner", client.list_buckets())
+        ahead.send("versioning", _read_versioning(client, bucket))
     acl = await _get_acl(client, bucket)
-    owner_proven = created or await _owner_proven(client, bucket, acl)
+    owner_proven = created or await _owner_proven(client, bucket, acl, ahead)
     made_private = False
     public = _public_grants(acl)
     url = _bucket_url(client, bucket, region, endpoint_url)
+    if not public:  # what a public ACL would change (or explain) is not there: both reads are final now
+        ahead.send("policy", client.get_bucket_policy_status(Bucket=bucket))
+        ahead.send("anonymous", _probe_anonymous(bucket, url, profile))
     acls_ignored = False
     if public and check_only:
         # What run would find: grants it cannot remove that the server ignores (anonymous refused anyway).
@@ -133,10 +169,10 @@ async def ensure_private_bucket(
         )
         public = []
     still_public = tuple(public) if check_only else ()
-    await _check_policy(client, bucket, public_acl=bool(still_public))
+    await _check_policy(client, bucket, public_acl=bool(still_public), ahead=ahead)
     if not still_public:
-        await _probe_anonymous(bucket, url, profile)
-    versioning = await _versioning(client, bucket, enable=not check_only)
+        await ahead.take("anonymous", lambda: _probe_anonymous(bucket, url, profile))
+    versioning = await _versioning(client, bucket, enable=not check_only, ahead=ahead)
     return BucketStatus(
         bucket,
         created,
@@ -147,6 +183,31 @@ async def ensure_private_bucket(
         acls_ignored=acls_ignored,
         public_acl=still_public,
     )
+
+
+class _Ahead:
+    """Requests sent before the step that reads their answers: the checks of an existing bucket waited one
+    round trip each for seven requests, several of them independent of the others' answers (ListBuckets
+    and GetBucketVersioning beside GetBucketAcl; GetBucketPolicyStatus beside the anonymous probe). Each
+    step takes its answer, or its error, in the usual order, so the same step fails with the same message;
+    what no step took (an earlier one failed) is cancelled."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, asyncio.Task[Any]] = {}
+
+    def send(self, name: str, request: Coroutine[Any, Any, Any]) -> None:
+        self._sent[name] = asyncio.ensure_future(request)
+
+    async def take(self, name: str, request: Callable[[], Awaitable[T]]) -> T:
+        """The answer sent ahead under `name`, else `request()` sent now."""
+        sent = self._sent.pop(name, None)
+        return await sent if sent is not None else await request()
+
+    async def close(self) -> None:
+        sent, self._sent = list(self._sent.values()), {}
+        for task in sent:
+            task.cancel()
+        await asyncio.gather(*sent, return_exceptions=True)
 
 
 async def ensure_bucket(
@@ -321,11 +382,11 @@ def _check_is_s3(client: S3Client, acl: Mapping[str, Any]) -> None:
     )
 
 
-async def _owner_proven(client: S3Client, bucket: str, acl: Mapping[str, Any]) -> bool:
+async def _owner_proven(client: S3Client, bucket: str, acl: Mapping[str, Any], ahead: _Ahead) -> bool:
     """True when the ACL owner is the caller; raises when it is someone else; False when we cannot tell."""
     owner = str(acl.get("Owner", {}).get("ID", ""))
     try:
-        me = str((await client.list_buckets()).get("Owner", {}).get("ID", ""))
+        me = str((await ahead.take("owner", client.list_buckets)).get("Owner", {}).get("ID", ""))
     except botocore.exceptions.ClientError as exc:
         if classify(exc) is not ErrorKind.PERMANENT:
             _raise_for(exc, bucket, "list buckets", "s3:ListAllMyBuckets")
@@ -391,7 +452,7 @@ async def _make_private(client: S3Client, bucket: str, public: list[str]) -> boo
     return True
 
 
-async def _check_policy(client: S3Client, bucket: str, *, public_acl: bool) -> None:
+async def _check_policy(client: S3Client, bucket: str, *, public_acl: bool, ahead: _Ahead) -> None:
     """Refuse a public bucket policy; syncd never deletes a policy, the user decides what it was for.
 
     GetBucketPolicyStatus is not enough on its own: Ceph RGW says IsPublic for a public ACL too. So a
@@ -400,7 +461,7 @@ async def _check_policy(client: S3Client, bucket: str, *, public_acl: bool) -> N
     """
     with _step(bucket, "read the bucket policy status", "s3:GetBucketPolicyStatus"):
         try:
-            status = await client.get_bucket_policy_status(Bucket=bucket)
+            status = await ahead.take("policy", lambda: client.get_bucket_policy_status(Bucket=bucket))
         except botocore.exceptions.ClientError as exc:
             code = error_code(exc)
             if code == "NoSuchBucketPolicy":
@@ -526,13 +587,13 @@ async def _probe_anonymous(bucket: str, url: str, profile: str | None) -> None:
             )
 
 
-async def _versioning(client: S3Client, bucket: str, *, enable: bool) -> str:
+async def _versioning(client: S3Client, bucket: str, *, enable: bool, ahead: _Ahead) -> str:
     """Turn versioning on where the server lets us, then report what it says; never fatal when refused.
 
     PutBucketVersioning is only sent when the bucket is not versioned yet, so a least-privilege key
     (no s3:PutBucketVersioning, e.g. on B2 where buckets are always versioned) starts without warnings.
     """
-    status = await _read_versioning(client, bucket)
+    status = await ahead.take("versioning", lambda: _read_versioning(client, bucket))
     if enable and status not in ("Enabled", "Unsupported"):
         try:
             await client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
