@@ -39,7 +39,7 @@ from syncd.sync.recorder import Recorder, Stats
 from syncd.sync.settle import Settler
 from syncd.sync.state import Counts, Signature, StateStore, unchanged
 from syncd.sync.uploader import Uploader, UploadSettings
-from syncd.sync.watcher import Watcher
+from syncd.sync.watcher import QUIET_STEP, Watcher
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -190,22 +190,22 @@ class Pipeline:
                     self.rescan_now.set()  # the folder itself changed (moved, unmounted): check it
             elif not self.excludes.excluded(rel):
                 changes.append((rel, None))
-        self.note_changes(changes, just_changed=True)
+        self.note_changes(changes, quiet_since=time.time() - QUIET_STEP)
 
     def note_changes(
-        self, changes: list[tuple[str, os.stat_result | None]], *, just_changed: bool = False
+        self, changes: list[tuple[str, os.stat_result | None]], *, quiet_since: float | None = None
     ) -> None:
         """Owed first, then settled: a crash between the two leaves a debt, never a silent gap.
 
-        A stat from a walk lets the settle stage release a long-quiet file at once; just_changed (seen
-        changing this moment) lets it look first when the file can have settled.
+        A stat from a walk lets the settle stage release a long-quiet file at once; quiet_since (when the
+        paths were last seen changing) lets it take its first look when they can have settled.
         """
         if not changes:
             return
         if not self.dry_run:
             self.state.mark_owed([rel for rel, _st in changes])
         for rel, st in changes:
-            self.settler.add(rel, st, just_changed=just_changed)
+            self.settler.add(rel, st, quiet_since=quiet_since)
 
     def _watch_restarted(self, reason: str) -> None:
         log.info("rescan_requested", reason="watcher restarted")
@@ -336,7 +336,7 @@ class Pipeline:
             return
         self.recorder.record(outcome, None if self.dry_run else owed_since)
         if outcome.action == "changed":
-            self.note_changes([(rel, None)], just_changed=True)  # upload it again once it settles
+            self.note_changes([(rel, None)], quiet_since=time.time())  # upload it again once it settles
 
     async def _failed(self, rel: str, exc: Exception) -> None:
         kind = classify(exc)

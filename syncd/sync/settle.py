@@ -3,9 +3,9 @@
 A file counts as settled when neither its mtime nor its ctime moved within `settle` (so a file written long
 ago is released at once, with one stat) or when we saw its signature hold still for `settle`. A file that
 never settles (a live log) is released after `max_delay` anyway, with a warning, so it is never starved.
-A path the watcher has just seen change is first looked at `settle` after the event (a look sooner only
-finds it still changing): one stat for a file written and left alone. Further events while it waits move
-its last change on without another look.
+A path the watcher has just seen change is first looked at `settle` after it was last seen changing (a look
+sooner only finds it still changing): one stat for a file written and left alone. Further events while it
+waits move its last change on without another look.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from syncd.sync.scan import inside
 from syncd.sync.state import Signature
 
 log = get_logger()
+LOOK_BATCH = 256  # paths stat-ed per look: a big drop starts uploading while the rest are looked at
 
 
 @dataclass
@@ -66,11 +67,11 @@ class Settler:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def add(self, rel: str, st: os.stat_result | None = None, *, just_changed: bool = False) -> None:
+    def add(self, rel: str, st: os.stat_result | None = None, *, quiet_since: float | None = None) -> None:
         """Note a change. With a fresh stat (from a walk) an old file is released without waiting.
 
-        just_changed: the watcher saw it change now, so its first look waits `settle`; other paths (owed at
-        start, retried) may have changed long ago and are looked at soon.
+        quiet_since: when it was last seen changing (the watcher's batch), so its first look waits until
+        `settle` after that; other paths (owed at start, retried) may have changed long ago: looked at soon.
         """
         now = time.time()
         entry = self.pending.get(rel)
@@ -81,8 +82,10 @@ class Settler:
             self.release(rel)
             return
         self.pending[rel] = _Pending(first_seen=now, last_change=now)
-        soon = st is None and not just_changed
-        self._schedule(rel, now + min(self.settle, 0.05) if soon else now + self.settle)
+        if quiet_since is not None:
+            self._schedule(rel, quiet_since + self.settle)
+        else:
+            self._schedule(rel, now + min(self.settle, 0.05) if st is None else now + self.settle)
 
     def _schedule(self, rel: str, due: float) -> None:
         heapq.heappush(self.heap, (due, rel))
@@ -93,7 +96,7 @@ class Settler:
             self.wake.clear()
             now = time.time()
             due_paths: dict[str, None] = {}  # a dict, not a list: `in` on a list of thousands is quadratic
-            while self.heap and self.heap[0][0] <= now:
+            while self.heap and self.heap[0][0] <= now and len(due_paths) < LOOK_BATCH:
                 _, rel = heapq.heappop(self.heap)
                 if rel in self.pending:
                     due_paths[rel] = None

@@ -30,6 +30,7 @@ STABLE_AFTER = 60.0  # a watch that ran this long without failing starts the res
 RESTART_FIRST = 1.0  # seconds before the first restart of a failed watch; doubled per failure
 RESTART_LONGEST = 60.0  # ... up to this; the watch limit waits this long at once (it clears slowly)
 PROBE_EVERY = 5.0  # seconds between watch-limit probes
+QUIET_STEP = 0.05  # awatch hands over a batch once no event came for this long: its paths were that quiet
 _IN_ONLYDIR = 0x01000000
 _IN_DELETE_SELF = 0x00000400
 
@@ -163,7 +164,7 @@ class Watcher:
             self.root,
             watch_filter=None,
             stop_event=self.stop_event,
-            step=50,
+            step=int(QUIET_STEP * 1000),
             debounce=1600,
             rust_timeout=self.heartbeat_ms,
             yield_on_timeout=True,
