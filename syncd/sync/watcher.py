@@ -31,6 +31,7 @@ RESTART_FIRST = 1.0  # seconds before the first restart of a failed watch; doubl
 RESTART_LONGEST = 60.0  # ... up to this; the watch limit waits this long at once (it clears slowly)
 PROBE_EVERY = 5.0  # seconds between watch-limit probes
 QUIET_STEP = 0.05  # awatch hands over a batch once no event came for this long: its paths were that quiet
+BATCH_LONGEST = 0.25  # ... or once its first event is this old, so a long write burst flows as it comes
 _IN_ONLYDIR = 0x01000000
 _IN_DELETE_SELF = 0x00000400
 
@@ -165,7 +166,7 @@ class Watcher:
             watch_filter=None,
             stop_event=self.stop_event,
             step=int(QUIET_STEP * 1000),
-            debounce=1600,
+            debounce=int(BATCH_LONGEST * 1000),
             rust_timeout=self.heartbeat_ms,
             yield_on_timeout=True,
             recursive=True,
