@@ -18,6 +18,11 @@ the other tools), and stops syncd with SIGTERM once the last `uploaded` record i
 files / (last upload - first upload), and from the drop to the last upload (which adds the settle time):
 start-up is not in it, the watcher, settle stage and scheduler are. s5cmd cp's rate is over its whole run.
 Each syncd run is compared with the s5cmd run after it (else before): 'syncd-run;s5cmd;syncd-run;s5cmd' pairs.
+
+`--pace N` drops the files as a stream instead, N files a second in slices every 50 ms: with N above what
+the daemon uploads, the files arrive for most of the upload and the watcher works beside it. The rate then
+reported is the middle half's (from the upload of 25% of the files to that of 75%), a steady state with no
+start and no end in it; it is flagged when the pace, not syncd, set it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,11 +79,12 @@ def sample():
                            settling=len(p.settler), done=done(p.stats))
             out.write(json.dumps(row) + "\n")
             stop.wait(EVERY)
-threading.Thread(target=sample, daemon=True).start()
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 from syncd.cli import main
 code = main(argv)
 stop.set()
-time.sleep(0.1)
+sampler.join()  # its last row written; no sleep here, which would count as syncd's time
 os._exit(code)
 """
 
@@ -111,7 +119,7 @@ def sample_cpu(client_pid: int, server: Any, rows: list[dict[str, float]], stop:
 
 
 def run_tool(
-    tool: str, folder: Path, bucket: str, env: dict[str, str], root: Path, server: Any
+    tool: str, folder: Path, bucket: str, env: dict[str, str], root: Path, server: Any, pace: float = 0.0
 ) -> dict[str, Any]:
     import psutil
     import yaml
@@ -133,7 +141,15 @@ def run_tool(
         config.write_text(yaml.safe_dump(document))
         cmd = [sys.executable, "-c", CHILD, str(inside), "run" if daemon else "once", "-c", str(config)]
         if env.get("PY_SPY_OUT"):  # profiling: py-spy's own cost lands in the figures
-            spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--threads", "--format", "raw"]
+            spy = [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "-r",
+                "200",
+                "--threads",
+                "--format",
+                "raw",
+            ]
             cmd = [*spy, "-o", env["PY_SPY_OUT"], "--", *cmd]
     else:
         cmd = [
@@ -155,7 +171,8 @@ def run_tool(
         )
     sampler = threading.Thread(target=sample_cpu, args=(proc.pid, psutil.Process(server.pid), rows, stop))
     sampler.start()
-    dropped = drop_and_stop(proc, folder, watched, err_path, bool(env.get("PY_SPY_OUT"))) if daemon else None
+    spied = bool(env.get("PY_SPY_OUT"))
+    dropped = drop_and_stop(proc, folder, watched, err_path, spied, pace) if daemon else None
     _, status, usage = os.wait4(proc.pid, 0)
     ended = time.time()
     stop.set()
@@ -178,27 +195,31 @@ def run_tool(
     }
 
 
-def drop_and_stop(proc: Any, data: Path, watched: Path, err: Path, spied: bool) -> float:
-    """For `syncd run`: after `ready`, hard-link every file of data into the watched folder; SIGTERM once
-    as many `uploaded` records are out as files were linked. Returns when the files were dropped."""
+def drop_and_stop(proc: Any, data: Path, watched: Path, err: Path, spied: bool, pace: float) -> float:
+    """For `syncd run`: after `ready`, hard-link every file of data into the watched folder (all in one loop,
+    or `pace` files a second in slices every 50 ms); SIGTERM once as many `uploaded` records are out as
+    files were linked. Returns when the drop began."""
     records = RecordReader(err)
     deadline = time.time() + 120
     while not any(r.get("event") == "ready" for r in records.new()):
         if proc.poll() is not None or time.time() > deadline:
             raise SystemExit(f"syncd run never became ready: {err.read_text()[-2000:]}")
         time.sleep(0.01)
-    dropped = time.time()
-    files = 0
-    for path in sorted(data.rglob("*")):
-        target = watched / path.relative_to(data)
+    paths = sorted(data.rglob("*"))
+    for path in paths:  # the directories first, so a slice holds files only
         if path.is_dir():
-            target.mkdir(exist_ok=True)
-        else:
-            os.link(path, target)
-            files += 1
+            (watched / path.relative_to(data)).mkdir(exist_ok=True)
+    files = [path for path in paths if not path.is_dir()]
+    slice_size = max(1, round(pace * EVERY)) if pace else len(files)
+    dropped = time.time()
+    for start in range(0, len(files), slice_size):
+        if pace:  # slice n is due n x 50 ms after the drop began: a late slice does not shift the rest
+            time.sleep(max(0.0, dropped + start / pace - time.time()))
+        for path in files[start : start + slice_size]:
+            os.link(path, watched / path.relative_to(data))
     uploaded = 0
     deadline = time.time() + 600
-    while uploaded < files and proc.poll() is None and time.time() < deadline:
+    while uploaded < len(files) and proc.poll() is None and time.time() < deadline:
         uploaded += sum(r.get("event") == "uploaded" for r in records.new())
         time.sleep(0.01)
     import psutil
@@ -238,6 +259,17 @@ def uploaded_times(err: Path) -> list[float]:
         if record.get("event") == "uploaded":
             times.append(dt.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp())
     return sorted(times)
+
+
+def daemon_rates(times: list[float], dropped: float) -> dict[str, float]:
+    """Files a second of a `syncd run` drop: over its middle half (uploads of 25% to 75% of the files, the
+    steady state), from its first upload to its last, and from the drop to the last (settle included)."""
+    low, high = len(times) // 4, len(times) * 3 // 4
+    return {
+        "middle half": (high - low) / max(times[high] - times[low], 1e-9),
+        "first -> last upload": (len(times) - 1) / max(times[-1] - times[0], 1e-9),
+        "from the drop": len(times) / max(times[-1] - dropped, 1e-9),
+    }
 
 
 def show(result: dict[str, Any], row_s: float) -> None:
@@ -316,14 +348,29 @@ def main() -> None:
     parser.add_argument("--json", help="write every sample here")
     parser.add_argument("--syncd-set", default="{}", help='extra config keys as JSON, e.g. {"workers": 256}')
     parser.add_argument("--py-spy", help="profile syncd with py-spy into this file (raw, for flamegraphs)")
+    parser.add_argument(
+        "--pace", type=float, default=0.0, help="syncd-run: drop N files a second (default: at once)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the data, the server's volumes and the logs"
+    )
     args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="syncd-timeline-"))
+    try:
+        measure(args, root)
+    finally:  # the server keeps every tool's copy: 0.5-1 GB a run
+        if args.keep:
+            print(f"kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
+
+def measure(args: argparse.Namespace, root: Path) -> None:
     import boto3
     from botocore.config import Config
 
     from syncd.seaweed import Identity, SeaweedServer
 
-    root = Path(tempfile.mkdtemp(prefix="syncd-timeline-"))
     identity = Identity.generate("bench")
     with SeaweedServer(root / "seaweed", [identity], isolate=False) as server:
         s3 = boto3.client(
@@ -366,7 +413,7 @@ def main() -> None:
             bucket = f"t-{tool}-{secrets.token_hex(3)}"
             s3.create_bucket(Bucket=bucket)
             s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-            result = run_tool(tool, folder, bucket, env, root, server)
+            result = run_tool(tool, folder, bucket, env, root, server, args.pace)
             count = sum(
                 page.get("KeyCount", 0)
                 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
@@ -376,27 +423,35 @@ def main() -> None:
             show(result, args.row)
             print(f"  bucket holds {count} of {args.files} objects")
             results.append(result)
+        ratios: dict[str, list[float]] = {}
         for i, r in enumerate(results):
             peer = nearest_s5cmd(results, i)
             if r.get("dropped") is not None:
                 times = uploaded_times(Path(r["err"]))
-                if len(times) < 2:
+                if len(times) < 4:
                     print(f"{r['label']}: {len(times)} uploads, no rate")
                     continue
-                steady = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
-                dropped = len(times) / max(times[-1] - r["dropped"], 1e-9)
-                line = f"{r['label']}: {steady:.0f} files/s first -> last upload, {dropped:.0f} from the drop"
+                rates = daemon_rates(times, r["dropped"])
+                line = ", ".join(f"{rate:.0f} files/s {name}" for name, rate in rates.items())
+                if args.pace and rates["middle half"] >= 0.95 * args.pace:
+                    line += f" (the pace, {args.pace:.0f} files/s, set the rate: raise --pace)"
                 if peer is not None:
                     peer_rate = args.files / (peer["ended"] - peer["began"])
-                    line += (
-                        f"; the neighbouring s5cmd cp {peer_rate:.0f} files/s start to exit: {steady / peer_rate:.2f}x"
-                        f" ({dropped / peer_rate:.2f}x from the drop)"
-                    )
-                print(line)
+                    line += f"; the neighbouring s5cmd cp {peer_rate:.0f} files/s start to exit:"
+                    for name, rate in rates.items():
+                        line += f" {rate / peer_rate:.2f}x {name},"
+                        ratios.setdefault(f"{r['label']} {name}", []).append(rate / peer_rate)
+                print(line.rstrip(","))
                 continue
-            if peer is not None and r is not peer:
+            if peer is not None and r["tool"] != "s5cmd":
                 wall = (r["ended"] - r["began"]) / (peer["ended"] - peer["began"])
                 print(f"{r['label']} / s5cmd cp: wall {wall:.2f}x, CPU {r['cpu'] / peer['cpu']:.2f}x")
+                ratios.setdefault(f"{r['label']} wall", []).append(wall)
+        for name, values in ratios.items():
+            if len(values) > 1:
+                pairs = ", ".join(f"{v:.2f}" for v in values)
+                median = statistics.median(values)
+                print(f"median of {len(values)} pairs, {name} / s5cmd cp: {median:.2f}x ({pairs})")
         if args.json:
             Path(args.json).write_text(json.dumps(results))
 
