@@ -348,3 +348,10 @@ class Daemon:
         if self._proc.poll() is None:
             os.kill(self._proc.pid, signal.SIGKILL)
         self._proc.wait()
+
+
+def settle_after(daemon: Daemon, folder: Path, name: str = "zz-sentinel.txt") -> None:
+    """Write a sentinel file and wait for its upload: the events written before it have been handled."""
+    start = len(daemon.records())
+    write(folder / name, name.encode() + str(time.time()).encode())
+    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("path") == name, start=start)

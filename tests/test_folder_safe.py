@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from badserver import BadServer
 from helpers import (
-    Daemon,
     bucket_objects,
     every_server,
     json_records,
     list_versions,
+    settle_after,
     skip_or_fail,
     wait_until,
 )
@@ -39,13 +39,6 @@ def write(path: Path, data: bytes, mode: int = 0o644) -> Path:
 
 def events(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get("event") == name]
-
-
-def settle_after(daemon: Daemon, folder: Path, name: str = "zz-sentinel.txt") -> None:
-    """Write a sentinel and wait for its upload: the events from before it have been handled."""
-    start = len(daemon.records())
-    write(folder / name, name.encode() + str(time.time()).encode())
-    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("path") == name, start=start)
 
 
 def no_secret(s3: Any, bucket: str) -> dict[str, bytes]:

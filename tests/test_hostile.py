@@ -32,6 +32,7 @@ from helpers import (
     libfaketime,
     list_delete_markers,
     list_versions,
+    settle_after,
     skip_or_fail,
     wait_until,
 )
@@ -76,13 +77,6 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 
 def keys_in(s3: Any, bucket: str) -> set[str]:
     return set(bucket_objects(s3, bucket))
-
-
-def settle_after(daemon: Daemon, folder: Path, name: str = "zz-sentinel.txt") -> None:
-    """Write a sentinel file and wait for its upload: the events written before it have been handled."""
-    start = len(daemon.records())
-    write(folder / name, name.encode() + str(time.time()).encode())
-    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("path") == name, start=start)
 
 
 def wait_for_new_watch(daemon: Daemon, start: int) -> None:
