@@ -10,6 +10,7 @@ import hashlib
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -163,19 +164,25 @@ def test_sigterm_waits_for_an_upload_in_flight_within_stop_timeout(
     assert bucket_objects(s3, bucket_name) == {"held.txt": b"in flight at SIGTERM"}
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "helper"])
 def test_sigterm_gives_up_on_an_upload_after_stop_timeout_and_it_stays_owed(
-    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon, run_syncd
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon, run_syncd, processes
 ):
     folder = tmp_path / "data"
     folder.mkdir()
     with BadServer("hang", upstream=s3_server.endpoint_url, only=put_of("held.txt")) as front:
-        config = make_config(folder, bucket_name, stop_timeout=1, s3={"endpoint_url": front.url})
+        config = make_config(
+            folder, bucket_name, stop_timeout=1, upload_processes=processes, s3={"endpoint_url": front.url}
+        )
         daemon = start_daemon(config)
         daemon.wait_for_event("ready", timeout=60)
         write(folder / "held.txt", b"never answered")
         wait_until(lambda: front.matched >= 1)
-        # The server never answers (until the front closes and drops it): the daemon must not wait on it.
+        # The server never answers (until the front closes and drops it): the daemon must not wait on it,
+        # nor on a helper process that holds the request (it had 10 s of its own after stop_timeout).
+        began = time.monotonic()
         assert daemon.terminate(timeout=30) == 0
+        assert time.monotonic() - began < 1 + 5, "SIGTERM took far longer than stop_timeout (1 s)"
         port = front.port
     # The held request was dropped, never passed on: the bucket has no version of held.txt.
     assert list_versions(s3, bucket_name, "held.txt") == []

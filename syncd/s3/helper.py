@@ -40,6 +40,7 @@ PUT_TIMEOUT = 180.0  # seconds for one answer: longer than a PUT can take (conne
 HUNG_AFTER = 30.0  # seconds without an answer to a ping before the helper is killed
 CHECK_EVERY = 5.0  # seconds between pings (and restarts of a helper that died)
 STOP_TIMEOUT = 10.0  # seconds for the helper to exit after its pipe is closed
+STOP_LEAST = 1.0  # ... at least, when a daemon's stop_timeout is nearly spent: time to exit cleanly
 MAX_RESTARTS = 3  # helpers started again after one died; then the main process sends everything itself
 
 
@@ -239,8 +240,9 @@ class UploadProcess:
         """Not hung: a live helper answered within HUNG_AFTER (a dead one is replaced or done without)."""
         return not self.alive or time.monotonic() - self.last_answer <= HUNG_AFTER
 
-    async def stop(self) -> None:
-        """Close the pipe (the helper finishes what it has and exits); kill it if it does not."""
+    async def stop(self, within: float | None = None) -> None:
+        """Close the pipe (the helper finishes what it has and exits); kill it if it does not, after
+        STOP_TIMEOUT or `within` seconds (what is left of a daemon's stop_timeout), whichever is shorter."""
         self.stopping = True
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()  # a start that never got to the run's TaskGroup (startup failed)
@@ -252,7 +254,8 @@ class UploadProcess:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self.proc.stdin.close()
         try:
-            await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
+            limit = STOP_TIMEOUT if within is None else min(STOP_TIMEOUT, max(within, STOP_LEAST))
+            await asyncio.wait_for(self.proc.wait(), limit)
         except TimeoutError:
             await self._kill()
         if self._reader is not None:

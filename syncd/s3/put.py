@@ -119,10 +119,11 @@ class Sender:
         """Not hung: the helper process, if any, answered lately (the watchdog asks)."""
         return self.process is None or self.process.healthy()
 
-    async def close(self) -> None:
-        """The helper process first (it finishes the PUTs it has), then the fast path's connections."""
+    async def close(self, within: float | None = None) -> None:
+        """The helper process first (it finishes the PUTs it has, in `within` seconds if given), then the
+        fast path's connections."""
         if self.process is not None:
-            await self.process.stop()
+            await self.process.stop(within)
             self.process = None
         if self.fast is not None:
             await self.fast.close()

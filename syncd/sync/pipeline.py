@@ -115,6 +115,7 @@ class Pipeline:
         self._uploader: Uploader | None = None  # built once, by prepare()
         self.group: asyncio.TaskGroup | None = None  # owns every task of a run (workers, walks, loops)
         self.stopping = False
+        self.stop_by: float | None = None  # monotonic deadline of a SIGTERM's drain (stop_timeout)
         self.bucket: BucketStatus | None = None
         self.workers_wanted = config.workers
         self.workers_running = 0
@@ -480,6 +481,7 @@ class Pipeline:
         """Like uvicorn's: take nothing new, let in-flight uploads finish within stop_timeout, then
         cancel every task of the run (the TaskGroup awaits them all before run() returns)."""
         self.take_no_more()
+        self.stop_by = time.monotonic() + self.config.stop_timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._inflight_done(), self.config.stop_timeout)
         raise _Stop()
@@ -521,7 +523,9 @@ class Pipeline:
         self.watcher.stop()
         self.recorder.flush()  # first: nothing below may keep the last uploads out of the state
         if self.sender is not None:
-            await self.sender.close()
+            # A helper still holding PUTs at a stop gets what is left of stop_timeout, not 10 s more.
+            left = None if self.stop_by is None else self.stop_by - time.monotonic()
+            await self.sender.close(within=left)
             self.sender = None
         self.recorder.flush()  # what finished while the helper process stopped
 
