@@ -182,6 +182,37 @@ def test_touch_storm_creates_no_versions(tmp_path, s3, bucket_name, make_config,
     assert new_versions(s3, bucket_name) == before
 
 
+def test_files_written_in_pieces_for_many_watcher_batches_get_one_version_of_their_final_bytes(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    """A write burst longer than the watcher's batches (0.25 s): each batch hands the files over again
+    while they are still being written; none is released before it has stopped changing for `settle`."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    outside = tmp_path / "elsewhere"
+    config = make_config(folder, bucket_name, settle=1.0)
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    files = [folder / f"growing/{i}.log" for i in range(20)]
+    for piece in range(30):  # 1.5 s of appends, one every 50 ms per file: never quiet for `settle`
+        for path in files:
+            path.parent.mkdir(exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(b"piece %d of %s\n" % (piece, path.name.encode()))
+        time.sleep(0.05)
+    # Renamed in with an mtime from an hour ago: the rename moves its ctime, so it settles as a new file.
+    old = write(outside / "old.txt", b"written long ago, moved in now")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    os.rename(old, folder / "old.txt")
+
+    wait_until(lambda: bucket_matches(s3, bucket_name, folder), timeout=60, interval=0.2)
+    time.sleep(1.5)  # anything released early would have a second version by now
+    assert daemon.terminate() == 0
+    versions = list_versions(s3, bucket_name)
+    assert sorted(v["Key"] for v in versions) == sorted(["old.txt", *(f"growing/{i}.log" for i in range(20))])
+    assert len(daemon.uploaded()) == 21
+
+
 def test_large_file_rewritten_during_upload_ends_with_final_bytes(
     tmp_path, s3, bucket_name, make_config, start_daemon
 ):
