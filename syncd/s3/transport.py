@@ -30,8 +30,9 @@ from yarl import URL
 
 BODY_CAP = 1024 * 1024  # bytes of an error (or other unexpected) response body read; the rest is dropped
 # Bytes of an answer that is not streamed (listings, XML results). A page of 1,000 versions with 1 KiB keys
-# is a few MiB; more than this is not an S3 answer, and is refused rather than held.
-ANSWER_CAP = 64 * 1024 * 1024
+# is about 1.2 MiB (3.2 MiB URL-encoded); more than this is not an S3 answer, and is refused rather than held:
+# botocore parses an answer on the event loop, about a second per 16 MiB, while every upload waits.
+ANSWER_CAP = 16 * 1024 * 1024
 KEEPALIVE_TIMEOUT = 12.0  # aiobotocore's default: under S3's 20 s idle timeout
 
 
