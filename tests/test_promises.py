@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from badserver import BadServer
 from helpers import (
+    bucket_matches,
     bucket_objects,
     json_records,
     list_delete_markers,
@@ -197,6 +198,60 @@ def test_sigterm_gives_up_on_an_upload_after_stop_timeout_and_it_stays_owed(
     assert result.returncode == 0, result.stderr
     assert [r["path"] for r in events(json_records(result.stderr), "uploaded")] == ["held.txt"]
     assert versions_of(s3, bucket_name, "held.txt") == [b"never answered"]
+
+
+# -- a deleted file that comes back while its deletion is sent ----------------------------------------
+
+
+def test_a_file_back_on_disk_before_its_delete_is_sent_keeps_its_version(
+    tmp_path, s3, bucket_name, make_config, start_daemon
+):
+    """A batch of deletions is sent one by one (about 5 ms each): zz.txt, last in it, is back by its turn."""
+    folder = tmp_path / "data"
+    doomed = [f"a/{i:04d}.txt" for i in range(200)]
+    for name in [*doomed, "zz.txt", "keep.txt"]:
+        write(folder / name, name.encode())
+    config = make_config(folder, bucket_name, on_delete="delete", delete_guard="100%", workers=8)
+    daemon = start_daemon(config)
+    daemon.wait_for_event("ready", timeout=60)
+    wait_until(lambda: bucket_matches(s3, bucket_name, folder), timeout=60, interval=0.2)
+    start = len(daemon.records())
+    for name in doomed:
+        os.unlink(folder / name)
+    os.unlink(folder / "zz.txt")
+    daemon.wait_for_event("deleted", start=start, timeout=60)  # the batch is being sent, zz.txt in it
+    write(folder / "zz.txt", b"back again")
+    wait_until(lambda: len(events(daemon.records()[start:], "deleted")) >= len(doomed), timeout=60)
+    wait_until(lambda: bucket_matches(s3, bucket_name, folder), timeout=30, interval=0.2)
+    assert not events(daemon.records()[start:], "deleted", path="zz.txt")
+    assert daemon.terminate() == 0
+    assert bucket_objects(s3, bucket_name) == {"keep.txt": b"keep.txt", "zz.txt": b"back again"}
+
+
+def test_a_file_back_while_its_delete_is_on_its_way_is_uploaded_again(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    """The DELETE is held at the server while the file is written again and uploaded: the delete marker
+    lands on top of that upload, so syncd uploads the file once more."""
+    folder = tmp_path / "data"
+    write(folder / "zz.txt", b"first")
+    write(folder / "keep.txt", b"keep")
+    delete_of_zz = lambda method, path: method == "DELETE" and path.split("?")[0].endswith("/zz.txt")  # noqa: E731
+    with BadServer("hang", upstream=s3_server.endpoint_url, delay=2, only=delete_of_zz) as front:
+        config = make_config(folder, bucket_name, on_delete="delete", s3={"endpoint_url": front.url})
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        wait_until(lambda: bucket_matches(s3, bucket_name, folder), timeout=60, interval=0.2)
+        start = len(daemon.records())
+        os.unlink(folder / "zz.txt")
+        wait_until(lambda: front.matched >= 1, timeout=30)  # the DELETE is at the server, held 2 s
+        write(folder / "zz.txt", b"back again")
+        daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("path") == "zz.txt", start=start)
+        daemon.wait_for_event("deleted_file_back", path="zz.txt", start=start, timeout=30)
+        wait_until(lambda: bucket_objects(s3, bucket_name).get("zz.txt") == b"back again", timeout=30)
+        assert daemon.terminate() == 0
+    assert bucket_objects(s3, bucket_name) == {"keep.txt": b"keep", "zz.txt": b"back again"}
+    assert list_delete_markers(s3, bucket_name, "zz.txt")  # the marker is there, under the new upload
 
 
 # -- the delete guard's cap ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from syncd.config import Config
@@ -83,9 +84,11 @@ class Deletions:
         retrier: Retrier,
         folder: Folder,
         *,
+        on_back: Callable[[str], None],
         dry_run: bool = False,
     ) -> None:
         self.config = config
+        self.on_back = on_back  # a path deleted in the bucket that is on disk again: owe its upload
         self.client = client
         self.state = state
         self.retrier = retrier
@@ -168,8 +171,9 @@ class Deletions:
             self.guard.note_deleted(self.deleted - before)
 
     async def _delete(self, rel: str) -> None:
+        """One delete marker; not for a file that is back on disk (a batch takes seconds to send)."""
         rec = self.state.get(rel)
-        if rec is None:
+        if rec is None or self._back(rel):  # back: the watcher owes it, and its version stays current
             return
         try:
             response = await self.retrier.call(
@@ -181,3 +185,9 @@ class Deletions:
         self.state.forget([rel])
         self.deleted += 1
         log.info("deleted", path=rel, key=rec.key, version_id=response.get("VersionId"))
+        if self._back(rel):  # recreated while the DELETE was on its way: the marker may hide its upload
+            log.info("deleted_file_back", path=rel, key=rec.key)
+            self.on_back(rel)
+
+    def _back(self, rel: str) -> bool:
+        return present(self.config.folder, rel, self.config.follow_symlinks)

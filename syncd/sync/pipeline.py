@@ -99,7 +99,15 @@ class Pipeline:
         self.watcher = Watcher(config.folder, self._watched_paths_changed, self._watch_restarted)
         self.rescan_now = asyncio.Event()
         self.folder = Folder(config.folder, self.watcher, self.rescan_now, state, config.folder_grace)
-        self.deletions = Deletions(config, client, state, self.retrier, self.folder, dry_run=dry_run)
+        self.deletions = Deletions(
+            config,
+            client,
+            state,
+            self.retrier,
+            self.folder,
+            on_back=lambda rel: self.note_changes([(rel, None)]),
+            dry_run=dry_run,
+        )
         self.settler = Settler(
             config.folder,
             config.settle,
