@@ -200,6 +200,44 @@ def test_sigterm_gives_up_on_an_upload_after_stop_timeout_and_it_stays_owed(
     assert versions_of(s3, bucket_name, "held.txt") == [b"never answered"]
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "helper"])
+def test_sigterm_during_a_multipart_upload_whose_parts_and_abort_hang_ends_in_time(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon, run_syncd, processes
+):
+    """The server holds the parts and the abort: the abort must not hold the stop for its read timeout
+    (120 s); the upload stays in the state and the next run aborts it and uploads the file."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    armed = [False]  # after start-up: the fast path's probe sends a part too
+    held = lambda method, path: armed[0] and "uploadId=" in path  # noqa: E731 (parts, complete, abort)
+    with BadServer("hang", upstream=s3_server.endpoint_url, only=held) as front:
+        config = make_config(
+            folder,
+            bucket_name,
+            stop_timeout=2,
+            upload_processes=processes,
+            multipart_threshold="8MiB",
+            multipart_chunksize="5MiB",
+            s3={"endpoint_url": front.url},
+        )
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        if processes == 2:
+            daemon.wait_for_event("helper_started", timeout=30)
+        armed[0] = True
+        write(folder / "big.bin", os.urandom(12 * 1024 * 1024))
+        wait_until(lambda: front.matched >= 1, timeout=30)
+        began = time.monotonic()
+        assert daemon.terminate(timeout=60) == 0
+        took = time.monotonic() - began
+        port = front.port
+    assert took < 2 + 6, f"SIGTERM took {took:.1f} s with stop_timeout 2"
+    with BadServer("proxy", upstream=s3_server.endpoint_url, port=port):
+        result = run_syncd(["once", "-c", str(config)])
+    assert result.returncode == 0, result.stderr
+    assert bucket_objects(s3, bucket_name) == tree(folder)
+
+
 # -- a deleted file that comes back while its deletion is sent ----------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import mimetypes
 import os
@@ -52,6 +53,7 @@ MAX_PARTS = 10_000
 MAX_COPY_SIZE = 5 * 1024**3
 STREAM_HOLD = 2 * STREAM_CHUNK  # what a streamed part holds: the piece being sent and the transport's copy
 MAX_PART_LANES = 8  # parts of one file in flight at once
+ABORT_ON_STOP = 2.0  # seconds a multipart abort may hold up a stop; then the next start aborts it (state)
 DIGEST_MISMATCH = ("BadDigest", "XAmzContentSHA256Mismatch")
 SMALL_FILE = 256 * 1024  # read on the loop when cached (read_soon), sent from memory
 # Copies of a small file's bytes held while it is sent: the body, the HTTP layer's, and with
@@ -525,6 +527,10 @@ class Uploader:
                 key=key,
                 size=sig.size,  # servers assemble the parts before they answer: scaled like a PUT
             )
+        except asyncio.CancelledError:  # a stop, past stop_timeout: the abort must not hold it up for long
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._abort(key, upload_id), ABORT_ON_STOP)
+            raise
         except BaseException:
             await asyncio.shield(self._abort(key, upload_id))
             raise
