@@ -241,6 +241,9 @@ class NoRedirectSession:
     async def _body(response: aiohttp.ClientResponse) -> bytes:
         """The answer's body: an error's up to BODY_CAP (the rest dropped with the connection: botocore
         then sorts it by its status), another's whole up to ANSWER_CAP, else refused (ValueError)."""
+        if response.method == "HEAD":  # no body, whatever its Content-Length says (the object's size)
+            response.release()
+            return b""
         if response.status >= 300:
             body = await read_capped(response.content, BODY_CAP)
         else:
