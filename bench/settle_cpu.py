@@ -34,7 +34,12 @@ async def one_round(folder: Path, files: list[str], settle: float) -> tuple[floa
     settle_module.stat_path = counted  # type: ignore[assignment]
     released: list[str] = []
     settler = settle_module.Settler(
-        folder, settle, 600.0, release=released.append, on_dir=lambda rel: None, on_gone=lambda rel: None
+        folder,
+        settle,
+        600.0,
+        release=lambda rel, *_released: released.append(rel),  # newer checkouts pass a Released too
+        on_dir=lambda rel: None,
+        on_gone=lambda rel: None,
     )
     watched = "quiet_since" in inspect.signature(settler.add).parameters
     stall = [0.0]

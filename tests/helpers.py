@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -130,6 +131,16 @@ def s3_client(server: SeaweedServer | RgwServer, identity: Identity) -> Any:
             s3={"addressing_style": "path"},
         ),
     )
+
+
+def put_of(name: str) -> Callable[[str, str], bool]:
+    """An `only=` for BadServer: the PUT of the object whose key ends in /name (its single PUT, or its
+    parts; path-style, any query)."""
+
+    def matches(method: str, path: str) -> bool:
+        return method == "PUT" and urllib.parse.urlsplit(path).path.endswith("/" + name)
+
+    return matches
 
 
 def bucket_objects(s3: Any, bucket: str) -> dict[str, bytes]:

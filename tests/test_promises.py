@@ -21,6 +21,7 @@ from helpers import (
     json_records,
     list_delete_markers,
     list_versions,
+    put_of,
     tree,
     wait_until,
     write,
@@ -29,11 +30,6 @@ from helpers import (
 
 def events(records: list[dict[str, Any]], name: str, **fields: Any) -> list[dict[str, Any]]:
     return [r for r in records if r.get("event") == name and all(r.get(k) == v for k, v in fields.items())]
-
-
-def put_of(name: str) -> Any:
-    """An `only=` for BadServer: the PUT of the object whose key ends in /name (path-style, any query)."""
-    return lambda method, path: method == "PUT" and path.split("?")[0].endswith("/" + name)
 
 
 def md5(data: bytes) -> str:
@@ -109,6 +105,36 @@ def test_a_small_file_changed_during_its_upload_goes_round_again(
     ]
     assert versions_of(s3, bucket_name, "doc.txt") == sorted([first, second])
     assert s3.get_object(Bucket=bucket_name, Key="doc.txt")["Body"].read() == second
+
+
+def test_a_settled_file_written_again_while_it_waits_for_a_worker_is_read_once_quiet_again(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    """Settled, queued behind a held PUT, then appended to for longer than the hold: the worker that takes
+    it must not read it mid-burst. It goes back to the settle stage and is uploaded once, whole."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with BadServer("hang", upstream=s3_server.endpoint_url, delay=3, only=put_of("blocker.txt")) as front:
+        config = make_config(
+            folder, bucket_name, workers=1, settle=0.5, s3={"endpoint_url": front.url}, log={"level": "debug"}
+        )
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        write(folder / "blocker.txt", b"its PUT is held 3 s: the only worker waits on it")
+        wait_until(lambda: front.matched >= 1)
+        log = folder / "x.txt"
+        write(log, b"line 0\n")
+        daemon.wait_for_event("settled", path="x.txt")  # in the queue, behind blocker.txt
+        for i in range(1, 81):  # 4 s of appends, past the hold: still being written when the worker is free
+            with open(log, "ab") as f:
+                f.write(b"line %d\n" % i)
+            time.sleep(0.05)
+        final = log.read_bytes()
+        daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=30)
+        time.sleep(1)  # a second upload of x.txt would be on its way by now
+        assert daemon.terminate() == 0
+    assert versions_of(s3, bucket_name, "x.txt") == [final]
+    assert [u["md5"] for u in events(daemon.records(), "uploaded", path="x.txt")] == [md5(final)]
 
 
 # -- restore checks the MD5 ------------------------------------------------------------------------------

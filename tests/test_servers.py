@@ -14,12 +14,12 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from badserver import Answer, BadServer, Request, error_answer
-from helpers import bucket_matches, bucket_objects, error_line, json_records, wait_until, write
+from helpers import bucket_matches, bucket_objects, error_line, json_records, put_of, wait_until, write
 from s3front import B2, R2, AwsAclsDisabled, front
 
 
@@ -34,15 +34,6 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 
 def keys_in(s3: Any, bucket: str) -> set[str]:
     return set(bucket_objects(s3, bucket))
-
-
-def put_of(name: str) -> Callable[[str, str], bool]:
-    """Matches the PUT of one object (its single PUT, or its parts)."""
-
-    def matches(method: str, path: str) -> bool:
-        return method == "PUT" and urllib.parse.urlsplit(path).path.endswith("/" + name)
-
-    return matches
 
 
 # -- one key that keeps failing on a server that works ----------------------------------------------------

@@ -36,7 +36,7 @@ from syncd.sync.limits import ByteBudget, RateLimit
 from syncd.sync.locks import LockExtender
 from syncd.sync.queue import UploadQueue
 from syncd.sync.recorder import Recorder, Stats
-from syncd.sync.settle import Settler
+from syncd.sync.settle import Released, Settler
 from syncd.sync.state import Counts, Signature, StateStore, unchanged
 from syncd.sync.uploader import Uploader, UploadSettings
 from syncd.sync.watcher import QUIET_STEP, Watcher
@@ -312,12 +312,12 @@ class Pipeline:
             self.workers_running -= 1
 
     async def _take_one(self) -> None:
-        rel = await self.queue.get()
+        rel, released = await self.queue.get()
         try:
             if self.stopping:
                 return  # taken as the stop began: it stays owed for the next start
             if self.folder.recently_available():
-                await self._upload_one(rel)
+                await self._upload_one(rel, released)
             else:
                 self.settler.add(rel)  # try again when the folder is back
                 await asyncio.sleep(1)
@@ -327,10 +327,10 @@ class Pipeline:
             if self.on_progress:
                 self.on_progress(self)
 
-    async def _upload_one(self, rel: str) -> None:
+    async def _upload_one(self, rel: str, released: Released) -> None:
         known, owed_since = self.state.lookup(rel)
         try:
-            outcome = await self.uploader.upload(rel, known)
+            outcome = await self.uploader.upload(rel, known, released)
         except FileSkipped as exc:
             if exc.gone:
                 log.info("vanished", path=rel, reason=exc.reason)
@@ -342,6 +342,10 @@ class Pipeline:
             raise  # what the user must fix (or once's --retry-for ran out): the run's TaskGroup ends the run
         except Exception as exc:
             await self._failed(rel, exc)
+            return
+        if outcome.action == "unsettled":  # still owed; no record: nothing was read or sent
+            log.debug("changed_while_queued", path=rel)
+            self.settler.add(rel, quiet_since=time.time(), first_seen=released.first_seen)
             return
         self.recorder.record(outcome, None if self.dry_run else owed_since)
         if outcome.action == "changed":

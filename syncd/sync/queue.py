@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 
+from syncd.sync.settle import Released
+
 
 class UploadQueue:
     """Paths ready to upload, each waiting at most once and in flight at most once."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
-        self.waiting: set[str] = set()
+        self.waiting: dict[str, Released] = {}  # what the settle stage saw of each: the newest release
         self.inflight: set[str] = set()
         self.dirty: set[str] = set()
         self.idle_event = asyncio.Event()
@@ -23,26 +25,28 @@ class UploadQueue:
     def __len__(self) -> int:
         return len(self.waiting) + len(self.inflight)
 
-    def put(self, rel: str) -> None:
+    def put(self, rel: str, released: Released) -> None:
         if rel in self.inflight:
             self.dirty.add(rel)
-        elif rel not in self.waiting:
-            self.waiting.add(rel)
+        elif rel in self.waiting:
+            self.waiting[rel] = released  # keeps its place in the line
+        else:
+            self.waiting[rel] = released
             self.queue.put_nowait(rel)
             self.idle_event.clear()
 
-    async def get(self) -> str:
+    async def get(self) -> tuple[str, Released]:
         while True:
             rel = await self.queue.get()
-            if rel not in self.waiting:
+            released = self.waiting.pop(rel, None)
+            if released is None:
                 continue  # withdrawn while it waited
-            self.waiting.discard(rel)
             self.inflight.add(rel)
-            return rel
+            return rel, released
 
     def withdraw(self, rel: str) -> None:
         """Forget a waiting path (deleted, or the pipeline is stopping)."""
-        self.waiting.discard(rel)
+        self.waiting.pop(rel, None)
         self._check_idle()
 
     def done(self, rel: str) -> bool:

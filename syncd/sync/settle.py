@@ -6,6 +6,10 @@ never settles (a live log) is released after `max_delay` anyway, with a warning,
 A path the watcher has just seen change is first looked at `settle` after it was last seen changing (a look
 sooner only finds it still changing): one stat for a file written and left alone. Further events while it
 waits move its last change on without another look.
+
+A released path may wait in the queue behind busy workers and be written again there: `Released` carries
+what the settling look saw, and tells the worker whether the file may be read now or must come
+back here (so a file is never read mid-burst, and keeps its first sighting for max_delay).
 """
 
 from __future__ import annotations
@@ -30,6 +34,23 @@ log = get_logger()
 LOOK_BATCH = 256  # paths stat-ed per look: a big drop starts uploading while the rest are looked at
 
 
+@dataclass(frozen=True)
+class Released:
+    """A path let through: the signature the look that released it saw (None when released without
+    settling: after max_delay, or a stat that failed), when it was first seen (for max_delay), and the
+    `settle` it was held for."""
+
+    sig: Signature | None
+    first_seen: float
+    settle: float
+
+    def still_settled(self, st: os.stat_result) -> bool:
+        """May the file be read now (st: its stat as a worker opened it)? Yes when it was let through
+        unsettled, is untouched since the look that released it, or has been quiet for `settle` since it
+        changed again (it may have waited in the queue far longer than that)."""
+        return self.sig is None or self.sig.describes(st) or time.time() - _changed_at(st) >= self.settle
+
+
 @dataclass
 class _Pending:
     first_seen: float
@@ -46,7 +67,7 @@ class Settler:
         settle: float,
         max_delay: float,
         *,
-        release: Callable[[str], None],
+        release: Callable[[str, Released], None],
         on_dir: Callable[[str], None],
         on_gone: Callable[[str], None],
         on_skip: Callable[[str], None] | None = None,
@@ -67,21 +88,31 @@ class Settler:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def add(self, rel: str, st: os.stat_result | None = None, *, quiet_since: float | None = None) -> None:
+    def add(
+        self,
+        rel: str,
+        st: os.stat_result | None = None,
+        *,
+        quiet_since: float | None = None,
+        first_seen: float | None = None,
+    ) -> None:
         """Note a change. With a fresh stat (from a walk) an old file is released without waiting.
 
         quiet_since: when it was last seen changing (the watcher's batch), so its first look waits until
         `settle` after that; other paths (owed at start, retried) may have changed long ago: looked at soon.
+        first_seen: of a path handed back by a worker, so max_delay still counts from its first sighting.
         """
         now = time.time()
+        seen = now if first_seen is None else min(now, first_seen)
         entry = self.pending.get(rel)
         if entry is not None:
             entry.last_change = now  # its look is scheduled already: it finds the file quiet or not then
+            entry.first_seen = min(entry.first_seen, seen)
             return
         if st is not None and stat.S_ISREG(st.st_mode) and now - _changed_at(st) >= self.settle:
-            self.release(rel)
+            self.release(rel, Released(Signature.of(st), seen, self.settle))
             return
-        self.pending[rel] = _Pending(first_seen=now, last_change=now)
+        self.pending[rel] = _Pending(first_seen=seen, last_change=now)
         if quiet_since is not None:
             self._schedule(rel, quiet_since + self.settle)
         else:
@@ -137,7 +168,8 @@ class Settler:
             return
         if isinstance(result, OSError):
             del self.pending[rel]
-            self.release(rel)  # the uploader reports why it cannot read it, once
+            # the uploader reports why it cannot read it
+            self.release(rel, Released(None, entry.first_seen, self.settle))
             return
         if stat.S_ISDIR(result.st_mode):
             del self.pending[rel]
@@ -160,11 +192,11 @@ class Settler:
         if quiet and entry.last_change <= looked:  # and no event came in while the stat was taken
             del self.pending[rel]
             log.debug("settled", path=rel)  # tests wait on it: the file is in the upload queue now
-            self.release(rel)
+            self.release(rel, Released(sig, entry.first_seen, self.settle))
         elif now - entry.first_seen >= self.max_delay:
             del self.pending[rel]
             log.warning("unsettled_upload", path=rel, waited_s=round(now - entry.first_seen, 1))
-            self.release(rel)
+            self.release(rel, Released(None, entry.first_seen, self.settle))
         else:
             wait = self.settle - max(0.0, now - _changed_at(result))
             self._schedule(rel, now + max(0.01, min(wait, self.settle)))

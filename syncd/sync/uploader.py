@@ -43,6 +43,7 @@ from syncd.sync.files import (
     stat_path,
 )
 from syncd.sync.limits import ByteBudget, RateLimit
+from syncd.sync.settle import Released
 from syncd.sync.state import FileRecord, Signature, StateStore, unchanged
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ SMALL_COPIES = 4
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one file. action: uploaded | copied | unchanged | changed | would_upload (dry run)."""
+    """What happened to one file. action: uploaded | copied | unchanged | changed | would_upload (dry run)
+    | unsettled (written again while it waited for a worker: not read, to be settled again)."""
 
     action: str
     path: str
@@ -201,9 +203,9 @@ class Uploader:
         except ValueError as exc:
             raise FileSkipped(f"cannot map to a key: {exc}") from None
 
-    async def upload(self, rel: str, known: FileRecord | None) -> Outcome:
-        """Bring the bucket up to date with this one file (known: its state row); raises FileSkipped or
-        the S3 error.
+    async def upload(self, rel: str, known: FileRecord | None, released: Released | None = None) -> Outcome:
+        """Bring the bucket up to date with this one file (known: its state row; released: what the settle
+        stage saw of it); raises FileSkipped or the S3 error.
 
         Opening is metadata work done on the loop, like the settler's stat. Small files (most of a tree)
         are read and hashed there too when the page cache holds them, under a reservation of the byte
@@ -218,6 +220,8 @@ class Uploader:
             sig = Signature.of(st)
             if known is not None and unchanged(sig, known_sig, self.settings.ignore_inode):
                 return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
+            if released is not None and not released.still_settled(st):
+                return Outcome("unsettled", rel, key, sig)
             f = OpenFile(rel, key, fd, sig, metadata.owner(st), known, started)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
