@@ -11,10 +11,12 @@ import os
 import signal
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from badserver import BadServer
+from badserver import Answer, BadServer, Request
 from helpers import (
     bucket_matches,
     bucket_objects,
@@ -77,6 +79,129 @@ def test_a_file_that_never_settles_is_uploaded_after_max_delay_with_a_warning(
     final = (folder / "growing.log").read_bytes()
     wait_until(lambda: s3.get_object(Bucket=bucket_name, Key="growing.log")["Body"].read() == final)
     assert daemon.terminate() == 0
+
+
+def held_puts(prefix: str) -> tuple[threading.Semaphore, list[str], Callable[[Request], Answer | None]]:
+    """An `answer=` for BadServer that holds each PUT of a key starting with `prefix` until the test
+    releases the semaphore once for it (then passes it on); the list has the held PUTs' paths."""
+    gate = threading.Semaphore(0)
+    held: list[str] = []
+
+    def answer(request: Request) -> Answer | None:
+        if request.method == "PUT" and urllib.parse.urlsplit(request.path).path.split("/")[-1].startswith(
+            prefix
+        ):
+            held.append(request.path)
+            gate.acquire(timeout=60)
+        return None
+
+    return gate, held, answer
+
+
+def test_a_file_written_again_each_time_it_waits_for_a_worker_is_uploaded_by_max_delay(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    """A slow log, quiet for longer than `settle` between lines, that always waits behind a busy worker
+    and gets its next line just before the worker is free: handed back each time, it is still read once
+    `max_delay` has passed since its first change, with the warning (not starved while the pattern lasts)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    gate, held, answer = held_puts("blk-")
+    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer) as front:
+        config = make_config(
+            folder,
+            bucket_name,
+            workers=1,
+            settle=0.3,
+            max_delay=2,
+            s3={"endpoint_url": front.url},
+            log={"level": "debug"},
+        )
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        try:
+            write(folder / "blk-0.txt", b"the only worker waits on this PUT")
+            wait_until(lambda: len(held) == 1)
+            log = folder / "x.txt"
+            write(log, b"line 0\n")
+            first_change, mark = time.time(), 0
+            for cycle in range(1, 40):
+                daemon.wait_for(
+                    lambda r: r.get("path") == "x.txt" and r.get("event") == "settled", start=mark
+                )
+                mark = len(daemon.records())
+                blocker = f"blk-{cycle}.txt"
+                write(folder / blocker, b"queued behind x.txt")
+                daemon.wait_for_event("settled", path=blocker, start=mark)
+                with open(log, "ab") as f:
+                    f.write(b"line %d\n" % cycle)
+                time.sleep(0.05)
+                taken, mark = len(held), len(daemon.records())
+                gate.release()  # the worker is free: x.txt is next, changed 0.05 s ago
+                taken_x = daemon.wait_for(
+                    lambda r: (
+                        r.get("path") == "x.txt" and r.get("event") in ("changed_while_queued", "uploaded")
+                    ),
+                    start=mark,
+                )
+                if taken_x["event"] == "uploaded" or time.time() - first_change > 10:
+                    break
+                wait_until(lambda n=taken: len(held) > n)  # and holds the next blocker
+            waited = time.time() - first_change
+        finally:
+            for _ in range(50):
+                gate.release()
+        assert taken_x["event"] == "uploaded", f"x.txt never uploaded in {waited:.0f} s (max_delay 2 s)"
+        assert events(daemon.records(), "unsettled_upload", path="x.txt"), (
+            "read unsettled without the warning"
+        )
+        assert daemon.terminate() == 0
+
+
+def test_a_file_let_through_by_max_delay_is_not_handed_back_when_it_settles_again_in_the_queue(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    """Overdue (max_delay) and queued behind a busy worker, the file settles once more and is written
+    again just before the worker is free: it was let through already, so it is read, not settled anew."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    gate, held, answer = held_puts("blocker")
+    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer) as front:
+        config = make_config(
+            folder,
+            bucket_name,
+            workers=1,
+            settle=0.3,
+            max_delay=2,
+            s3={"endpoint_url": front.url},
+            log={"level": "debug"},
+        )
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        try:
+            write(folder / "blocker.txt", b"the only worker waits on this PUT")
+            wait_until(lambda: len(held) == 1)
+            log, line = folder / "x.txt", 0
+            while not events(daemon.records(), "unsettled_upload", path="x.txt"):  # every 0.1 s: overdue
+                with open(log, "ab") as f:
+                    f.write(b"line %d\n" % line)
+                line += 1
+                time.sleep(0.1)
+                assert line < 100, "never let through by max_delay"
+            mark = len(daemon.records())
+            for more in range(3):  # written on while it waits: it settles again in the queue
+                with open(log, "ab") as f:
+                    f.write(b"more %d\n" % more)
+                time.sleep(0.1)
+            daemon.wait_for_event("settled", path="x.txt", start=mark)
+            with open(log, "ab") as f:
+                f.write(b"one more line, just before the worker is free\n")
+            time.sleep(0.05)
+        finally:
+            gate.release()
+        daemon.wait_for_event("uploaded", path="x.txt", timeout=20)
+        assert not events(daemon.records()[mark:], "changed_while_queued", path="x.txt")
+        assert daemon.terminate() == 0
 
 
 # -- a small file changed while its PUT is on the way ----------------------------------------------------

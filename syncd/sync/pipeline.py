@@ -319,7 +319,7 @@ class Pipeline:
             if self.folder.recently_available():
                 await self._upload_one(rel, released)
             else:
-                self.settler.add(rel)  # try again when the folder is back
+                self.settler.add(rel, first_seen=released.first_seen)  # try again when the folder is back
                 await asyncio.sleep(1)
         finally:
             if self.queue.done(rel) and not self.stopping:

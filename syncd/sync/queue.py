@@ -16,7 +16,7 @@ class UploadQueue:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
-        self.waiting: dict[str, Released] = {}  # what the settle stage saw of each: the newest release
+        self.waiting: dict[str, Released] = {}  # what the settle stage saw of each
         self.inflight: set[str] = set()
         self.dirty: set[str] = set()
         self.idle_event = asyncio.Event()
@@ -29,7 +29,7 @@ class UploadQueue:
         if rel in self.inflight:
             self.dirty.add(rel)
         elif rel in self.waiting:
-            self.waiting[rel] = released  # keeps its place in the line
+            self.waiting[rel] = self.waiting[rel].then(released)  # keeps its place in the line
         else:
             self.waiting[rel] = released
             self.queue.put_nowait(rel)

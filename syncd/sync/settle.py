@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import os
 import stat
@@ -37,18 +38,32 @@ LOOK_BATCH = 256  # paths stat-ed per look: a big drop starts uploading while th
 @dataclass(frozen=True)
 class Released:
     """A path let through: the signature the look that released it saw (None when released without
-    settling: after max_delay, or a stat that failed), when it was first seen (for max_delay), and the
-    `settle` it was held for."""
+    settling: after max_delay, or a stat that failed), when it was first seen, and the settle stage's
+    `settle` and `max_delay`, for the worker's last word (may_read)."""
 
     sig: Signature | None
     first_seen: float
     settle: float
+    max_delay: float
 
-    def still_settled(self, st: os.stat_result) -> bool:
+    def may_read(self, rel: str, st: os.stat_result) -> bool:
         """May the file be read now (st: its stat as a worker opened it)? Yes when it was let through
-        unsettled, is untouched since the look that released it, or has been quiet for `settle` since it
-        changed again (it may have waited in the queue far longer than that)."""
-        return self.sig is None or self.sig.describes(st) or time.time() - _changed_at(st) >= self.settle
+        unsettled, is untouched since the look that released it, has been quiet for `settle` since it
+        changed again (it may have waited in the queue far longer than that), or was first seen
+        `max_delay` ago: a file written again each time it waits is not starved."""
+        now = time.time()
+        if self.sig is None or self.sig.describes(st) or now - _changed_at(st) >= self.settle:
+            return True
+        if now - self.first_seen >= self.max_delay:
+            log.warning("unsettled_upload", path=rel, waited_s=round(now - self.first_seen, 1))
+            return True
+        return False
+
+    def then(self, newer: Released) -> Released:
+        """Released again while it waits: the newer look's signature, the first sighting of either, and
+        let through unsettled if either was."""
+        sig = None if self.sig is None else newer.sig
+        return dataclasses.replace(newer, sig=sig, first_seen=min(self.first_seen, newer.first_seen))
 
 
 @dataclass
@@ -110,7 +125,7 @@ class Settler:
             entry.first_seen = min(entry.first_seen, seen)
             return
         if st is not None and stat.S_ISREG(st.st_mode) and now - _changed_at(st) >= self.settle:
-            self.release(rel, Released(Signature.of(st), seen, self.settle))
+            self.release(rel, self._released(Signature.of(st), seen))
             return
         self.pending[rel] = _Pending(first_seen=seen, last_change=now)
         if quiet_since is not None:
@@ -169,7 +184,7 @@ class Settler:
         if isinstance(result, OSError):
             del self.pending[rel]
             # the uploader reports why it cannot read it
-            self.release(rel, Released(None, entry.first_seen, self.settle))
+            self.release(rel, self._released(None, entry.first_seen))
             return
         if stat.S_ISDIR(result.st_mode):
             del self.pending[rel]
@@ -192,14 +207,17 @@ class Settler:
         if quiet and entry.last_change <= looked:  # and no event came in while the stat was taken
             del self.pending[rel]
             log.debug("settled", path=rel)  # tests wait on it: the file is in the upload queue now
-            self.release(rel, Released(sig, entry.first_seen, self.settle))
+            self.release(rel, self._released(sig, entry.first_seen))
         elif now - entry.first_seen >= self.max_delay:
             del self.pending[rel]
             log.warning("unsettled_upload", path=rel, waited_s=round(now - entry.first_seen, 1))
-            self.release(rel, Released(None, entry.first_seen, self.settle))
+            self.release(rel, self._released(None, entry.first_seen))
         else:
             wait = self.settle - max(0.0, now - _changed_at(result))
             self._schedule(rel, now + max(0.01, min(wait, self.settle)))
+
+    def _released(self, sig: Signature | None, first_seen: float) -> Released:
+        return Released(sig, first_seen, self.settle, self.max_delay)
 
     def _skip(self, rel: str) -> None:
         del self.pending[rel]

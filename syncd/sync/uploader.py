@@ -220,7 +220,7 @@ class Uploader:
             sig = Signature.of(st)
             if known is not None and unchanged(sig, known_sig, self.settings.ignore_inode):
                 return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
-            if released is not None and not released.still_settled(st):
+            if released is not None and not released.may_read(rel, st):
                 return Outcome("unsettled", rel, key, sig)
             f = OpenFile(rel, key, fd, sig, metadata.owner(st), known, started)
             if sig.size <= SMALL_FILE:
