@@ -204,6 +204,51 @@ def test_a_file_let_through_by_max_delay_is_not_handed_back_when_it_settles_agai
         assert daemon.terminate() == 0
 
 
+def test_a_file_that_waited_in_the_queue_longer_than_max_delay_is_not_read_mid_rewrite(
+    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+):
+    """A backlog longer than max_delay: the file settled long ago and was only just rewritten (in two
+    parts, the worker freed between them). Its queue wait is not an unsettled wait: it goes back to settle
+    and is uploaded once, whole."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    gate, held, answer = held_puts("blocker")
+    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer) as front:
+        config = make_config(
+            folder,
+            bucket_name,
+            workers=1,
+            settle=1.0,
+            max_delay=2,
+            s3={"endpoint_url": front.url},
+            log={"level": "debug"},
+        )
+        daemon = start_daemon(config)
+        daemon.wait_for_event("ready", timeout=60)
+        try:
+            write(folder / "blocker.txt", b"the only worker waits on this PUT")
+            wait_until(lambda: len(held) == 1)
+            doc = folder / "doc.txt"
+            write(doc, b"version one, whole\n")
+            daemon.wait_for_event("settled", path="doc.txt")
+            time.sleep(3)  # queued longer than max_delay
+            with open(doc, "r+b") as f:  # rewritten in place by a slow writer
+                f.truncate(0)
+                f.write(b"version two: first half ... ")
+                f.flush()
+                gate.release()  # the worker is free, mid-rewrite
+                time.sleep(0.5)  # shorter than settle: one rewrite
+                f.write(b"second half\n")
+        finally:
+            gate.release()
+        final = doc.read_bytes()
+        daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=20)
+        time.sleep(1.5)  # a second upload would be on its way by now
+        assert daemon.terminate() == 0
+    assert versions_of(s3, bucket_name, "doc.txt") == [final]
+    assert not events(daemon.records(), "unsettled_upload", path="doc.txt")
+
+
 # -- a small file changed while its PUT is on the way ----------------------------------------------------
 
 

@@ -319,7 +319,7 @@ class Pipeline:
             if self.folder.recently_available():
                 await self._upload_one(rel, released)
             else:
-                self.settler.add(rel, first_seen=released.first_seen)  # try again when the folder is back
+                self.settler.add(rel, handed_back_at=released.handed_back_at)  # again when the folder is back
                 await asyncio.sleep(1)
         finally:
             if self.queue.done(rel) and not self.stopping:
@@ -345,7 +345,8 @@ class Pipeline:
             return
         if outcome.action == "unsettled":  # still owed; no record: nothing was read or sent
             log.debug("changed_while_queued", path=rel)
-            self.settler.add(rel, quiet_since=time.time(), first_seen=released.first_seen)
+            now = time.time()
+            self.settler.add(rel, quiet_since=now, handed_back_at=released.handed_back_at or now)
             return
         self.recorder.record(outcome, None if self.dry_run else owed_since)
         if outcome.action == "changed":

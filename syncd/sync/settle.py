@@ -8,8 +8,8 @@ sooner only finds it still changing): one stat for a file written and left alone
 waits move its last change on without another look.
 
 A released path may wait in the queue behind busy workers and be written again there: `Released` carries
-what the settling look saw, and tells the worker whether the file may be read now or must come
-back here (so a file is never read mid-burst, and keeps its first sighting for max_delay).
+what the settling look saw, and tells the worker whether the file may be read now or must come back here
+(so a file is never read mid-burst; max_delay then counts from the first time a worker found it changed).
 """
 
 from __future__ import annotations
@@ -38,32 +38,36 @@ LOOK_BATCH = 256  # paths stat-ed per look: a big drop starts uploading while th
 @dataclass(frozen=True)
 class Released:
     """A path let through: the signature the look that released it saw (None when released without
-    settling: after max_delay, or a stat that failed), when it was first seen, and the settle stage's
-    `settle` and `max_delay`, for the worker's last word (may_read)."""
+    settling: after max_delay, or a stat that failed), when a worker first found it changed in the queue
+    (None: never), and the settle stage's `settle` and `max_delay`, for the worker's say (may_read)."""
 
     sig: Signature | None
-    first_seen: float
+    handed_back_at: float | None
     settle: float
     max_delay: float
 
     def may_read(self, rel: str, st: os.stat_result) -> bool:
         """May the file be read now (st: its stat as a worker opened it)? Yes when it was let through
-        unsettled, is untouched since the look that released it, has been quiet for `settle` since it
-        changed again (it may have waited in the queue far longer than that), or was first seen
-        `max_delay` ago: a file written again each time it waits is not starved."""
+        unsettled, is untouched since the look that released it, or has been quiet for `settle` since it
+        changed again (it may have waited in the queue far longer than that). And when `max_delay` has
+        passed since a worker first found it changed in the queue: a file written again each time it
+        waits is not starved. Not counted from its release: a queue wait longer than max_delay (a
+        backlog) must not let a file be read mid-write at its first hand-back."""
         now = time.time()
         if self.sig is None or self.sig.describes(st) or now - _changed_at(st) >= self.settle:
             return True
-        if now - self.first_seen >= self.max_delay:
-            log.warning("unsettled_upload", path=rel, waited_s=round(now - self.first_seen, 1))
+        if self.handed_back_at is not None and now - self.handed_back_at >= self.max_delay:
+            log.warning("unsettled_upload", path=rel, waited_s=round(now - self.handed_back_at, 1))
             return True
         return False
 
     def then(self, newer: Released) -> Released:
-        """Released again while it waits: the newer look's signature, the first sighting of either, and
-        let through unsettled if either was."""
+        """Released again while it waits: the newer look's signature, still let through unsettled if it
+        was, and the earlier hand-back."""
         sig = None if self.sig is None else newer.sig
-        return dataclasses.replace(newer, sig=sig, first_seen=min(self.first_seen, newer.first_seen))
+        return dataclasses.replace(
+            newer, sig=sig, handed_back_at=_earlier(self.handed_back_at, newer.handed_back_at)
+        )
 
 
 @dataclass
@@ -71,6 +75,7 @@ class _Pending:
     first_seen: float
     last_change: float
     sig: Signature | None = None
+    handed_back_at: float | None = None
 
 
 class Settler:
@@ -109,25 +114,26 @@ class Settler:
         st: os.stat_result | None = None,
         *,
         quiet_since: float | None = None,
-        first_seen: float | None = None,
+        handed_back_at: float | None = None,
     ) -> None:
         """Note a change. With a fresh stat (from a walk) an old file is released without waiting.
 
         quiet_since: when it was last seen changing (the watcher's batch), so its first look waits until
         `settle` after that; other paths (owed at start, retried) may have changed long ago: looked at soon.
-        first_seen: of a path handed back by a worker, so max_delay still counts from its first sighting.
+        handed_back_at: when a worker first found the path changed in the queue; max_delay counts from it.
         """
         now = time.time()
-        seen = now if first_seen is None else min(now, first_seen)
+        seen = now if handed_back_at is None else min(now, handed_back_at)
         entry = self.pending.get(rel)
         if entry is not None:
             entry.last_change = now  # its look is scheduled already: it finds the file quiet or not then
             entry.first_seen = min(entry.first_seen, seen)
+            entry.handed_back_at = _earlier(entry.handed_back_at, handed_back_at)
             return
         if st is not None and stat.S_ISREG(st.st_mode) and now - _changed_at(st) >= self.settle:
-            self.release(rel, self._released(Signature.of(st), seen))
+            self.release(rel, self._released(Signature.of(st), handed_back_at))
             return
-        self.pending[rel] = _Pending(first_seen=seen, last_change=now)
+        self.pending[rel] = _Pending(first_seen=seen, last_change=now, handed_back_at=handed_back_at)
         if quiet_since is not None:
             self._schedule(rel, quiet_since + self.settle)
         else:
@@ -184,7 +190,7 @@ class Settler:
         if isinstance(result, OSError):
             del self.pending[rel]
             # the uploader reports why it cannot read it
-            self.release(rel, self._released(None, entry.first_seen))
+            self.release(rel, self._released(None, entry.handed_back_at))
             return
         if stat.S_ISDIR(result.st_mode):
             del self.pending[rel]
@@ -207,17 +213,17 @@ class Settler:
         if quiet and entry.last_change <= looked:  # and no event came in while the stat was taken
             del self.pending[rel]
             log.debug("settled", path=rel)  # tests wait on it: the file is in the upload queue now
-            self.release(rel, self._released(sig, entry.first_seen))
+            self.release(rel, self._released(sig, entry.handed_back_at))
         elif now - entry.first_seen >= self.max_delay:
             del self.pending[rel]
             log.warning("unsettled_upload", path=rel, waited_s=round(now - entry.first_seen, 1))
-            self.release(rel, self._released(None, entry.first_seen))
+            self.release(rel, self._released(None, entry.handed_back_at))
         else:
             wait = self.settle - max(0.0, now - _changed_at(result))
             self._schedule(rel, now + max(0.01, min(wait, self.settle)))
 
-    def _released(self, sig: Signature | None, first_seen: float) -> Released:
-        return Released(sig, first_seen, self.settle, self.max_delay)
+    def _released(self, sig: Signature | None, handed_back_at: float | None) -> Released:
+        return Released(sig, handed_back_at, self.settle, self.max_delay)
 
     def _skip(self, rel: str) -> None:
         del self.pending[rel]
@@ -227,6 +233,10 @@ class Settler:
     def _inside(self, rel: str) -> bool:
         """With follow_symlinks, the walk refuses links out of the folder; events must too."""
         return inside(self.root, os.path.realpath(os.path.join(self.root, rel)))
+
+
+def _earlier(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _changed_at(st: os.stat_result) -> float:
