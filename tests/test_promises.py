@@ -6,13 +6,15 @@ tests/badserver.py stands in front of SeaweedFS and passes everything else throu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,174 +83,6 @@ def test_a_file_that_never_settles_is_uploaded_after_max_delay_with_a_warning(
     assert daemon.terminate() == 0
 
 
-def held_puts(prefix: str) -> tuple[threading.Semaphore, list[str], Callable[[Request], Answer | None]]:
-    """An `answer=` for BadServer that holds each PUT of a key starting with `prefix` until the test
-    releases the semaphore once for it (then passes it on); the list has the held PUTs' paths."""
-    gate = threading.Semaphore(0)
-    held: list[str] = []
-
-    def answer(request: Request) -> Answer | None:
-        if request.method == "PUT" and urllib.parse.urlsplit(request.path).path.split("/")[-1].startswith(
-            prefix
-        ):
-            held.append(request.path)
-            gate.acquire(timeout=60)
-        return None
-
-    return gate, held, answer
-
-
-def test_a_file_written_again_each_time_it_waits_for_a_worker_is_uploaded_by_max_delay(
-    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
-):
-    """A slow log, quiet for longer than `settle` between lines, that always waits behind a busy worker
-    and gets its next line just before the worker is free: handed back each time, it is still read once
-    `max_delay` has passed since its first change, with the warning (not starved while the pattern lasts)."""
-    folder = tmp_path / "data"
-    folder.mkdir()
-    gate, held, answer = held_puts("blk-")
-    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer) as front:
-        config = make_config(
-            folder,
-            bucket_name,
-            workers=1,
-            settle=0.3,
-            max_delay=2,
-            s3={"endpoint_url": front.url},
-            log={"level": "debug"},
-        )
-        daemon = start_daemon(config)
-        daemon.wait_for_event("ready", timeout=60)
-        try:
-            write(folder / "blk-0.txt", b"the only worker waits on this PUT")
-            wait_until(lambda: len(held) == 1)
-            log = folder / "x.txt"
-            write(log, b"line 0\n")
-            first_change, mark = time.time(), 0
-            for cycle in range(1, 40):
-                daemon.wait_for(
-                    lambda r: r.get("path") == "x.txt" and r.get("event") == "settled", start=mark
-                )
-                mark = len(daemon.records())
-                blocker = f"blk-{cycle}.txt"
-                write(folder / blocker, b"queued behind x.txt")
-                daemon.wait_for_event("settled", path=blocker, start=mark)
-                with open(log, "ab") as f:
-                    f.write(b"line %d\n" % cycle)
-                time.sleep(0.05)
-                taken, mark = len(held), len(daemon.records())
-                gate.release()  # the worker is free: x.txt is next, changed 0.05 s ago
-                taken_x = daemon.wait_for(
-                    lambda r: (
-                        r.get("path") == "x.txt" and r.get("event") in ("changed_while_queued", "uploaded")
-                    ),
-                    start=mark,
-                )
-                if taken_x["event"] == "uploaded" or time.time() - first_change > 10:
-                    break
-                wait_until(lambda n=taken: len(held) > n)  # and holds the next blocker
-            waited = time.time() - first_change
-        finally:
-            for _ in range(50):
-                gate.release()
-        assert taken_x["event"] == "uploaded", f"x.txt never uploaded in {waited:.0f} s (max_delay 2 s)"
-        assert events(daemon.records(), "unsettled_upload", path="x.txt"), (
-            "read unsettled without the warning"
-        )
-        assert daemon.terminate() == 0
-
-
-def test_a_file_let_through_by_max_delay_is_not_handed_back_when_it_settles_again_in_the_queue(
-    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
-):
-    """Overdue (max_delay) and queued behind a busy worker, the file settles once more and is written
-    again just before the worker is free: it was let through already, so it is read, not settled anew."""
-    folder = tmp_path / "data"
-    folder.mkdir()
-    gate, held, answer = held_puts("blocker")
-    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer) as front:
-        config = make_config(
-            folder,
-            bucket_name,
-            workers=1,
-            settle=0.3,
-            max_delay=2,
-            s3={"endpoint_url": front.url},
-            log={"level": "debug"},
-        )
-        daemon = start_daemon(config)
-        daemon.wait_for_event("ready", timeout=60)
-        try:
-            write(folder / "blocker.txt", b"the only worker waits on this PUT")
-            wait_until(lambda: len(held) == 1)
-            log, line = folder / "x.txt", 0
-            while not events(daemon.records(), "unsettled_upload", path="x.txt"):  # every 0.1 s: overdue
-                with open(log, "ab") as f:
-                    f.write(b"line %d\n" % line)
-                line += 1
-                time.sleep(0.1)
-                assert line < 100, "never let through by max_delay"
-            mark = len(daemon.records())
-            for more in range(3):  # written on while it waits: it settles again in the queue
-                with open(log, "ab") as f:
-                    f.write(b"more %d\n" % more)
-                time.sleep(0.1)
-            daemon.wait_for_event("settled", path="x.txt", start=mark)
-            with open(log, "ab") as f:
-                f.write(b"one more line, just before the worker is free\n")
-            time.sleep(0.05)
-        finally:
-            gate.release()
-        daemon.wait_for_event("uploaded", path="x.txt", timeout=20)
-        assert not events(daemon.records()[mark:], "changed_while_queued", path="x.txt")
-        assert daemon.terminate() == 0
-
-
-def test_a_file_that_waited_in_the_queue_longer_than_max_delay_is_not_read_mid_rewrite(
-    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
-):
-    """A backlog longer than max_delay: the file settled long ago and was only just rewritten (in two
-    parts, the worker freed between them). Its queue wait is not an unsettled wait: it goes back to settle
-    and is uploaded once, whole."""
-    folder = tmp_path / "data"
-    folder.mkdir()
-    gate, held, answer = held_puts("blocker")
-    with BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer) as front:
-        config = make_config(
-            folder,
-            bucket_name,
-            workers=1,
-            settle=1.0,
-            max_delay=2,
-            s3={"endpoint_url": front.url},
-            log={"level": "debug"},
-        )
-        daemon = start_daemon(config)
-        daemon.wait_for_event("ready", timeout=60)
-        try:
-            write(folder / "blocker.txt", b"the only worker waits on this PUT")
-            wait_until(lambda: len(held) == 1)
-            doc = folder / "doc.txt"
-            write(doc, b"version one, whole\n")
-            daemon.wait_for_event("settled", path="doc.txt")
-            time.sleep(3)  # queued longer than max_delay
-            with open(doc, "r+b") as f:  # rewritten in place by a slow writer
-                f.truncate(0)
-                f.write(b"version two: first half ... ")
-                f.flush()
-                gate.release()  # the worker is free, mid-rewrite
-                time.sleep(0.5)  # shorter than settle: one rewrite
-                f.write(b"second half\n")
-        finally:
-            gate.release()
-        final = doc.read_bytes()
-        daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=20)
-        time.sleep(1.5)  # a second upload would be on its way by now
-        assert daemon.terminate() == 0
-    assert versions_of(s3, bucket_name, "doc.txt") == [final]
-    assert not events(daemon.records(), "unsettled_upload", path="doc.txt")
-
-
 # -- a small file changed while its PUT is on the way ----------------------------------------------------
 
 
@@ -277,34 +111,160 @@ def test_a_small_file_changed_during_its_upload_goes_round_again(
     assert s3.get_object(Bucket=bucket_name, Key="doc.txt")["Body"].read() == second
 
 
+# -- a file written again while it waits in the queue for a worker ---------------------------------------
+
+
+@pytest.fixture
+def busy_worker(
+    tmp_path: Path, s3_server: Any, bucket_name: str, make_config: Any, start_daemon: Any
+) -> Iterator[Callable[[float], tuple[Any, threading.Semaphore, list[str]]]]:
+    """busy_worker(settle): a daemon on tmp_path/data with one worker (max_delay 2 s) whose PUTs of keys
+    starting with "blk" wait at a front until the test releases the semaphore once for each; the worker is
+    held by blk-0.txt's PUT when it returns (daemon, semaphore, the held PUTs' paths)."""
+    gate = threading.Semaphore(0)
+    held: list[str] = []
+
+    def answer(request: Request) -> Answer | None:
+        if request.method == "PUT" and urllib.parse.urlsplit(request.path).path.split("/")[-1].startswith(
+            "blk"
+        ):
+            held.append(request.path)
+            gate.acquire(timeout=60)
+        return None  # then passed on to the server
+
+    with contextlib.ExitStack() as stack:
+        front = stack.enter_context(BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer))
+        stack.callback(lambda: [gate.release() for _ in range(50)])
+
+        def start(settle: float) -> tuple[Any, threading.Semaphore, list[str]]:
+            folder = tmp_path / "data"
+            folder.mkdir()
+            config = make_config(
+                folder,
+                bucket_name,
+                workers=1,
+                settle=settle,
+                max_delay=2,
+                s3={"endpoint_url": front.url},
+                log={"level": "debug"},
+            )
+            daemon = start_daemon(config)
+            daemon.wait_for_event("ready", timeout=60)
+            write(folder / "blk-0.txt", b"the only worker waits on this PUT")
+            wait_until(lambda: len(held) == 1)
+            return daemon, gate, held
+
+        yield start
+
+
 def test_a_settled_file_written_again_while_it_waits_for_a_worker_is_read_once_quiet_again(
-    tmp_path, s3, s3_server, bucket_name, make_config, start_daemon
+    tmp_path, s3, bucket_name, busy_worker
 ):
-    """Settled, queued behind a held PUT, then appended to for longer than the hold: the worker that takes
+    """Settled, queued behind a held PUT, then appended to while the worker is freed: the worker that takes
     it must not read it mid-burst. It goes back to the settle stage and is uploaded once, whole."""
-    folder = tmp_path / "data"
-    folder.mkdir()
-    with BadServer("hang", upstream=s3_server.endpoint_url, delay=3, only=put_of("blocker.txt")) as front:
-        config = make_config(
-            folder, bucket_name, workers=1, settle=0.5, s3={"endpoint_url": front.url}, log={"level": "debug"}
-        )
-        daemon = start_daemon(config)
-        daemon.wait_for_event("ready", timeout=60)
-        write(folder / "blocker.txt", b"its PUT is held 3 s: the only worker waits on it")
-        wait_until(lambda: front.matched >= 1)
-        log = folder / "x.txt"
-        write(log, b"line 0\n")
-        daemon.wait_for_event("settled", path="x.txt")  # in the queue, behind blocker.txt
-        for i in range(1, 81):  # 4 s of appends, past the hold: still being written when the worker is free
-            with open(log, "ab") as f:
-                f.write(b"line %d\n" % i)
-            time.sleep(0.05)
-        final = log.read_bytes()
-        daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=30)
-        time.sleep(1)  # a second upload of x.txt would be on its way by now
-        assert daemon.terminate() == 0
+    daemon, gate, _held = busy_worker(0.5)
+    log = tmp_path / "data/x.txt"
+    write(log, b"line 0\n")
+    daemon.wait_for_event("settled", path="x.txt")  # in the queue, behind blk-0.txt
+    for i in range(1, 41):  # 2 s of appends; the worker is freed after 0.5 s
+        with open(log, "ab") as f:
+            f.write(b"line %d\n" % i)
+        if i == 10:
+            gate.release()
+        time.sleep(0.05)
+    final = log.read_bytes()
+    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=30)
+    time.sleep(1)  # a second upload of x.txt would be on its way by now
+    assert daemon.terminate() == 0
     assert versions_of(s3, bucket_name, "x.txt") == [final]
     assert [u["md5"] for u in events(daemon.records(), "uploaded", path="x.txt")] == [md5(final)]
+    assert events(daemon.records(), "changed_while_queued", path="x.txt")
+
+
+def test_a_file_written_again_each_time_it_waits_for_a_worker_is_uploaded_by_max_delay(tmp_path, busy_worker):
+    """A slow log, quiet for longer than `settle` between lines, that always waits behind the busy worker
+    and gets its next line just before the worker is free: handed back each time, it is still read with
+    the warning once `max_delay` has passed since the first hand-back (not starved while this lasts)."""
+    daemon, gate, held = busy_worker(0.3)
+    log = tmp_path / "data/x.txt"
+    write(log, b"line 0\n")
+    first_change, mark = time.time(), 0
+    for cycle in range(1, 40):
+        daemon.wait_for_event("settled", path="x.txt", start=mark)  # queued behind a held PUT
+        mark = len(daemon.records())
+        blocker = f"blk-{cycle}.txt"
+        write(tmp_path / "data" / blocker, b"queued behind x.txt")
+        daemon.wait_for_event("settled", path=blocker, start=mark)
+        with open(log, "ab") as f:
+            f.write(b"line %d\n" % cycle)
+        time.sleep(0.05)
+        taken, mark = len(held), len(daemon.records())
+        gate.release()  # the worker is free: x.txt is next, changed 0.05 s ago
+        taken_x = daemon.wait_for(
+            lambda r: r.get("path") == "x.txt" and r.get("event") in ("changed_while_queued", "uploaded"),
+            start=mark,
+        )
+        if taken_x["event"] == "uploaded" or time.time() - first_change > 10:
+            break
+        wait_until(lambda n=taken: len(held) > n)  # and holds the next blocker
+    waited = time.time() - first_change
+    assert taken_x["event"] == "uploaded", f"x.txt never uploaded in {waited:.0f} s (max_delay 2 s)"
+    assert events(daemon.records(), "unsettled_upload", path="x.txt"), "read unsettled without the warning"
+    assert daemon.terminate() == 0
+
+
+def test_a_file_let_through_by_max_delay_is_not_handed_back_when_it_settles_again_in_the_queue(
+    tmp_path, busy_worker
+):
+    """Overdue (max_delay) and queued behind the busy worker, the file settles once more and is written
+    again just before the worker is free: it was let through already, so it is read, not settled anew."""
+    daemon, gate, _held = busy_worker(0.3)
+    log, line = tmp_path / "data/x.txt", 0
+    while not events(daemon.records(), "unsettled_upload", path="x.txt"):  # every 0.1 s: overdue
+        with open(log, "ab") as f:
+            f.write(b"line %d\n" % line)
+        line += 1
+        time.sleep(0.1)
+        assert line < 100, "never let through by max_delay"
+    mark = len(daemon.records())
+    for more in range(3):  # written on while it waits: it settles again in the queue
+        with open(log, "ab") as f:
+            f.write(b"more %d\n" % more)
+        time.sleep(0.1)
+    daemon.wait_for_event("settled", path="x.txt", start=mark)
+    with open(log, "ab") as f:
+        f.write(b"one more line, just before the worker is free\n")
+    time.sleep(0.05)
+    gate.release()
+    daemon.wait_for_event("uploaded", path="x.txt", timeout=20)
+    assert not events(daemon.records()[mark:], "changed_while_queued", path="x.txt")
+    assert daemon.terminate() == 0
+
+
+def test_a_file_that_waited_in_the_queue_longer_than_max_delay_is_not_read_mid_rewrite(
+    tmp_path, s3, bucket_name, busy_worker
+):
+    """A backlog longer than max_delay: the file settled long ago and is only now rewritten, in two parts
+    with the worker freed between them. Its queue wait is not an unsettled wait: it goes back to settle
+    and is uploaded once, whole."""
+    daemon, gate, _held = busy_worker(1.0)
+    doc = tmp_path / "data/doc.txt"
+    write(doc, b"version one, whole\n")
+    daemon.wait_for_event("settled", path="doc.txt")
+    time.sleep(3)  # queued longer than max_delay
+    with open(doc, "r+b") as f:  # rewritten in place by a slow writer
+        f.truncate(0)
+        f.write(b"version two: first half ... ")
+        f.flush()
+        gate.release()  # the worker is free, mid-rewrite
+        time.sleep(0.5)  # shorter than settle: one rewrite
+        f.write(b"second half\n")
+    final = doc.read_bytes()
+    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=20)
+    time.sleep(1.5)  # a second upload would be on its way by now
+    assert daemon.terminate() == 0
+    assert versions_of(s3, bucket_name, "doc.txt") == [final]
+    assert not events(daemon.records(), "unsettled_upload", path="doc.txt")
 
 
 # -- restore checks the MD5 ------------------------------------------------------------------------------
