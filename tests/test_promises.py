@@ -220,7 +220,7 @@ def test_a_file_let_through_by_max_delay_is_not_handed_back_when_it_settles_agai
     again just before the worker is free: it was let through already, so it is read, not settled anew."""
     daemon, gate, _held = busy_worker(0.3)
     log, line = tmp_path / "data/x.txt", 0
-    while not events(daemon.records(), "unsettled_upload", path="x.txt"):  # every 0.1 s: overdue
+    while not events(daemon.records(), "overdue", path="x.txt"):  # every 0.1 s: let through by max_delay
         with open(log, "ab") as f:
             f.write(b"line %d\n" % line)
         line += 1
@@ -241,20 +241,40 @@ def test_a_file_let_through_by_max_delay_is_not_handed_back_when_it_settles_agai
     assert daemon.terminate() == 0
 
 
+@pytest.mark.parametrize("queued", ["settled", "after_a_hand_back", "after_max_delay"])
 def test_a_file_that_waited_in_the_queue_longer_than_max_delay_is_not_read_mid_rewrite(
-    tmp_path, s3, bucket_name, busy_worker
+    tmp_path, s3, bucket_name, busy_worker, queued
 ):
-    """A backlog longer than max_delay: the file settled long ago and is only now rewritten, in two parts
-    with the worker freed between them. Its queue wait is not an unsettled wait: it goes back to settle
-    and is uploaded once, whole."""
-    daemon, gate, _held = busy_worker(1.0)
+    """A backlog longer than max_delay: the file went quiet and was released long ago (after settling, after
+    a hand-back, or let through by max_delay and quiet since), and is only now rewritten, in two parts with
+    the worker freed between them. That is a new change, not part of an old unsettled spell: it goes back to
+    settle and is uploaded once, whole."""
+    daemon, gate, held = busy_worker(1.0)
     doc = tmp_path / "data/doc.txt"
-    write(doc, b"version one, whole\n")
+    if queued == "after_max_delay":
+        with open(doc, "ab") as f:
+            for line in range(15):  # 3 s, never quiet for the 1 s settle: let through at 2 s
+                f.write(b"log line %d\n" % line)
+                f.flush()
+                time.sleep(0.2)
+        daemon.wait_for_event("overdue", path="doc.txt")
+    else:
+        write(doc, b"version one, whole\n")
+    mark = len(daemon.records())
     daemon.wait_for_event("settled", path="doc.txt")
-    time.sleep(3)  # queued longer than max_delay
+    if queued == "after_a_hand_back":
+        write(tmp_path / "data/blk-1.txt", b"queued behind doc.txt")
+        daemon.wait_for_event("settled", path="blk-1.txt")
+        write(doc, b"version two, whole, written at once\n")
+        time.sleep(0.1)
+        gate.release()  # the worker takes doc.txt, changed 0.1 s ago: handed back; then holds blk-1.txt
+        daemon.wait_for_event("changed_while_queued", path="doc.txt")
+        wait_until(lambda: len(held) == 2)
+        daemon.wait_for_event("settled", path="doc.txt", start=mark + 1)
+    time.sleep(3)  # queued, quiet, longer than max_delay
     with open(doc, "r+b") as f:  # rewritten in place by a slow writer
         f.truncate(0)
-        f.write(b"version two: first half ... ")
+        f.write(b"version three: first half ... ")
         f.flush()
         gate.release()  # the worker is free, mid-rewrite
         time.sleep(0.5)  # shorter than settle: one rewrite

@@ -319,7 +319,9 @@ class Pipeline:
             if self.folder.recently_available():
                 await self._upload_one(rel, released)
             else:
-                self.settler.add(rel, handed_back_at=released.handed_back_at)  # again when the folder is back
+                self.settler.add(
+                    rel, unsettled_since=released.unsettled_since
+                )  # again when the folder is back
                 await asyncio.sleep(1)
         finally:
             if self.queue.done(rel) and not self.stopping:
@@ -346,7 +348,9 @@ class Pipeline:
         if outcome.action == "unsettled":  # still owed; no record: nothing was read or sent
             log.debug("changed_while_queued", path=rel)
             now = time.time()
-            self.settler.add(rel, quiet_since=now, handed_back_at=released.handed_back_at or now)
+            self.settler.add(
+                rel, quiet_since=now, unsettled_since=released.spell(outcome.sig.changed_at()) or now
+            )
             return
         self.recorder.record(outcome, None if self.dry_run else owed_since)
         if outcome.action == "changed":

@@ -2,7 +2,8 @@
 
 A file counts as settled when neither its mtime nor its ctime moved within `settle` (so a file written long
 ago is released at once, with one stat) or when we saw its signature hold still for `settle`. A file that
-never settles (a live log) is released after `max_delay` anyway, with a warning, so it is never starved.
+never settles (a live log) is released after `max_delay` anyway, so it is never starved (and read with a
+warning, unless it has settled by the time a worker takes it).
 A path the watcher has just seen change is first looked at `settle` after it was last seen changing (a look
 sooner only finds it still changing): one stat for a file written and left alone. Further events while it
 waits move its last change on without another look.
@@ -37,45 +38,54 @@ LOOK_BATCH = 256  # paths stat-ed per look: a big drop starts uploading while th
 
 @dataclass(frozen=True)
 class Released:
-    """A path let through: the signature the look that released it saw (None when released without
-    settling: after max_delay, or a stat that failed), when a worker first found it changed in the queue
-    (None: never), and the settle stage's `settle` and `max_delay`, for the worker's say (may_read)."""
+    """A path let through: the signature the look that released it saw (None when that stat failed),
+    whether that look found it settled (else max_delay let it through), when its unsettled spell began
+    (None: never unsettled): the first sighting of a file let through by max_delay, or when a worker first
+    found it changed in the queue; and the settle stage's `settle` and `max_delay`, for may_read."""
 
     sig: Signature | None
-    handed_back_at: float | None
+    settled: bool
+    unsettled_since: float | None
     settle: float
     max_delay: float
 
     def may_read(self, rel: str, st: os.stat_result) -> bool:
-        """May the file be read now (st: its stat as a worker opened it)? Yes when it was let through
-        unsettled, is untouched since the look that released it, or has been quiet for `settle` since it
-        changed again (it may have waited in the queue far longer than that). And when `max_delay` has
-        passed since a worker first found it changed in the queue: a file written again each time it
-        waits is not starved. Not counted from its release: a queue wait longer than max_delay (a
-        backlog) must not let a file be read mid-write at its first hand-back."""
+        """May the file be read now (st: its stat as a worker opened it)? Yes when it settled and is
+        untouched since, or has been quiet for `settle` since it last changed (it may have waited in the
+        queue far longer than that). Else only once its unsettled spell is `max_delay` old, with the
+        warning: a live log, or a file written again each time it waits, is not starved."""
+        if self.sig is None:
+            return True  # its stat failed: the uploader says why it cannot read it
         now = time.time()
-        if self.sig is None or self.sig.describes(st) or now - _changed_at(st) >= self.settle:
+        if (self.settled and self.sig.describes(st)) or now - _changed_at(st) >= self.settle:
             return True
-        if self.handed_back_at is not None and now - self.handed_back_at >= self.max_delay:
-            log.warning("unsettled_upload", path=rel, waited_s=round(now - self.handed_back_at, 1))
+        since = self.spell(_changed_at(st))
+        if since is not None and now - since >= self.max_delay:
+            log.warning("unsettled_upload", path=rel, waited_s=round(now - since, 1))
             return True
         return False
 
+    def spell(self, changed: float) -> float | None:
+        """When the unsettled spell of a file that last changed at `changed` began: None when that change
+        came `max_delay` or more after the version the release saw. Quiet that long, it is a new change,
+        which must settle (a backlog longer than max_delay must not let a rewrite be read mid-write)."""
+        if self.sig is not None and changed - self.sig.changed_at() >= self.max_delay:
+            return None
+        return self.unsettled_since
+
     def then(self, newer: Released) -> Released:
-        """Released again while it waits: the newer look's signature, still let through unsettled if it
-        was, and the earlier hand-back."""
-        sig = None if self.sig is None else newer.sig
+        """Released again while it waits: the newer look's say, and the earlier spell."""
         return dataclasses.replace(
-            newer, sig=sig, handed_back_at=_earlier(self.handed_back_at, newer.handed_back_at)
+            newer, unsettled_since=_earlier(self.unsettled_since, newer.unsettled_since)
         )
 
 
 @dataclass
 class _Pending:
-    first_seen: float
+    first_seen: float  # max_delay counts from it
     last_change: float
     sig: Signature | None = None
-    handed_back_at: float | None = None
+    handed_back: bool = False  # first_seen is a spell's beginning, carried by its releases
 
 
 class Settler:
@@ -114,26 +124,28 @@ class Settler:
         st: os.stat_result | None = None,
         *,
         quiet_since: float | None = None,
-        handed_back_at: float | None = None,
+        unsettled_since: float | None = None,
     ) -> None:
         """Note a change. With a fresh stat (from a walk) an old file is released without waiting.
 
         quiet_since: when it was last seen changing (the watcher's batch), so its first look waits until
         `settle` after that; other paths (owed at start, retried) may have changed long ago: looked at soon.
-        handed_back_at: when a worker first found the path changed in the queue; max_delay counts from it.
+        unsettled_since: of a path a worker handed back (Released.spell): max_delay counts from it.
         """
         now = time.time()
-        seen = now if handed_back_at is None else min(now, handed_back_at)
+        seen = now if unsettled_since is None else min(now, unsettled_since)
         entry = self.pending.get(rel)
         if entry is not None:
             entry.last_change = now  # its look is scheduled already: it finds the file quiet or not then
             entry.first_seen = min(entry.first_seen, seen)
-            entry.handed_back_at = _earlier(entry.handed_back_at, handed_back_at)
+            entry.handed_back = entry.handed_back or unsettled_since is not None
             return
         if st is not None and stat.S_ISREG(st.st_mode) and now - _changed_at(st) >= self.settle:
-            self.release(rel, self._released(Signature.of(st), handed_back_at))
+            self.release(rel, self._released(Signature.of(st), True, unsettled_since))
             return
-        self.pending[rel] = _Pending(first_seen=seen, last_change=now, handed_back_at=handed_back_at)
+        self.pending[rel] = _Pending(
+            first_seen=seen, last_change=now, handed_back=unsettled_since is not None
+        )
         if quiet_since is not None:
             self._schedule(rel, quiet_since + self.settle)
         else:
@@ -190,7 +202,7 @@ class Settler:
         if isinstance(result, OSError):
             del self.pending[rel]
             # the uploader reports why it cannot read it
-            self.release(rel, self._released(None, entry.handed_back_at))
+            self.release(rel, self._released(None, False, None))
             return
         if stat.S_ISDIR(result.st_mode):
             del self.pending[rel]
@@ -213,17 +225,18 @@ class Settler:
         if quiet and entry.last_change <= looked:  # and no event came in while the stat was taken
             del self.pending[rel]
             log.debug("settled", path=rel)  # tests wait on it: the file is in the upload queue now
-            self.release(rel, self._released(sig, entry.handed_back_at))
+            self.release(rel, self._released(sig, True, entry.first_seen if entry.handed_back else None))
         elif now - entry.first_seen >= self.max_delay:
             del self.pending[rel]
-            log.warning("unsettled_upload", path=rel, waited_s=round(now - entry.first_seen, 1))
-            self.release(rel, self._released(None, entry.handed_back_at))
+            # the worker reads it then (may_read), with the warning, unless it has settled by then
+            log.debug("overdue", path=rel, waited_s=round(now - entry.first_seen, 1))
+            self.release(rel, self._released(sig, False, entry.first_seen))
         else:
             wait = self.settle - max(0.0, now - _changed_at(result))
             self._schedule(rel, now + max(0.01, min(wait, self.settle)))
 
-    def _released(self, sig: Signature | None, handed_back_at: float | None) -> Released:
-        return Released(sig, handed_back_at, self.settle, self.max_delay)
+    def _released(self, sig: Signature | None, settled: bool, unsettled_since: float | None) -> Released:
+        return Released(sig, settled, unsettled_since, self.settle, self.max_delay)
 
     def _skip(self, rel: str) -> None:
         del self.pending[rel]

@@ -77,6 +77,10 @@ class Signature:
             return (self.size, self.mtime_ns, self.ctime_ns) == (other.size, other.mtime_ns, other.ctime_ns)
         return self == other
 
+    def changed_at(self) -> float:
+        """When the file last changed (its mtime or ctime, the later): what settling waits on."""
+        return max(self.mtime_ns, self.ctime_ns) / 1e9
+
     def describes(self, st: os.stat_result, ignore_inode: bool = False) -> bool:
         """same_as(Signature.of(st)) without building one: asked two or three times per upload."""
         return (
