@@ -111,6 +111,48 @@ def test_a_small_file_changed_during_its_upload_goes_round_again(
     assert s3.get_object(Bucket=bucket_name, Key="doc.txt")["Body"].read() == second
 
 
+@pytest.mark.parametrize("command", ["run", "once"])
+def test_a_big_live_log_gets_a_version_by_max_delay_and_once_ends(
+    tmp_path, s3, bucket_name, make_config, start_daemon, run_syncd, command
+):
+    """A 32 MiB log appended every 50 ms: reading and sending it outlasts the gap between two lines, so
+    a read that had to hold still would never be sent (and `once` went round for ever). Read unsettled,
+    what was hashed is sent: a whole prefix of the log, with the warning."""
+    folder = tmp_path / "data"
+    applog = write(folder / "app.log", os.urandom(32 * 1024 * 1024))
+    config = make_config(folder, bucket_name, settle=0.3, max_delay=2)
+    stop = threading.Event()
+
+    def append_forever() -> None:
+        with open(applog, "ab") as f:
+            for line in range(100_000):
+                if stop.wait(0.05):
+                    return
+                f.write(b"log line %d\n" % line)
+                f.flush()
+
+    writer = threading.Thread(target=append_forever)
+    writer.start()
+    try:
+        if command == "run":
+            daemon = start_daemon(config)
+            daemon.wait_for_event("uploaded", path="app.log", timeout=30)
+            assert writer.is_alive()
+            records = daemon.records()
+        else:
+            done = run_syncd(["once", "-c", str(config)], timeout=60)
+            assert done.returncode == 0, done.stderr[-2000:]
+            records = json_records(done.stdout + done.stderr)
+    finally:
+        stop.set()
+        writer.join()
+    assert events(records, "unsettled_upload", path="app.log")
+    sent = s3.get_object(Bucket=bucket_name, Key="app.log")["Body"].read()
+    assert len(sent) >= 32 * 1024 * 1024 and applog.read_bytes().startswith(sent)
+    if command == "run":
+        assert daemon.terminate() == 0
+
+
 # -- a file written again while it waits in the queue for a worker ---------------------------------------
 
 

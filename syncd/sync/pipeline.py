@@ -121,6 +121,7 @@ class Pipeline:
         self.remote = RemoteIndex(client, config.bucket, config.prefix, self.retrier)
         self.recorder = Recorder(state, self.metrics, locking=self.lock is not None, dry_run=dry_run)
         self._uploader: Uploader | None = None  # built once, by prepare()
+        self.once = False  # run_once(): catch up and return
         self.group: asyncio.TaskGroup | None = None  # owns every task of a run (workers, walks, loops)
         self.stopping = False
         self.stop_by: float | None = None  # monotonic deadline of a SIGTERM's drain (stop_timeout)
@@ -353,8 +354,10 @@ class Pipeline:
             )
             return
         self.recorder.record(outcome, None if self.dry_run else owed_since)
-        if outcome.action == "changed":
+        if outcome.action == "changed" and not (self.once and outcome.unsettled):
             self.note_changes([(rel, None)], quiet_since=time.time())  # upload it again once it settles
+        # `once` and a file that never holds still (a live log): the version read is its backup for this
+        # run; going round again would never end. The next run finds it changed.
 
     async def _failed(self, rel: str, exc: Exception) -> None:
         kind = classify(exc)
@@ -513,6 +516,7 @@ class Pipeline:
 
     async def run_once(self) -> None:
         """Bring the bucket up to date with the folder, then return."""
+        self.once = True
         try:
             async with asyncio.TaskGroup() as group:
                 self._start_stages(group)

@@ -41,7 +41,7 @@ class Released:
     """A path let through: the signature the look that released it saw (None when that stat failed),
     whether that look found it settled (else max_delay let it through), when its unsettled spell began
     (None: never unsettled): the first sighting of a file let through by max_delay, or when a worker first
-    found it changed in the queue; and the settle stage's `settle` and `max_delay`, for may_read."""
+    found it changed in the queue; and the settle stage's `settle` and `max_delay`, for the worker's say."""
 
     sig: Signature | None
     settled: bool
@@ -49,16 +49,18 @@ class Released:
     settle: float
     max_delay: float
 
-    def may_read(self, rel: str, st: os.stat_result) -> bool:
-        """May the file be read now (st: its stat as a worker opened it)? Yes when it settled and is
+    def quiet(self, st: os.stat_result) -> bool:
+        """May the file be read as settled (st: its stat as a worker opened it)? Yes when it settled and is
         untouched since, or has been quiet for `settle` since it last changed (it may have waited in the
-        queue far longer than that). Else only once its unsettled spell is `max_delay` old, with the
-        warning: a live log, or a file written again each time it waits, is not starved."""
+        queue far longer than that)."""
         if self.sig is None:
             return True  # its stat failed: the uploader says why it cannot read it
+        return (self.settled and self.sig.describes(st)) or time.time() - _changed_at(st) >= self.settle
+
+    def overdue(self, rel: str, st: os.stat_result) -> bool:
+        """Not quiet: may it be read anyway? Once its unsettled spell is `max_delay` old, with the warning:
+        a live log, or a file written again each time it waits, is not starved."""
         now = time.time()
-        if (self.settled and self.sig.describes(st)) or now - _changed_at(st) >= self.settle:
-            return True
         since = self.spell(_changed_at(st))
         if since is not None and now - since >= self.max_delay:
             log.warning("unsettled_upload", path=rel, waited_s=round(now - since, 1))
@@ -228,7 +230,7 @@ class Settler:
             self.release(rel, self._released(sig, True, entry.first_seen if entry.handed_back else None))
         elif now - entry.first_seen >= self.max_delay:
             del self.pending[rel]
-            # the worker reads it then (may_read), with the warning, unless it has settled by then
+            # the worker reads it then (Released.overdue), with the warning, unless it has settled by then
             log.debug("overdue", path=rel, waited_s=round(now - entry.first_seen, 1))
             self.release(rel, self._released(sig, False, entry.first_seen))
         else:

@@ -78,6 +78,7 @@ class Outcome:
     source_key: str | None = None
     multipart_parts: int = 0
     retain_until: float | None = None  # the version's Object Lock, as the server holds it
+    unsettled: bool = False  # read before it settled (unsettled_upload)
 
     def record(self) -> FileRecord:
         return FileRecord(self.path, self.key, self.sig, self.md5, self.version_id, self.etag, time.time())
@@ -94,6 +95,9 @@ class OpenFile:
     owner: dict[str, str]  # mode, uid and gid as object metadata (metadata.owner)
     known: FileRecord | None
     started: float
+    # Read before it settled (unsettled_upload): what was hashed is sent even if the file moves on
+    # meanwhile (Content-MD5 keeps the version whole); the outcome is `changed`, so it goes round again.
+    unsettled: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,9 +224,10 @@ class Uploader:
             sig = Signature.of(st)
             if known is not None and unchanged(sig, known_sig, self.settings.ignore_inode):
                 return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
-            if released is not None and not released.may_read(rel, st):
+            unsettled = released is not None and not released.quiet(st)
+            if released is not None and unsettled and not released.overdue(rel, st):
                 return Outcome("unsettled", rel, key, sig)
-            f = OpenFile(rel, key, fd, sig, metadata.owner(st), known, started)
+            f = OpenFile(rel, key, fd, sig, metadata.owner(st), known, started, unsettled)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
                     body = await read_soon(fd, sig.size)
@@ -269,7 +274,7 @@ class Uploader:
     ) -> Outcome:
         """Read and hashed: skip, adopt, copy server-side, put or multipart."""
         rel, key, sig, known = f.rel, f.key, f.sig, f.known
-        if not self._still(f.fd, sig) or (body is not None and len(body) != sig.size):
+        if not self._held(f) or (body is not None and len(body) != sig.size):
             return Outcome("changed", rel, key, sig)
         if known is not None and known.key == key and known.md5 == md5:
             return Outcome("unchanged", rel, key, sig, md5, known.etag, known.version_id)
@@ -394,10 +399,16 @@ class Uploader:
             source_key,
             parts,
             retain_until,
+            f.unsettled,
         )
 
     def _still(self, fd: int, sig: Signature) -> bool:
         return sig.describes(os.fstat(fd))
+
+    def _held(self, f: OpenFile) -> bool:
+        """May what was hashed still be sent? Yes when the file is as hashed, or was read unsettled: a live
+        log bigger than a read and a PUT between two of its lines would otherwise never be sent."""
+        return f.unsettled or self._still(f.fd, f.sig)
 
     def _path_is(self, rel: str, sig: Signature) -> bool:
         try:
@@ -472,7 +483,7 @@ class Uploader:
     ) -> tuple[Mapping[str, Any] | None, int]:
         """Several parts in flight, each with Content-MD5; with the fast path each is hashed and then
         streamed from disk as it is sent, so memory per part is a few MiB whatever the part size."""
-        rel, key, fd, sig = f.rel, f.key, f.fd, f.sig
+        rel, key, sig = f.rel, f.key, f.sig
         part_size = part_size_for(sig.size, self.settings.multipart_chunksize)
         count = -(-sig.size // part_size)
         created = await self.retrier.call(
@@ -516,7 +527,7 @@ class Uploader:
             async with asyncio.TaskGroup() as group:
                 for _ in range(min(concurrency, count)):
                     group.create_task(lane())
-            if changed or not self._still(fd, sig):
+            if changed or not self._held(f):
                 await self._abort(key, upload_id)
                 if skipped is not None:
                     raise skipped
@@ -617,7 +628,7 @@ class Uploader:
         """
 
         async def attempt() -> Mapping[str, Any]:
-            if not self._still(f.fd, f.sig):
+            if not self._held(f):
                 raise PartChanged("the file changed")
             body = PartBody(f.fd, offset, length)
             try:
@@ -628,7 +639,7 @@ class Uploader:
                 # Bytes that no longer match the hashes taken before: the file moved on, even where
                 # fstat cannot tell (a write within one timestamp tick, a write through a mapping).
                 # Sending them again would fail the same way: upload the file afresh instead.
-                if error_code(exc) in DIGEST_MISMATCH or not self._still(f.fd, f.sig):
+                if error_code(exc) in DIGEST_MISMATCH or not self._held(f):
                     raise PartChanged("the file changed") from None
                 raise
 
