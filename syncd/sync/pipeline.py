@@ -320,9 +320,8 @@ class Pipeline:
             if self.folder.recently_available():
                 await self._upload_one(rel, released)
             else:
-                self.settler.add(
-                    rel, unsettled_since=released.unsettled_since
-                )  # again when the folder is back
+                # try again when the folder is back
+                self.settler.add(rel, unsettled_since=released.unsettled_since)
                 await asyncio.sleep(1)
         finally:
             if self.queue.done(rel) and not self.stopping:
@@ -346,7 +345,7 @@ class Pipeline:
         except Exception as exc:
             await self._failed(rel, exc)
             return
-        if outcome.action == "unsettled":  # still owed; no record: nothing was read or sent
+        if outcome.action == "handed_back":  # still owed; no record: nothing was read or sent
             log.debug("changed_while_queued", path=rel)
             now = time.time()
             self.settler.add(
@@ -354,10 +353,10 @@ class Pipeline:
             )
             return
         self.recorder.record(outcome, None if self.dry_run else owed_since)
-        if outcome.action == "changed" and not (self.once and outcome.unsettled):
-            self.note_changes([(rel, None)], quiet_since=time.time())  # upload it again once it settles
         # `once` and a file that never holds still (a live log): the version read is its backup for this
         # run; going round again would never end. The next run finds it changed.
+        if outcome.action == "changed" and not (self.once and outcome.unsettled):
+            self.note_changes([(rel, None)], quiet_since=time.time())  # upload it again once it settles
 
     async def _failed(self, rel: str, exc: Exception) -> None:
         kind = classify(exc)

@@ -65,7 +65,7 @@ SMALL_COPIES = 4
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one file. action: uploaded | copied | unchanged | changed | would_upload (dry run)
-    | unsettled (written again while it waited for a worker: not read, to be settled again)."""
+    | handed_back (written again while it waited for a worker: not read, back to the settle stage)."""
 
     action: str
     path: str
@@ -226,7 +226,7 @@ class Uploader:
                 return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
             unsettled = released is not None and not released.quiet(st)
             if released is not None and unsettled and not released.overdue(rel, st):
-                return Outcome("unsettled", rel, key, sig)
+                return Outcome("handed_back", rel, key, sig)
             f = OpenFile(rel, key, fd, sig, metadata.owner(st), known, started, unsettled)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
