@@ -224,9 +224,11 @@ class Uploader:
             sig = Signature.of(st)
             if known is not None and unchanged(sig, known_sig, self.settings.ignore_inode):
                 return Outcome("unchanged", rel, key, sig, known.md5, known.etag, known.version_id)
-            unsettled = released is not None and not released.quiet(st)
-            if released is not None and unsettled and not released.overdue(rel, st):
-                return Outcome("handed_back", rel, key, sig)
+            unsettled = False
+            if released is not None and not released.quiet(st):
+                if not released.overdue(rel, st):
+                    return Outcome("handed_back", rel, key, sig)
+                unsettled = True  # read anyway: its unsettled spell is max_delay old
             f = OpenFile(rel, key, fd, sig, metadata.owner(st), known, started, unsettled)
             if sig.size <= SMALL_FILE:
                 async with self.budget.hold(SMALL_COPIES * sig.size):
