@@ -725,6 +725,19 @@ def compile_syncd() -> None:
         compileall.compile_dir(location, quiet=1)
 
 
+def library_versions() -> str:
+    """The versions of the libraries syncd's per-PUT cost depends on, in the environment syncd runs from
+    (this Python's: the goal holds on every version pyproject allows, so name the ones measured)."""
+    import importlib.metadata
+
+    names = ("aiobotocore", "botocore", "aiohttp", "httptools", "structlog")
+    found = []
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{name} {importlib.metadata.version(name)}")
+    return ", ".join(found)
+
+
 def syncd_version() -> str:
     """The commit syncd is measured at, and whether syncd/ had uncommitted changes (read-only git)."""
     repo = Path(__file__).resolve().parent.parent
@@ -869,14 +882,19 @@ def verdicts(bench: Bench) -> list[str]:
         line(s1 < 0.5 * a1, f"case 1 under 0.5x aws cli: {s1 / a1:.2f}x")
     cpu = median_of([r for r in results if r.case == "1" and r.tool == "syncd"], "cpu_s")
     if cpu is not None:
-        per = cpu * 1000 / bench.sizes.small_n
-        fixed = median_of([r for r in results if r.case == "0" and r.tool == "syncd"], "cpu_s")  # 1 PUT
-        net = (
-            "" if fixed is None else f"; {(cpu - fixed) * 1000 / bench.sizes.small_n:.2f} ms net of start-up"
-        )
+        # The goal is per small PUT: what one more file costs, so case 0's fixed cost (start-up, the bucket
+        # checks, one PUT) comes off when it ran; the whole process's figure is shown beside it.
+        whole = cpu * 1000 / bench.sizes.small_n
+        fixed = median_of([r for r in results if r.case == "0" and r.tool == "syncd"], "cpu_s")
+        per = whole if fixed is None else (cpu - fixed) * 1000 / (bench.sizes.small_n - 1)
+        judged = "whole process" if fixed is None else f"net of start-up; {whole:.2f} ms whole process"
         peer = median_of([r for r in results if r.case == "1" and r.tool == "s5cmd"], "cpu_s")
         versus = "" if peer is None else f"; s5cmd {peer * 1000 / bench.sizes.small_n:.2f} ms"
-        line(per <= 1.0, f"client CPU <= 1.0 ms per PUT (case 1, whole process): {per:.2f} ms{net}{versus}")
+        line(
+            per <= 0.5,
+            f"client CPU <= 0.5 ms per small PUT (case 1, {judged}): {per:.2f} ms{versus}; "
+            f"on {library_versions()}",
+        )
     s3 = wall("3", "syncd")
     peers3 = {p: w for p in PEERS if (w := wall("3", p))}
     if s3 and peers3:

@@ -90,15 +90,18 @@ os._exit(code)
 """
 
 
-def cpu_of(proc: Any) -> float:
+def cpu_of(proc: Any) -> float | None:
+    """CPU seconds of proc and its children; None once proc is gone (reaped by the bench's wait4: a 0 then
+    would read as the client's CPU falling to nothing in the run's last row)."""
     import psutil
 
-    total = 0.0
     try:
         procs = [proc, *proc.children(recursive=True)]
+        t = proc.cpu_times()
     except psutil.Error:
-        return 0.0
-    for p in procs:
+        return None
+    total = t.user + t.system
+    for p in procs[1:]:
         try:
             t = p.cpu_times()
             total += t.user + t.system
@@ -115,7 +118,10 @@ def sample_cpu(client_pid: int, server: Any, rows: list[dict[str, float]], stop:
     except psutil.Error:
         return
     while not stop.is_set():
-        rows.append({"t": time.time(), "client": cpu_of(client), "server": cpu_of(server)})
+        now, used, served = time.time(), cpu_of(client), cpu_of(server)
+        if used is None or served is None:
+            return
+        rows.append({"t": now, "client": used, "server": served})
         stop.wait(EVERY)
 
 
