@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,17 @@ def fast_heartbeat(env: Mapping[str, str]) -> dict[str, str]:
     rescan is due, writes the line `syncd status` prints and sets the gauges counted from the state; a test
     waiting on one of those waits up to 5 s per step without this."""
     return dict(env, WATCHDOG_USEC="1000000")
+
+
+# Runs a command as nobody: root reads and writes everything, so permission cases need another user.
+UNPRIVILEGED = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+NOBODY = 65534
+
+
+def needs_setpriv() -> None:
+    """Skip (fail in CI) unless this runs as root with setpriv, to act as another local user."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        skip_or_fail("needs root and setpriv (util-linux) to act as another local user")
 
 
 TEST_STOP_GRACE = 4.0  # seconds a test's SeaweedFS may take to stop after SIGTERM (1-1.5 s when it does)

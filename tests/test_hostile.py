@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from badserver import BadServer, free_port
 from helpers import (
+    UNPRIVILEGED,
     Daemon,
     bucket_matches,
     bucket_objects,
@@ -32,6 +33,7 @@ from helpers import (
     libfaketime,
     list_delete_markers,
     list_versions,
+    needs_setpriv,
     settle_after,
     skip_or_fail,
     wait_until,
@@ -461,13 +463,9 @@ def test_files_swapped_for_a_fifo_or_deleted_while_queued(
 # -- unreadable and vanishing files ----------------------------------------------------------------------
 
 
-UNPRIVILEGED = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-
-
 def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make_config, syncd_env):
     """Root reads everything, so `once` runs as nobody (setpriv) over a folder nobody owns."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        skip_or_fail("needs root and setpriv (util-linux) to run syncd as an unprivileged user")
+    needs_setpriv()
     base = Path(tempfile.mkdtemp(prefix="syncd-hostile-", dir="/tmp"))  # tmp_path is root-only (0700)
     try:
         folder = base / "data"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -20,11 +22,15 @@ from typing import Any
 import pytest
 from badserver import Answer, BadServer, Request
 from helpers import (
+    NOBODY,
+    UNPRIVILEGED,
+    Daemon,
     bucket_matches,
     bucket_objects,
     json_records,
     list_delete_markers,
     list_versions,
+    needs_setpriv,
     put_of,
     tree,
     wait_until,
@@ -158,11 +164,13 @@ def test_a_big_live_log_gets_a_version_by_max_delay_and_once_ends(
 
 @pytest.fixture
 def busy_worker(
-    tmp_path: Path, s3_server: Any, bucket_name: str, make_config: Any, start_daemon: Any
-) -> Iterator[Callable[[float], tuple[Any, threading.Semaphore, list[str]]]]:
-    """busy_worker(settle): a daemon on tmp_path/data with one worker (max_delay 2 s) whose PUTs of keys
-    starting with "blk" wait at a front until the test releases the semaphore once for each; the worker is
-    held by blk-0.txt's PUT when it returns (daemon, semaphore, the held PUTs' paths)."""
+    tmp_path: Path, s3_server: Any, bucket_name: str, make_config: Any, start_daemon: Any, syncd_env: Any
+) -> Iterator[Callable[..., tuple[Any, threading.Semaphore, list[str], Path]]]:
+    """busy_worker(settle, unprivileged=False, dirs=()): a daemon with one worker (max_delay 2 s) whose PUTs
+    of keys starting with "blk" wait at a front until the test releases the semaphore once for each; the
+    worker is held by blk-0.txt's PUT when it returns (daemon, semaphore, the held PUTs' paths, the folder).
+    The folder is tmp_path/data, holding `dirs`; with unprivileged, one nobody owns, and syncd runs as
+    nobody."""
     gate = threading.Semaphore(0)
     held: list[str] = []
 
@@ -178,25 +186,68 @@ def busy_worker(
         front = stack.enter_context(BadServer("proxy", upstream=s3_server.endpoint_url, answer=answer))
         stack.callback(lambda: [gate.release() for _ in range(50)])
 
-        def start(settle: float) -> tuple[Any, threading.Semaphore, list[str]]:
-            folder = tmp_path / "data"
+        def start(
+            settle: float, unprivileged: bool = False, dirs: tuple[str, ...] = ()
+        ) -> tuple[Any, threading.Semaphore, list[str], Path]:
+            base = tmp_path
+            if unprivileged:
+                needs_setpriv()
+                base = Path(tempfile.mkdtemp(prefix="syncd-promises-", dir="/tmp"))  # tmp_path is 0700
+                stack.callback(shutil.rmtree, base, True)
+            folder = base / "data"
             folder.mkdir()
+            for name in dirs:  # there before the start: the first scan knows them
+                (folder / name).mkdir()
             config = make_config(
                 folder,
                 bucket_name,
                 workers=1,
                 settle=settle,
                 max_delay=2,
+                state_dir=str(base / "state"),
                 s3={"endpoint_url": front.url},
                 log={"level": "debug"},
             )
-            daemon = start_daemon(config)
+            if unprivileged:
+                config = Path(shutil.copy(config, base / "config.yaml"))
+                for path in (base, *base.rglob("*")):
+                    os.chown(path, NOBODY, NOBODY)
+                os.chmod(base, 0o755)
+                env = dict(syncd_env, HOME=str(base), AWS_CONFIG_FILE="/nonexistent")
+                env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+                daemon = Daemon(config, env, tmp_path, "nobody", wrapper=UNPRIVILEGED)
+                stack.callback(daemon.kill)
+            else:
+                daemon = start_daemon(config)
             daemon.wait_for_event("ready", timeout=60)
             write(folder / "blk-0.txt", b"the only worker waits on this PUT")
             wait_until(lambda: len(held) == 1)
-            return daemon, gate, held
+            return daemon, gate, held, folder
 
         yield start
+
+
+def test_a_file_whose_look_failed_is_not_read_mid_write_once_it_can_be_read(s3, bucket_name, busy_worker):
+    """The settle stage's stat fails (its directory is closed to syncd's user for a moment), so the file is
+    let through unseen; by its worker's turn it can be read again and is being appended to. Nothing but the
+    worker's own stat says it is not quiet: it must wait, not be read mid-burst."""
+    daemon, gate, _held, folder = busy_worker(0.5, unprivileged=True, dirs=("d",))
+    log = folder / "d/x.txt"
+    write(log, b"line 0\n")
+    os.chmod(folder / "d", 0)  # root still writes into it; nobody cannot even stat d/x.txt
+    daemon.wait_for_event("look_failed", path="d/x.txt")  # let through, in the queue behind blk-0.txt
+    os.chmod(folder / "d", 0o755)
+    for i in range(1, 41):  # 2 s of appends; the worker is freed after 0.5 s
+        with open(log, "ab") as f:
+            f.write(b"line %d\n" % i)
+        if i == 10:
+            gate.release()
+        time.sleep(0.05)
+    final = log.read_bytes()
+    daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=30)
+    time.sleep(1)  # a second upload of d/x.txt would be on its way by now
+    assert daemon.terminate() == 0
+    assert versions_of(s3, bucket_name, "d/x.txt") == [final]
 
 
 def test_a_settled_file_written_again_while_it_waits_for_a_worker_is_read_once_quiet_again(
@@ -204,7 +255,7 @@ def test_a_settled_file_written_again_while_it_waits_for_a_worker_is_read_once_q
 ):
     """Settled, queued behind a held PUT, then appended to while the worker is freed: the worker that takes
     it must not read it mid-burst. It goes back to the settle stage and is uploaded once, whole."""
-    daemon, gate, _held = busy_worker(0.5)
+    daemon, gate, _held, _folder = busy_worker(0.5)
     log = tmp_path / "data/x.txt"
     write(log, b"line 0\n")
     daemon.wait_for_event("settled", path="x.txt")  # in the queue, behind blk-0.txt
@@ -227,7 +278,7 @@ def test_a_file_written_again_each_time_it_waits_for_a_worker_is_uploaded_by_max
     """A slow log, quiet for longer than `settle` between lines, that always waits behind the busy worker
     and gets its next line just before the worker is free: handed back each time, it is still read with
     the warning once `max_delay` has passed since the first hand-back (not starved while this lasts)."""
-    daemon, gate, held = busy_worker(0.3)
+    daemon, gate, held, _folder = busy_worker(0.3)
     log = tmp_path / "data/x.txt"
     write(log, b"line 0\n")
     first_change, mark = time.time(), 0
@@ -260,7 +311,7 @@ def test_a_file_let_through_by_max_delay_is_not_handed_back_when_it_settles_agai
 ):
     """Overdue (max_delay) and queued behind the busy worker, the file settles once more and is written
     again just before the worker is free: it was let through already, so it is read, not settled anew."""
-    daemon, gate, _held = busy_worker(0.3)
+    daemon, gate, _held, _folder = busy_worker(0.3)
     log, line = tmp_path / "data/x.txt", 0
     while not events(daemon.records(), "overdue", path="x.txt"):  # every 0.1 s: let through by max_delay
         with open(log, "ab") as f:
@@ -291,7 +342,7 @@ def test_a_file_that_waited_in_the_queue_longer_than_max_delay_is_not_read_mid_r
     a hand-back, or let through by max_delay and quiet since), and is only now rewritten, in two parts with
     the worker freed between them. That is a new change, not part of an old unsettled spell: it goes back to
     settle and is uploaded once, whole."""
-    daemon, gate, held = busy_worker(1.0)
+    daemon, gate, held, _folder = busy_worker(1.0)
     doc = tmp_path / "data/doc.txt"
     if queued == "after_max_delay":
         with open(doc, "ab") as f:

@@ -17,13 +17,11 @@ from typing import Any
 import botocore.exceptions
 import pytest
 import yaml
-from helpers import S3TestServer, s3_client, skip_or_fail, wait_until
+from helpers import UNPRIVILEGED, S3TestServer, needs_setpriv, s3_client, wait_until
 
 from syncd.config import load_config
 from syncd.errors import ConfigError
 from syncd.seaweed import Identity, SeaweedServer, find_weed
-
-UNPRIVILEGED = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 def weed_pids(data_dir: Path) -> list[int]:
@@ -256,11 +254,6 @@ def attack(
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
     return report
-
-
-def needs_setpriv() -> None:
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        skip_or_fail("needs root and setpriv (util-linux) to act as another local user")
 
 
 def test_another_local_user_reads_and_deletes_nothing_but_through_signed_s3() -> None:

@@ -52,10 +52,9 @@ class Released:
     def quiet(self, st: os.stat_result) -> bool:
         """May the file be read as settled (st: its stat as a worker opened it)? Yes when it settled and is
         untouched since, or has been quiet for `settle` since it last changed (it may have waited in the
-        queue far longer than that)."""
-        if self.sig is None:
-            return True  # its stat failed: the uploader says why it cannot read it
-        return (self.settled and self.sig.describes(st)) or time.time() - _changed_at(st) >= self.settle
+        queue far longer than that; after a look that failed, only this says)."""
+        settled = self.settled and self.sig is not None and self.sig.describes(st)
+        return settled or time.time() - _changed_at(st) >= self.settle
 
     def overdue(self, rel: str, st: os.stat_result) -> bool:
         """Not quiet: may it be read anyway? Once its unsettled spell is `max_delay` old, with the warning:
@@ -202,9 +201,11 @@ class Settler:
             log.debug("symlink_skipped", path=rel, reason="under a symlinked directory")
             return
         if isinstance(result, OSError):
+            # The worker says why it cannot read it or, if it can by then, reads it once quiet
+            # (Released.quiet: a release without a signature is never taken as settled)
             del self.pending[rel]
-            # the uploader reports why it cannot read it
-            self.release(rel, self._released(None, False, None))
+            log.debug("look_failed", path=rel, error=result.strerror or type(result).__name__)
+            self.release(rel, self._released(None, False, entry.first_seen if entry.handed_back else None))
             return
         if stat.S_ISDIR(result.st_mode):
             del self.pending[rel]
