@@ -227,6 +227,17 @@ def busy_worker(
         yield start
 
 
+def appended_while_the_worker_is_freed(log: Path, gate: threading.Semaphore) -> bytes:
+    """Appends a line to log every 50 ms for 2 s, freeing busy_worker's worker after 0.5 s: the bytes then."""
+    for i in range(1, 41):
+        with open(log, "ab") as f:
+            f.write(b"line %d\n" % i)
+        if i == 10:
+            gate.release()
+        time.sleep(0.05)
+    return log.read_bytes()
+
+
 def test_a_file_whose_look_failed_is_not_read_mid_write_once_it_can_be_read(s3, bucket_name, busy_worker):
     """The settle stage's stat fails (its directory is closed to syncd's user for a moment), so the file is
     let through unseen; by its worker's turn it can be read again and is being appended to. Nothing but the
@@ -237,13 +248,7 @@ def test_a_file_whose_look_failed_is_not_read_mid_write_once_it_can_be_read(s3, 
     os.chmod(folder / "d", 0)  # root still writes into it; nobody cannot even stat d/x.txt
     daemon.wait_for_event("look_failed", path="d/x.txt")  # let through, in the queue behind blk-0.txt
     os.chmod(folder / "d", 0o755)
-    for i in range(1, 41):  # 2 s of appends; the worker is freed after 0.5 s
-        with open(log, "ab") as f:
-            f.write(b"line %d\n" % i)
-        if i == 10:
-            gate.release()
-        time.sleep(0.05)
-    final = log.read_bytes()
+    final = appended_while_the_worker_is_freed(log, gate)
     daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=30)
     time.sleep(1)  # a second upload of d/x.txt would be on its way by now
     assert daemon.terminate() == 0
@@ -259,13 +264,7 @@ def test_a_settled_file_written_again_while_it_waits_for_a_worker_is_read_once_q
     log = tmp_path / "data/x.txt"
     write(log, b"line 0\n")
     daemon.wait_for_event("settled", path="x.txt")  # in the queue, behind blk-0.txt
-    for i in range(1, 41):  # 2 s of appends; the worker is freed after 0.5 s
-        with open(log, "ab") as f:
-            f.write(b"line %d\n" % i)
-        if i == 10:
-            gate.release()
-        time.sleep(0.05)
-    final = log.read_bytes()
+    final = appended_while_the_worker_is_freed(log, gate)
     daemon.wait_for(lambda r: r.get("event") == "uploaded" and r.get("md5") == md5(final), timeout=30)
     time.sleep(1)  # a second upload of x.txt would be on its way by now
     assert daemon.terminate() == 0
