@@ -28,6 +28,7 @@ from helpers import (
     bucket_matches,
     bucket_objects,
     json_records,
+    libfaketime,
     list_delete_markers,
     list_versions,
     needs_setpriv,
@@ -53,6 +54,36 @@ def versions_of(s3: Any, bucket: str, key: str) -> list[bytes]:
         for v in list_versions(s3, bucket, key)
         if v["Key"] == key
     )
+
+
+# -- settle: the wall clock steps ------------------------------------------------------------------------
+
+
+def test_a_wall_clock_step_back_does_not_hold_a_file_waiting_to_settle(
+    tmp_path, s3, bucket_name, make_config, start_daemon, syncd_env
+):
+    """The wall clock steps back 10 minutes (NTP at boot, a resumed VM) while a new file waits for its look:
+    it is uploaded seconds later, not once the clock has caught up. libfaketime steps syncd's clock alone, so
+    the file keeps the kernel's time, as a file written before a real step does."""
+    clock = tmp_path / "faketime"
+    clock.write_text("+0\n")
+    env = dict(
+        syncd_env,
+        LD_PRELOAD=libfaketime(),
+        FAKETIME_TIMESTAMP_FILE=str(clock),
+        FAKETIME_NO_CACHE="1",  # read at every call: the step takes effect at once
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )
+    folder = tmp_path / "data"
+    folder.mkdir()
+    daemon = start_daemon(make_config(folder, bucket_name, settle=3), env)
+    daemon.wait_for_event("ready", timeout=60)
+    write(folder / "x.txt", b"written just before the step")
+    time.sleep(1)  # the watcher has handed the change over (within 0.25 s); its look is 2 s away
+    clock.write_text("-10m\n")  # within S3's 15 minutes of allowed skew: requests still pass
+    daemon.wait_for_event("uploaded", path="x.txt", timeout=30)
+    assert daemon.terminate() == 0
+    assert versions_of(s3, bucket_name, "x.txt") == [b"written just before the step"]
 
 
 # -- settle: max_delay -----------------------------------------------------------------------------------

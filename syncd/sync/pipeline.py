@@ -200,7 +200,7 @@ class Pipeline:
                     self.rescan_now.set()  # the folder itself changed (moved, unmounted): check it
             elif not self.excludes.excluded(rel):
                 changes.append((rel, None))
-        self.note_changes(changes, quiet_since=time.time() - QUIET_STEP)
+        self.note_changes(changes, quiet_since=time.monotonic() - QUIET_STEP)
 
     def note_changes(
         self, changes: list[tuple[str, os.stat_result | None]], *, quiet_since: float | None = None
@@ -347,7 +347,7 @@ class Pipeline:
             return
         if outcome.action == "handed_back":  # still owed; no record: nothing was read or sent
             log.debug("changed_while_queued", path=rel)
-            now = time.time()
+            now = time.monotonic()
             self.settler.add(
                 rel, quiet_since=now, unsettled_since=released.spell(outcome.sig.changed_at()) or now
             )
@@ -356,7 +356,7 @@ class Pipeline:
         # `once` and a file that never holds still (a live log): the version read is its backup for this
         # run; going round again would never end. The next run finds it changed.
         if outcome.action == "changed" and not (self.once and outcome.unsettled):
-            self.note_changes([(rel, None)], quiet_since=time.time())  # upload it again once it settles
+            self.note_changes([(rel, None)], quiet_since=time.monotonic())  # upload it again once it settles
 
     async def _failed(self, rel: str, exc: Exception) -> None:
         kind = classify(exc)

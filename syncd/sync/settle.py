@@ -11,6 +11,10 @@ waits move its last change on without another look.
 A released path may wait in the queue behind busy workers and be written again there: `Released` carries
 what the settling look saw, and tells the worker whether the file may be read now or must come back here
 (so a file is never read mid-burst; max_delay then counts from the first time a worker found it changed).
+
+The stage's own times (when a path was seen, its next look, max_delay) are on time.monotonic(): a step of the
+wall clock (NTP at boot, a resumed VM) neither stalls pending paths until it catches up nor makes them all
+overdue. Only a file's mtime and ctime are compared with the wall clock.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ LOOK_BATCH = 256  # paths stat-ed per look: a big drop starts uploading while th
 class Released:
     """A path let through: the signature the look that released it saw (None when that stat failed),
     whether that look found it settled (else max_delay let it through), when its unsettled spell began
-    (None: never unsettled): the first sighting of a file let through by max_delay, or when a worker first
-    found it changed in the queue; and the settle stage's `settle` and `max_delay`, for the worker's say."""
+    (time.monotonic(); None: never unsettled): the first sighting of a file let through by max_delay, or when
+    a worker first found it changed in the queue; and the settle stage's `settle` and `max_delay`, for the
+    worker's say."""
 
     sig: Signature | None
     settled: bool
@@ -59,7 +64,7 @@ class Released:
     def overdue(self, rel: str, st: os.stat_result) -> bool:
         """Not quiet: may it be read anyway? Once its unsettled spell is `max_delay` old, with the warning:
         a live log, or a file written again each time it waits, is not starved."""
-        now = time.time()
+        now = time.monotonic()
         since = self.spell(_changed_at(st))
         if since is not None and now - since >= self.max_delay:
             log.warning("unsettled_upload", path=rel, waited_s=round(now - since, 1))
@@ -81,9 +86,21 @@ class Released:
         )
 
 
+@dataclass(frozen=True)
+class _Instant:
+    """One moment on both clocks: monotonic for the stage's own times, wall to compare with file times."""
+
+    mono: float
+    wall: float
+
+    @staticmethod
+    def now() -> _Instant:
+        return _Instant(time.monotonic(), time.time())
+
+
 @dataclass
 class _Pending:
-    first_seen: float  # max_delay counts from it
+    first_seen: float  # max_delay counts from it (time.monotonic(), as every time the stage keeps)
     last_change: float
     sig: Signature | None = None
     handed_back: bool = False  # first_seen is a spell's beginning, carried by its releases
@@ -129,11 +146,12 @@ class Settler:
     ) -> None:
         """Note a change. With a fresh stat (from a walk) an old file is released without waiting.
 
-        quiet_since: when it was last seen changing (the watcher's batch), so its first look waits until
-        `settle` after that; other paths (owed at start, retried) may have changed long ago: looked at soon.
+        quiet_since: when it was last seen changing (the watcher's batch; time.monotonic()), so its first look
+        waits until `settle` after that; other paths (owed at start, retried) may have changed long ago:
+        looked at soon.
         unsettled_since: of a path a worker handed back (Released.spell): max_delay counts from it.
         """
-        now = time.time()
+        now = time.monotonic()
         seen = now if unsettled_since is None else min(now, unsettled_since)
         entry = self.pending.get(rel)
         if entry is not None:
@@ -141,7 +159,7 @@ class Settler:
             entry.first_seen = min(entry.first_seen, seen)
             entry.handed_back = entry.handed_back or unsettled_since is not None
             return
-        if st is not None and stat.S_ISREG(st.st_mode) and now - _changed_at(st) >= self.settle:
+        if st is not None and stat.S_ISREG(st.st_mode) and time.time() - _changed_at(st) >= self.settle:
             self.release(rel, self._released(Signature.of(st), True, unsettled_since))
             return
         self.pending[rel] = _Pending(
@@ -159,7 +177,8 @@ class Settler:
     async def run(self) -> None:
         while True:
             self.wake.clear()
-            now = time.time()
+            looked = _Instant.now()
+            now = looked.mono
             due_paths: dict[str, None] = {}  # a dict, not a list: `in` on a list of thousands is quadratic
             while self.heap and self.heap[0][0] <= now and len(due_paths) < LOOK_BATCH:
                 _, rel = heapq.heappop(self.heap)
@@ -168,9 +187,9 @@ class Settler:
             if due_paths:
                 due = list(due_paths)
                 stats = await asyncio.to_thread(self._stat_all, due) if len(due) > 64 else self._stat_all(due)
-                decided = time.time()
+                decided = _Instant.now()
                 for rel, result in zip(due, stats, strict=True):
-                    self._decide(rel, result, now, decided)
+                    self._decide(rel, result, looked, decided)
                 continue
             timeout = self.heap[0][0] - now if self.heap else None
             with contextlib.suppress(TimeoutError):
@@ -185,7 +204,7 @@ class Settler:
                 out.append(exc)
         return out
 
-    def _decide(self, rel: str, result: os.stat_result | OSError, looked: float, now: float) -> None:
+    def _decide(self, rel: str, result: os.stat_result | OSError, looked: _Instant, now: _Instant) -> None:
         """What a look (a stat taken after `looked`) says of rel: gone, a directory, settled, or wait on."""
         entry = self.pending.get(rel)
         if entry is None:
@@ -222,21 +241,24 @@ class Settler:
             return
         sig = Signature.of(result)
         if sig != entry.sig:
-            entry.last_change = max(entry.last_change, looked)  # held still only from the look that saw it
+            # held still only from the look that saw it
+            entry.last_change = max(entry.last_change, looked.mono)
             entry.sig = sig
-        quiet = looked - _changed_at(result) >= self.settle or looked - entry.last_change >= self.settle
-        if quiet and entry.last_change <= looked:  # and no event came in while the stat was taken
+        quiet = (
+            looked.wall - _changed_at(result) >= self.settle or looked.mono - entry.last_change >= self.settle
+        )
+        if quiet and entry.last_change <= looked.mono:  # and no event came in while the stat was taken
             del self.pending[rel]
             log.debug("settled", path=rel)  # tests wait on it: the file is in the upload queue now
             self.release(rel, self._released(sig, True, entry.first_seen if entry.handed_back else None))
-        elif now - entry.first_seen >= self.max_delay:
+        elif now.mono - entry.first_seen >= self.max_delay:
             del self.pending[rel]
             # the worker reads it then (Released.overdue), with the warning, unless it has settled by then
-            log.debug("overdue", path=rel, waited_s=round(now - entry.first_seen, 1))
+            log.debug("overdue", path=rel, waited_s=round(now.mono - entry.first_seen, 1))
             self.release(rel, self._released(sig, False, entry.first_seen))
         else:
-            wait = self.settle - max(0.0, now - _changed_at(result))
-            self._schedule(rel, now + max(0.01, min(wait, self.settle)))
+            wait = self.settle - max(0.0, now.wall - _changed_at(result))
+            self._schedule(rel, now.mono + max(0.01, min(wait, self.settle)))
 
     def _released(self, sig: Signature | None, settled: bool, unsettled_since: float | None) -> Released:
         return Released(sig, settled, unsettled_since, self.settle, self.max_delay)
