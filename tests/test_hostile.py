@@ -472,6 +472,7 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make
         write(folder / "ok.txt", b"ok")
         write(folder / "secret.txt", b"mode 000")
         write(folder / "closed" / "inner.txt", b"in a mode 000 directory")
+        write(folder / "listable" / "inner.txt", b"in a mode 444 directory: its names, not their files")
         config = base / "config.yaml"
         shutil.copy(make_config(folder, bucket_name, state_dir=str(base / "state")), config)
         for path in (base, *base.rglob("*")):
@@ -479,6 +480,7 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make
         os.chmod(base, 0o755)
         os.chmod(folder / "secret.txt", 0)
         os.chmod(folder / "closed", 0)
+        os.chmod(folder / "listable", 0o444)
         env = dict(
             syncd_env,
             HOME=str(base),
@@ -501,7 +503,9 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make
     records = json_records(result.stderr)
     skipped = events(records, "upload_skipped")
     assert [(r["path"], r["reason"]) for r in skipped] == [("secret.txt", "permission denied")]
-    assert [r["path"] for r in events(records, "scan_skipped")] == ["closed"]
+    scan_skipped = {r["path"]: r["reason"] for r in events(records, "scan_skipped")}
+    assert scan_skipped.keys() == {"closed", "listable"}, scan_skipped
+    assert "1 of its entries (first: listable/inner.txt)" in scan_skipped["listable"], scan_skipped
     assert keys_in(s3, bucket_name) == {"ok.txt"}
 
 

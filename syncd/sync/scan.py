@@ -88,9 +88,25 @@ def _list(opts: WalkOptions, rel_dir: str) -> tuple[os.stat_result, Listed]:
 
     def classified(entries: Iterator[os.DirEntry[str]]) -> Listed:
         out: Listed = []
+        refused: list[tuple[str, OSError]] = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            out.append((rel, _classify(opts, entry, rel)))
+            try:
+                out.append((rel, _classify(opts, entry, rel)))
+            except FileNotFoundError:
+                pass  # gone since the listing: nothing to sync
+            except OSError as exc:
+                refused.append((rel, exc))
+        if refused:
+            # Listed but not searchable (mode r without x), or an I/O error: what is in it is not backed up.
+            # One record per directory, not per entry, however many there are.
+            first, error = refused[0]
+            reason = error.strerror or str(error)
+            log.warning(
+                "scan_skipped",
+                path=rel_dir or ".",
+                reason=f"{reason} for {len(refused)} of its entries (first: {first})",
+            )
         return out
 
     if opts.follow_symlinks:
@@ -138,7 +154,8 @@ def _ancestors(opts: WalkOptions, start: str) -> tuple[tuple[int, int], ...] | N
 
 
 def _classify(opts: WalkOptions, entry: os.DirEntry[str], rel: str) -> os.stat_result | str | None:
-    """'dir' to descend, a stat_result for a regular file to sync, None to skip."""
+    """'dir' to descend, a stat_result for a regular file to sync, None to skip; raises the OSError of an
+    entry that cannot be looked at (the caller reports them)."""
     try:
         is_link = entry.is_symlink()
         if is_link and not opts.follow_symlinks:
@@ -149,8 +166,8 @@ def _classify(opts: WalkOptions, entry: os.DirEntry[str], rel: str) -> os.stat_r
                 log.info("symlink_skipped", path=rel, reason="points outside the folder")
                 return None
         st = entry.stat(follow_symlinks=opts.follow_symlinks)
-    except OSError:
-        return None  # vanished or unreadable between listing and stat; the watcher or next rescan sees it
+    except FileNotFoundError:
+        return None  # vanished between listing and stat; the watcher or the next rescan sees it
     if stat.S_ISDIR(st.st_mode):
         return None if opts.excludes.excluded_dir(rel) else "dir"
     if not stat.S_ISREG(st.st_mode):
