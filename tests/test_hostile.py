@@ -463,14 +463,19 @@ def test_files_swapped_for_a_fifo_or_deleted_while_queued(
 # -- unreadable and vanishing files ----------------------------------------------------------------------
 
 
-def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make_config, syncd_env):
-    """Root reads everything, so `once` runs as nobody (setpriv) over a folder nobody owns."""
+@pytest.mark.parametrize("unreadable_file", [True, False], ids=["and_a_file", "directories_only"])
+def test_unreadable_files_and_dirs_as_an_unprivileged_user(
+    s3, bucket_name, make_config, syncd_env, unreadable_file
+):
+    """Root reads everything, so `once` runs as nobody (setpriv) over a folder nobody owns. A directory it
+    cannot look into is not backed up: `once` says so and exits 1 for it as for a file."""
     needs_setpriv()
     base = Path(tempfile.mkdtemp(prefix="syncd-hostile-", dir="/tmp"))  # tmp_path is root-only (0700)
     try:
         folder = base / "data"
         write(folder / "ok.txt", b"ok")
-        write(folder / "secret.txt", b"mode 000")
+        if unreadable_file:
+            write(folder / "secret.txt", b"mode 000")
         write(folder / "closed" / "inner.txt", b"in a mode 000 directory")
         write(folder / "listable" / "inner.txt", b"in a mode 444 directory: its names, not their files")
         config = base / "config.yaml"
@@ -478,7 +483,8 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make
         for path in (base, *base.rglob("*")):
             os.chown(path, 65534, 65534)
         os.chmod(base, 0o755)
-        os.chmod(folder / "secret.txt", 0)
+        if unreadable_file:
+            os.chmod(folder / "secret.txt", 0)
         os.chmod(folder / "closed", 0)
         os.chmod(folder / "listable", 0o444)
         env = dict(
@@ -502,10 +508,14 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(s3, bucket_name, make
     no_traceback(result)
     records = json_records(result.stderr)
     skipped = events(records, "upload_skipped")
-    assert [(r["path"], r["reason"]) for r in skipped] == [("secret.txt", "permission denied")]
+    expected = [("secret.txt", "permission denied")] if unreadable_file else []
+    assert [(r["path"], r["reason"]) for r in skipped] == expected
     scan_skipped = {r["path"]: r["reason"] for r in events(records, "scan_skipped")}
     assert scan_skipped.keys() == {"closed", "listable"}, scan_skipped
     assert "1 of its entries (first: listable/inner.txt)" in scan_skipped["listable"], scan_skipped
+    assert f"{2 + unreadable_file} failed" in result.stdout, result.stdout
+    assert "syncd once: failed: closed/: directory not backed up: Permission denied" in result.stderr
+    assert "syncd once: failed: listable/: directory not backed up: Permission denied for 1" in result.stderr
     assert keys_in(s3, bucket_name) == {"ok.txt"}
 
 

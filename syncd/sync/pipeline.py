@@ -94,7 +94,10 @@ class Pipeline:
             None if self.lock is None else LockExtender(client, config.bucket, state, self.lock, self.retrier)
         )
         self.excludes = config.excludes()
-        self.walk_opts = scan.WalkOptions(config.folder, self.excludes, config.follow_symlinks)
+        self.loop = asyncio.get_running_loop()
+        self.walk_opts = scan.WalkOptions(
+            config.folder, self.excludes, config.follow_symlinks, on_unlisted=self._dir_unlisted
+        )
         self.queue = UploadQueue()
         self.watcher = Watcher(config.folder, self._watched_paths_changed, self._watch_restarted)
         self.rescan_now = asyncio.Event()
@@ -233,6 +236,10 @@ class Pipeline:
             return
         async for batch in scan.batches(self.walk_opts, start=rel):
             self._owe_changed(batch, uploaded=None)
+
+    def _dir_unlisted(self, rel: str, reason: str) -> None:
+        """A directory the walk (in its thread) could not look into: a failure of this run."""
+        self.loop.call_soon_threadsafe(self.recorder.unlisted, rel, reason)
 
     def _not_a_file(self, rel: str) -> None:
         """Not a file syncd uploads (FIFO, socket, symlink not followed): nothing is owed for it."""

@@ -56,6 +56,7 @@ class Recorder:
         self.locking = locking  # object_lock: each version's lock is recorded for the extension pass
         self.dry_run = dry_run
         self.stats = Stats()
+        self.unlisted_dirs: set[str] = set()
         self.flush_handle: asyncio.TimerHandle | None = None
 
     def record(self, outcome: Outcome, owed_since: float | None) -> None:
@@ -88,6 +89,15 @@ class Recorder:
             log.info("copied" if outcome.source_key else "uploaded", **_fields(outcome))
         if outcome.action == "changed":
             log.info("changed_during_upload", path=rel)
+
+    def unlisted(self, rel_dir: str, reason: str) -> None:
+        """A directory the walk could not look into (scan_skipped, logged by the walk): a failure of this
+        run, once per directory however often rescans meet it."""
+        if rel_dir in self.unlisted_dirs:
+            return
+        self.unlisted_dirs.add(rel_dir)
+        self.stats.skipped += 1
+        self.stats.failures.append((f"{rel_dir}/", f"directory not backed up: {reason}"))
 
     def skipped(self, rel: str, reason: str) -> None:
         """A file syncd cannot upload as it is (unreadable, a key too long): owed until it changes."""

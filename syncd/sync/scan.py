@@ -7,9 +7,10 @@ The walk is a plain generator (run it in a thread); `batches()` streams it to as
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -27,6 +28,9 @@ class WalkOptions:
     root: Path
     excludes: Excludes
     follow_symlinks: bool = False
+    # Told (from the walk's thread) of each directory the walk cannot look into, and why: what is in it is
+    # not backed up, which `once` counts as a failure.
+    on_unlisted: Callable[[str, str], None] | None = None
 
 
 def relative(root: Path, path: str) -> str | None:
@@ -58,7 +62,7 @@ def walk(opts: WalkOptions, start: str = "") -> Iterator[tuple[str, os.stat_resu
         except OSError as exc:
             if is_symlink_error(exc):
                 continue  # replaced by a symlink since it was listed: not entered
-            log.warning("scan_skipped", path=rel_dir or ".", reason=exc.strerror or str(exc))
+            _unlisted(opts, rel_dir, exc.strerror or str(exc))
             continue
         if not stat.S_ISDIR(dir_st.st_mode):
             continue  # replaced (by a file or a symlink) since it was listed
@@ -93,20 +97,16 @@ def _list(opts: WalkOptions, rel_dir: str) -> tuple[os.stat_result, Listed]:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             try:
                 out.append((rel, _classify(opts, entry, rel)))
-            except FileNotFoundError:
-                pass  # gone since the listing: nothing to sync
             except OSError as exc:
-                refused.append((rel, exc))
+                if not isinstance(exc, FileNotFoundError) and exc.errno != errno.ELOOP:
+                    refused.append((rel, exc))  # else gone since the listing (the watcher or the next
+                    # rescan sees what replaced it), or a link in a loop: no file either way
         if refused:
             # Listed but not searchable (mode r without x), or an I/O error: what is in it is not backed up.
             # One record per directory, not per entry, however many there are.
             first, error = refused[0]
             reason = error.strerror or str(error)
-            log.warning(
-                "scan_skipped",
-                path=rel_dir or ".",
-                reason=f"{reason} for {len(refused)} of its entries (first: {first})",
-            )
+            _unlisted(opts, rel_dir, f"{reason} for {len(refused)} of its entries (first: {first})")
         return out
 
     if opts.follow_symlinks:
@@ -123,6 +123,12 @@ def _list(opts: WalkOptions, rel_dir: str) -> tuple[os.stat_result, Listed]:
             return dir_st, classified(entries)
     finally:
         os.close(fd)
+
+
+def _unlisted(opts: WalkOptions, rel_dir: str, reason: str) -> None:
+    log.warning("scan_skipped", path=rel_dir or ".", reason=reason)
+    if opts.on_unlisted is not None:
+        opts.on_unlisted(rel_dir or ".", reason)
 
 
 def _ancestors(opts: WalkOptions, start: str) -> tuple[tuple[int, int], ...] | None:
@@ -155,19 +161,16 @@ def _ancestors(opts: WalkOptions, start: str) -> tuple[tuple[int, int], ...] | N
 
 def _classify(opts: WalkOptions, entry: os.DirEntry[str], rel: str) -> os.stat_result | str | None:
     """'dir' to descend, a stat_result for a regular file to sync, None to skip; raises the OSError of an
-    entry that cannot be looked at (the caller reports them)."""
-    try:
-        is_link = entry.is_symlink()
-        if is_link and not opts.follow_symlinks:
+    entry that cannot be looked at (the caller sorts them: vanished since the listing, or refused)."""
+    is_link = entry.is_symlink()
+    if is_link and not opts.follow_symlinks:
+        return None
+    if is_link:
+        real = os.path.realpath(entry.path)
+        if not inside(opts.root, real):
+            log.info("symlink_skipped", path=rel, reason="points outside the folder")
             return None
-        if is_link:
-            real = os.path.realpath(entry.path)
-            if not inside(opts.root, real):
-                log.info("symlink_skipped", path=rel, reason="points outside the folder")
-                return None
-        st = entry.stat(follow_symlinks=opts.follow_symlinks)
-    except FileNotFoundError:
-        return None  # vanished between listing and stat; the watcher or the next rescan sees it
+    st = entry.stat(follow_symlinks=opts.follow_symlinks)
     if stat.S_ISDIR(st.st_mode):
         return None if opts.excludes.excluded_dir(rel) else "dir"
     if not stat.S_ISREG(st.st_mode):
