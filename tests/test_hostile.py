@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -478,8 +479,10 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(
             write(folder / "secret.txt", b"mode 000")
         write(folder / "closed" / "inner.txt", b"in a mode 000 directory")
         write(folder / "listable" / "inner.txt", b"in a mode 444 directory: its names, not their files")
+        write(folder / "logs" / "app.log", b"excluded, in a mode 444 directory: nothing to back up there")
         config = base / "config.yaml"
-        shutil.copy(make_config(folder, bucket_name, state_dir=str(base / "state")), config)
+        made = make_config(folder, bucket_name, state_dir=str(base / "state"), exclude=["*.log"])
+        shutil.copy(made, config)
         for path in (base, *base.rglob("*")):
             os.chown(path, 65534, 65534)
         os.chmod(base, 0o755)
@@ -487,6 +490,7 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(
             os.chmod(folder / "secret.txt", 0)
         os.chmod(folder / "closed", 0)
         os.chmod(folder / "listable", 0o444)
+        os.chmod(folder / "logs", 0o444)
         env = dict(
             syncd_env,
             HOME=str(base),
@@ -517,6 +521,36 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(
     assert "syncd once: failed: closed/: directory not backed up: Permission denied" in result.stderr
     assert "syncd once: failed: listable/: directory not backed up: Permission denied for 1" in result.stderr
     assert keys_in(s3, bucket_name) == {"ok.txt"}
+
+
+def test_what_vanishes_or_leads_nowhere_during_once_is_not_a_failure(
+    tmp_path, s3, bucket_name, make_config, run_syncd
+):
+    """Directories removed while `once` walks them, and a followed link that leads through a file, are
+    nothing to back up: no failure, exit 0 (only what exists and cannot be read is one)."""
+    folder = tmp_path / "data"
+    for d in range(2000):
+        write(folder / f"d{d:04}" / "f.txt", b"x")
+    os.symlink("d0000/f.txt/nowhere", folder / "through-a-file")
+    config = make_config(folder, bucket_name, follow_symlinks=True)
+    doomed = sorted(folder.glob("d*"))[1:]
+    stop = threading.Event()
+
+    def remove_them() -> None:
+        while doomed and not stop.is_set():
+            shutil.rmtree(doomed.pop(), ignore_errors=True)
+
+    remover = threading.Timer(0.5, remove_them)  # once the walk is under way
+    remover.start()
+    try:
+        result = run_syncd(["once", "-c", str(config)])
+    finally:
+        stop.set()
+        remover.join()
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not events(json_records(result.stderr), "scan_skipped")
+    assert "d0000/f.txt" in keys_in(s3, bucket_name)
 
 
 # -- excludes --------------------------------------------------------------------------------------------

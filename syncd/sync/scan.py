@@ -60,8 +60,8 @@ def walk(opts: WalkOptions, start: str = "") -> Iterator[tuple[str, os.stat_resu
         try:
             dir_st, children = _list(opts, rel_dir)
         except OSError as exc:
-            if is_symlink_error(exc):
-                continue  # replaced by a symlink since it was listed: not entered
+            if is_symlink_error(exc) or exc.errno in GONE:
+                continue  # gone, or replaced by a file or a symlink, since it was listed: not entered
             _unlisted(opts, rel_dir, exc.strerror or str(exc))
             continue
         if not stat.S_ISDIR(dir_st.st_mode):
@@ -98,9 +98,11 @@ def _list(opts: WalkOptions, rel_dir: str) -> tuple[os.stat_result, Listed]:
             try:
                 out.append((rel, _classify(opts, entry, rel)))
             except OSError as exc:
-                if not isinstance(exc, FileNotFoundError) and exc.errno != errno.ELOOP:
-                    refused.append((rel, exc))  # else gone since the listing (the watcher or the next
-                    # rescan sees what replaced it), or a link in a loop: no file either way
+                # Gone since the listing (the watcher or the next rescan sees what replaced it), or a link
+                # that leads nowhere (dangling, through a file, in a loop): no file either way. An excluded
+                # entry is not backed up anyway.
+                if exc.errno not in (*GONE, errno.ELOOP) and not _excluded(opts, entry, rel):
+                    refused.append((rel, exc))
         if refused:
             # Listed but not searchable (mode r without x), or an I/O error: what is in it is not backed up.
             # One record per directory, not per entry, however many there are.
@@ -123,6 +125,18 @@ def _list(opts: WalkOptions, rel_dir: str) -> tuple[os.stat_result, Listed]:
             return dir_st, classified(entries)
     finally:
         os.close(fd)
+
+
+GONE = (errno.ENOENT, errno.ENOTDIR)  # what a path removed or replaced by a file since the listing gives
+
+
+def _excluded(opts: WalkOptions, entry: os.DirEntry[str], rel: str) -> bool:
+    """Whether an entry whose stat failed is excluded, as the type the listing gave it (d_type)."""
+    try:
+        is_dir = entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False  # no type known: reported, as it may hold files to back up
+    return opts.excludes.excluded_dir(rel) if is_dir else opts.excludes.excluded(rel)
 
 
 def _unlisted(opts: WalkOptions, rel_dir: str, reason: str) -> None:
