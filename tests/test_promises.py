@@ -76,10 +76,10 @@ def test_a_wall_clock_step_back_does_not_hold_a_file_waiting_to_settle(
     )
     folder = tmp_path / "data"
     folder.mkdir()
-    daemon = start_daemon(make_config(folder, bucket_name, settle=3), env)
+    daemon = start_daemon(make_config(folder, bucket_name, settle=2), env)
     daemon.wait_for_event("ready", timeout=60)
     write(folder / "x.txt", b"written just before the step")
-    time.sleep(1)  # the watcher has handed the change over (within 0.25 s); its look is 2 s away
+    time.sleep(0.7)  # the watcher has handed the change over (within 0.25 s); its look is over 1 s away
     clock.write_text("-10m\n")  # within S3's 15 minutes of allowed skew: requests still pass
     daemon.wait_for_event("uploaded", path="x.txt", timeout=30)
     assert daemon.terminate() == 0
