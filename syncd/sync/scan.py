@@ -136,7 +136,7 @@ def _excluded(opts: WalkOptions, entry: os.DirEntry[str], rel: str) -> bool:
         is_dir = entry.is_dir(follow_symlinks=False)
     except OSError:
         return False  # no type known: reported, as it may hold files to back up
-    return opts.excludes.excluded_dir(rel) if is_dir else opts.excludes.excluded(rel)
+    return opts.excludes.excluded(rel, is_dir=is_dir)
 
 
 def _unlisted(opts: WalkOptions, rel_dir: str, reason: str) -> None:
