@@ -76,6 +76,16 @@ UNPRIVILEGED = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"
 NOBODY = 65534
 
 
+def for_nobody(base: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """Hand base and all below it to nobody (base in /tmp: tmp_path is root-only), and return syncd's env
+    for running there as nobody (its HOME, no AWS config or credentials files)."""
+    for path in (base, *base.rglob("*")):
+        os.chown(path, NOBODY, NOBODY)
+    os.chmod(base, 0o755)
+    absent = str(base / "absent")
+    return dict(env, HOME=str(base), AWS_CONFIG_FILE=absent, AWS_SHARED_CREDENTIALS_FILE=absent)
+
+
 def needs_setpriv() -> None:
     """Skip (fail in CI) unless this runs as root with setpriv, to act as another local user."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):

@@ -30,6 +30,7 @@ from helpers import (
     error_line,
     every_server,
     fast_heartbeat,
+    for_nobody,
     json_records,
     libfaketime,
     list_delete_markers,
@@ -483,20 +484,12 @@ def test_unreadable_files_and_dirs_as_an_unprivileged_user(
         config = base / "config.yaml"
         made = make_config(folder, bucket_name, state_dir=str(base / "state"), exclude=["*.log"])
         shutil.copy(made, config)
-        for path in (base, *base.rglob("*")):
-            os.chown(path, 65534, 65534)
-        os.chmod(base, 0o755)
+        env = for_nobody(base, syncd_env)
         if unreadable_file:
             os.chmod(folder / "secret.txt", 0)
         os.chmod(folder / "closed", 0)
         os.chmod(folder / "listable", 0o444)
         os.chmod(folder / "logs", 0o444)
-        env = dict(
-            syncd_env,
-            HOME=str(base),
-            AWS_CONFIG_FILE=str(base / "absent"),
-            AWS_SHARED_CREDENTIALS_FILE=str(base / "absent"),
-        )
         result = subprocess.run(
             [*UNPRIVILEGED, sys.executable, "-m", "syncd", "once", "-c", str(config)],
             env=env,

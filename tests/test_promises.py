@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from badserver import Answer, BadServer, Request
 from helpers import (
-    NOBODY,
     UNPRIVILEGED,
     Daemon,
     bucket_matches,
     bucket_objects,
+    for_nobody,
     json_records,
     libfaketime,
     list_delete_markers,
@@ -241,11 +241,7 @@ def busy_worker(
             )
             if unprivileged:
                 config = Path(shutil.copy(config, base / "config.yaml"))
-                for path in (base, *base.rglob("*")):
-                    os.chown(path, NOBODY, NOBODY)
-                os.chmod(base, 0o755)
-                env = dict(syncd_env, HOME=str(base), AWS_CONFIG_FILE="/nonexistent")
-                env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+                env = for_nobody(base, syncd_env)
                 daemon = Daemon(config, env, tmp_path, "nobody", wrapper=UNPRIVILEGED)
                 stack.callback(daemon.kill)
             else:
